@@ -1,0 +1,1 @@
+"""gristmill's Prefect flows and its command line."""

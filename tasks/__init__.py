@@ -1,0 +1,1 @@
+"""Prefect tasks for gristmill and the plain functions they wrap."""

@@ -1,0 +1,78 @@
+"""One root error with a few subclasses that say what went wrong and how to fix it.
+
+The CLI turns any `GristmillError` into one line and exit code 2 (usage and configuration)
+or into a per-item failure reason (input and LLM errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GristmillError(Exception):
+    """Root of every error gristmill raises on purpose."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigurationError(GristmillError):
+    """Settings or engines are missing or inconsistent: the user has to change something."""
+
+
+class UsageError(GristmillError):
+    """The command line asked for something that cannot be done."""
+
+
+class InputError(GristmillError):
+    """One input item (a file, a document, a row) cannot be used; the rest of the run goes on."""
+
+    def __init__(self, message: str, *, source: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.source = source
+
+
+class LLMError(GristmillError):
+    """A model call failed after the retries that were allowed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool = False,
+        status_code: int | None = None,
+        attempts: int = 1,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.transient = transient
+        self.status_code = status_code
+        self.attempts = attempts
+
+
+class OutputValidationError(LLMError):
+    """The model kept answering with output that does not fit the schema, even after repair."""
+
+    def __init__(self, message: str, *, errors: list[str], last_output: str, attempts: int):
+        super().__init__(message, attempts=attempts)
+        self.errors = errors
+        self.last_output = last_output
+
+
+class DataQualityError(GristmillError):
+    """An error-level data-quality expectation failed for one item."""
+
+    def __init__(self, message: str, *, failed: list[dict[str, Any]]):
+        super().__init__(message)
+        self.failed = failed
+
+
+class StoreLockedError(ConfigurationError):
+    """Another process is writing to the same on-disk vector store."""
