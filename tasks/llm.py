@@ -1,0 +1,296 @@
+"""The LLM engine: one small protocol, the OpenAI-compatible client, and structured generation.
+
+Who retries what (so retries never multiply):
+- transport faults (429 honouring Retry-After, 5xx, timeouts, dropped connections) are retried by
+  the openai SDK inside one `complete` call: `max_retries` with exponential backoff and jitter;
+- invalid output (not JSON, or not the schema) is retried by `generate_structured`: once more at
+  a higher temperature, then with a repair prompt that carries the validation errors back;
+- Prefect task retries are not used for LLM calls: a transient failure that outlived the SDK's
+  retries fails that item with its reason, and a re-run resumes from the cached chunks.
+Permanent faults (400, 401, 403, 404, 422) are never retried.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from tasks.errors import ConfigurationError, LLMError, OutputValidationError
+from tasks.redaction import redact
+from tasks.tokens import count_tokens
+
+if TYPE_CHECKING:
+    import openai
+
+    from tasks.settings import ModelPrice, Settings
+
+M = TypeVar("M", bound=BaseModel)
+
+ChatMessage = dict[str, str]
+
+PERMANENT_STATUS = frozenset({400, 401, 403, 404, 409, 413, 422})
+
+
+class Usage(BaseModel):
+    """Tokens and estimated cost of one or more LLM calls."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            calls=self.calls + other.calls,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=round(self.cost_usd + other.cost_usd, 8),
+        )
+
+    @classmethod
+    def total(cls, usages: list[Usage]) -> Usage:
+        result = cls()
+        for usage in usages:
+            result = result + usage
+        return result
+
+
+class Completion(BaseModel):
+    """What one chat call returned."""
+
+    text: str
+    model: str
+    usage: Usage
+    finish_reason: str | None = None
+
+
+class LLM(Protocol):
+    """A chat model that can be asked for text or for JSON that fits a schema."""
+
+    engine: str
+    model: str
+
+    def complete(
+        self,
+        messages: list[ChatMessage],
+        *,
+        temperature: float | None = None,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "output",
+    ) -> Completion: ...
+
+
+def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema OpenAI's strict structured outputs accept for `model`."""
+    import openai
+
+    return dict(openai.pydantic_function_tool(model)["function"]["parameters"])
+
+
+class OpenAILLM:
+    """Chat completions through the openai SDK against any OpenAI-compatible endpoint."""
+
+    engine = "openai"
+
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        model: str,
+        *,
+        temperature: float = 0.2,
+        price: ModelPrice | None = None,
+        use_json_schema: bool = True,
+        secrets: tuple[SecretStr | None, ...] = (),
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.temperature = temperature
+        self.price = price
+        self.use_json_schema = use_json_schema
+        self._secrets = secrets
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAILLM:
+        """Build the client from settings; a local endpoint may need no key."""
+        import openai
+
+        if not (settings.openai_api_key or settings.openai_base_url):
+            raise ConfigurationError(
+                "the openai engine needs an endpoint",
+                hint="set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server)",
+            )
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
+        client = openai.OpenAI(
+            api_key=key,
+            base_url=settings.openai_base_url,
+            timeout=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+        )
+        return cls(
+            client,
+            settings.llm_model,
+            temperature=settings.llm_temperature,
+            price=settings.price_of(settings.llm_model),
+            use_json_schema=settings.llm_json_schema,
+            secrets=(settings.openai_api_key,),
+        )
+
+    def complete(
+        self,
+        messages: list[ChatMessage],
+        *,
+        temperature: float | None = None,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "output",
+    ) -> Completion:
+        import openai
+
+        kwargs: dict[str, Any] = {}
+        if json_schema is not None:
+            kwargs["response_format"] = (
+                {
+                    "type": "json_schema",
+                    "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
+                }
+                if self.use_json_schema
+                else {"type": "json_object"}
+            )
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=self.temperature if temperature is None else temperature,
+                **kwargs,
+            )
+        except openai.APIStatusError as exc:
+            raise LLMError(
+                f"LLM request failed with HTTP {exc.status_code}: {self._clean(exc)}",
+                transient=exc.status_code not in PERMANENT_STATUS,
+                status_code=exc.status_code,
+            ) from None
+        except openai.APITimeoutError:
+            raise LLMError(
+                f"LLM request timed out after {self.client.max_retries + 1} attempts",
+                transient=True,
+                attempts=self.client.max_retries + 1,
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise LLMError(
+                f"could not reach the LLM endpoint: {self._clean(exc)}",
+                transient=True,
+                attempts=self.client.max_retries + 1,
+            ) from None
+        if not response.choices:
+            raise LLMError("LLM answered with no choices", transient=True)
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        if response.usage is not None:
+            prompt_tokens = response.usage.prompt_tokens
+            completion_tokens = response.usage.completion_tokens
+        else:
+            prompt_tokens = sum(count_tokens(m.get("content", "")) for m in messages)
+            completion_tokens = count_tokens(text)
+        return Completion(
+            text=text,
+            model=response.model or self.model,
+            usage=self._usage(prompt_tokens, completion_tokens),
+            finish_reason=choice.finish_reason,
+        )
+
+    def _usage(self, prompt_tokens: int, completion_tokens: int) -> Usage:
+        cost = 0.0
+        if self.price is not None:
+            cost = (prompt_tokens * self.price.input + completion_tokens * self.price.output) / 1e6
+        return Usage(
+            calls=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=round(cost, 8),
+        )
+
+    def _clean(self, exc: Exception) -> str:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        return redact(str(message), *self._secrets)[:300]
+
+
+REPAIR_PROMPT = (
+    "Your previous answer could not be used: {errors}\n"
+    "Answer again with only a JSON object that fits the schema exactly. "
+    "Keep the content of your previous answer where it was valid."
+)
+
+
+def validation_errors(text: str, response_model: type[BaseModel]) -> tuple[BaseModel | None, list[str]]:
+    """Parse `text` as `response_model`; return the instance or readable errors."""
+    try:
+        return response_model.model_validate_json(_strip_fences(text)), []
+    except ValidationError as exc:
+        errors = []
+        for error in exc.errors()[:10]:
+            where = ".".join(str(p) for p in error["loc"]) or "(root)"
+            errors.append(f"{where}: {error['msg']}")
+        return None, errors
+
+
+def _strip_fences(text: str) -> str:
+    """Accept JSON wrapped in a Markdown code fence, as some local models answer."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
+        stripped = stripped.rsplit("```", 1)[0]
+    return stripped
+
+
+def generate_structured(
+    llm: LLM,
+    messages: list[ChatMessage],
+    response_model: type[M],
+    *,
+    attempts: int = 3,
+    temperature: float = 0.2,
+    temperature_step: float = 0.4,
+) -> tuple[M, Usage, int]:
+    """Ask for `response_model`; on invalid output retry hotter, then repair with the errors.
+
+    Returns the validated instance, the usage of every call made, and the number of attempts.
+    """
+    schema = strict_json_schema(response_model)
+    usage = Usage()
+    conversation = list(messages)
+    errors: list[str] = []
+    text = ""
+    for attempt in range(1, attempts + 1):
+        if attempt >= 3 and errors:
+            conversation = [
+                *messages,
+                {"role": "assistant", "content": text[:4000]},
+                {"role": "user", "content": REPAIR_PROMPT.format(errors="; ".join(errors))},
+            ]
+        hotter = min(temperature + temperature_step * (attempt - 1), 1.2)
+        completion = llm.complete(
+            conversation,
+            temperature=hotter,
+            json_schema=schema,
+            schema_name=response_model.__name__,
+        )
+        usage = usage + completion.usage
+        text = completion.text
+        parsed, errors = validation_errors(text, response_model)
+        if parsed is not None:
+            return parsed, usage, attempt  # type: ignore[return-value]
+        if completion.finish_reason == "length":
+            errors.append("the answer was cut off at the output token limit: be more concise")
+    raise OutputValidationError(
+        f"model output did not fit {response_model.__name__} after {attempts} attempts: "
+        + "; ".join(errors[:3]),
+        errors=errors,
+        last_output=text[:2000],
+        attempts=attempts,
+    )
+
+
+def dumps_for_prompt(value: Any) -> str:
+    """Compact JSON for embedding data in a prompt."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
