@@ -74,7 +74,9 @@ def chunk_utterances(
     for utterance, tokens in zip(
         utterances, count_tokens_batch([render_utterance(u) for u in utterances]), strict=True
     ):
-        units.extend([utterance] if tokens + 1 <= max_tokens else _split_long(utterance, max_tokens))
+        units.extend(
+            [utterance] if tokens + 1 <= max_tokens else _split_long(utterance, max_tokens)
+        )
     costs = [c + 1 for c in count_tokens_batch([render_utterance(u) for u in units])]
 
     chunks: list[Chunk] = []

@@ -86,7 +86,24 @@ def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The JSON schema OpenAI's strict structured outputs accept for `model`."""
     import openai
 
-    return dict(openai.pydantic_function_tool(model)["function"]["parameters"])
+    schema = dict(openai.pydantic_function_tool(model)["function"]["parameters"])
+    _drop_keys(schema, _UNSUPPORTED_IN_STRICT)
+    return schema
+
+
+# String length bounds are checked by pydantic on arrival; strict mode on some servers rejects them.
+_UNSUPPORTED_IN_STRICT = frozenset({"minLength", "maxLength"})
+
+
+def _drop_keys(node: Any, keys: frozenset[str]) -> None:
+    if isinstance(node, dict):
+        for key in keys & node.keys():
+            del node[key]
+        for value in node.values():
+            _drop_keys(value, keys)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_keys(value, keys)
 
 
 class OpenAILLM:
@@ -222,7 +239,9 @@ REPAIR_PROMPT = (
 )
 
 
-def validation_errors(text: str, response_model: type[BaseModel]) -> tuple[BaseModel | None, list[str]]:
+def validation_errors(
+    text: str, response_model: type[BaseModel]
+) -> tuple[BaseModel | None, list[str]]:
     """Parse `text` as `response_model`; return the instance or readable errors."""
     try:
         return response_model.model_validate_json(_strip_fences(text)), []

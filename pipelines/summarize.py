@@ -1,0 +1,207 @@
+"""Flow `summarize_transcripts`: transcripts in, structured JSON and Markdown summaries out.
+
+discover -> parse + check utterances -> chunk + check chunks -> summarise chunks (concurrent,
+bounded by the task runner) -> combine (more reduce passes while the notes exceed the budget)
+-> check the summary -> write `<out>/<stem>.json` and `<out>/<stem>.md` atomically.
+
+Every transcript ends as `ok`, `cached` (unchanged since its summary was written) or `failed`
+with its reason; one bad transcript never stops the others.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.chunking import Chunk
+from tasks.errors import GristmillError
+from tasks.llm import Usage
+from tasks.reporting import ItemOutcome, SummarizeReport, summarize_report_markdown
+from tasks.settings import Settings
+from tasks.summaries import (
+    PROMPT_VERSION,
+    MeetingNotes,
+    NotesResult,
+    Summarizer,
+    TranscriptSummary,
+    build_summarizer,
+    chunk_transcript,
+    combine_notes,
+    existing_summary,
+    output_stem,
+    plan_reduce_groups,
+    summarize_chunk,
+    write_summary,
+)
+from tasks.transcripts import Transcript, discover_transcripts, load_transcript
+
+REPORT_ARTIFACT_KEY = "summarize-transcripts-report"
+
+
+def _run_name() -> str:
+    params = flow_run.parameters
+    paths = params.get("paths") or ["data/transcripts"]
+    what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} paths"
+    return f"summarize {what}"
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, GristmillError) else f"{type(exc).__name__}: {exc}"
+
+
+@flow(
+    name="summarize-transcripts",
+    flow_run_name=_run_name,
+    description="Summarise meeting transcripts into structured JSON and Markdown.",
+    task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
+    validate_parameters=False,
+)
+def summarize_transcripts(
+    paths: list[str] | None = None,
+    out_dir: str | None = None,
+    force: bool = False,
+    settings: Settings | None = None,
+    summarizer: Summarizer | None = None,
+) -> SummarizeReport | State:
+    """Summarise every transcript under `paths` into `out_dir`."""
+    started = time.monotonic()
+    logger = get_run_logger()
+    settings = settings or Settings()
+    summarizer = summarizer or build_summarizer(settings)
+    inputs = [Path(p) for p in paths] if paths else [settings.transcripts_dir]
+    out = Path(out_dir) if out_dir else settings.summaries_dir
+    outcomes: dict[str, ItemOutcome] = {}
+
+    files, problems = discover_transcripts(inputs)
+    for source, reason in problems:
+        outcomes[source] = ItemOutcome(source=source, status="failed", error=reason)
+    logger.info(
+        "%d transcripts to summarise with %s (%s)", len(files), summarizer.engine, summarizer.model
+    )
+
+    with tags(f"engine:{summarizer.engine}", "pipeline:summarize"):
+        # Parse and chunk every transcript first, so all chunk summaries can share the pool.
+        transcripts: dict[str, tuple[Transcript, str, list[Chunk], list[str]]] = {}
+        loaded = [(f, load_transcript.submit(f, source=str(f))) for f in files]
+        for path, future in loaded:
+            source, stem = str(path), output_stem(path, files)
+            try:
+                transcript, utterance_check = future.result()
+                done = (
+                    None
+                    if force
+                    else existing_summary(out, stem, transcript.content_hash, summarizer)
+                )
+                if done is not None:
+                    outcomes[source] = ItemOutcome(source=source, status="cached", output=str(done))
+                    continue
+                chunks, chunk_check = chunk_transcript(
+                    transcript, settings.chunk_tokens, settings.chunk_overlap_tokens
+                )
+            except Exception as exc:
+                outcomes[source] = ItemOutcome(source=source, status="failed", error=_reason(exc))
+                continue
+            quality = [utterance_check.summary_line(), chunk_check.summary_line()]
+            transcripts[source] = (transcript, stem, chunks, quality)
+
+        refresh = summarize_chunk.with_options(refresh_cache=force)
+        pending: dict[str, list[PrefectFuture[NotesResult]]] = {
+            source: [
+                refresh.submit(chunk, summarizer, transcript.name, len(chunks)) for chunk in chunks
+            ]
+            for source, (transcript, _, chunks, _) in transcripts.items()
+        }
+
+        for source, (transcript, stem, chunks, quality) in transcripts.items():
+            try:
+                results = [future.result() for future in pending[source]]
+                notes, passes, reduce_usage = _reduce(
+                    [r.notes for r in results], summarizer, transcript.name, settings, force
+                )
+                usage = Usage.total([r.usage for r in results]) + reduce_usage
+                summary = TranscriptSummary(
+                    **notes.model_dump(),
+                    source=source,
+                    engine=summarizer.engine,
+                    model=summarizer.model,
+                    chunk_count=len(chunks),
+                    reduce_passes=passes,
+                    content_hash=transcript.content_hash,
+                    prompt_version=getattr(summarizer, "version", PROMPT_VERSION),
+                    usage=usage,
+                )
+                path, summary_check = write_summary(summary, out, stem)
+            except Exception as exc:
+                logger.error("%s failed: %s", source, _reason(exc))
+                outcomes[source] = ItemOutcome(
+                    source=source,
+                    status="failed",
+                    error=_reason(exc),
+                    chunks=len(chunks),
+                    quality=quality,
+                )
+                continue
+            outcomes[source] = ItemOutcome(
+                source=source,
+                status="ok",
+                output=str(path),
+                chunks=len(chunks),
+                llm_calls=usage.calls,
+                usage=usage,
+                quality=[*quality, summary_check.summary_line()],
+            )
+
+    ordered = [outcomes[s] for s in sorted(outcomes)]
+    total = Usage.total([o.usage for o in ordered])
+    report = SummarizeReport(
+        transcripts=ordered,
+        engine=summarizer.engine,
+        model=summarizer.model,
+        llm_calls=total.calls,
+        usage=total,
+        duration_s=round(time.monotonic() - started, 3),
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+    )
+    create_markdown_artifact(
+        key=REPORT_ARTIFACT_KEY,
+        markdown=summarize_report_markdown(report),
+        description=report.headline(),
+    )
+    logger.info(report.headline())
+    if report.failed:
+        reasons = "; ".join(f"{Path(t.source).name}: {t.error}" for t in report.failed[:5])
+        return Failed(message=f"{report.headline()}. {reasons}", data=report)
+    return Completed(message=report.headline(), data=report)
+
+
+def _reduce(
+    parts: list[MeetingNotes],
+    summarizer: Summarizer,
+    title: str,
+    settings: Settings,
+    force: bool,
+) -> tuple[MeetingNotes, int, Usage]:
+    """Combine notes until one remains; groups that exceed the budget take another pass."""
+    combine = combine_notes.with_options(refresh_cache=force)
+    usage = Usage()
+    passes = 0
+    while True:
+        groups = plan_reduce_groups(parts, settings.reduce_tokens)
+        passes += 1
+        if len(groups) == 1:
+            result = combine(parts, summarizer, title, True, "final")
+            return result.notes, passes, usage + result.usage
+        futures = [
+            combine.submit([parts[i] for i in group], summarizer, title, False, f"pass {passes}")
+            for group in groups
+        ]
+        results = [f.result() for f in futures]
+        usage = usage + Usage.total([r.usage for r in results])
+        parts = [r.notes for r in results]

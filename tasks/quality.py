@@ -1,0 +1,199 @@
+"""Data-quality gates with great-expectations (1.x, ephemeral context, pandas frames).
+
+Every pipeline builds a table at each stage (utterances, chunks, summaries, documents, records)
+and validates it against a suite defined here. Expectations carry GX's own `severity`:
+`critical` failures stop that item with the failed expectations as its reason; `warning`
+failures are reported in the run's artifact and log. To add a check, add an expectation to the
+suite function for that stage.
+
+great_expectations takes ~5 s to import, so it is imported only when a suite first runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from tasks.errors import DataQualityError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from great_expectations.data_context import AbstractDataContext
+    from great_expectations.expectations import Expectation
+
+_lock = threading.Lock()
+
+
+class ExpectationOutcome(BaseModel):
+    """One expectation's verdict on one table."""
+
+    expectation: str
+    column: str | None = None
+    severity: str
+    success: bool
+    observed: str = ""
+    unexpected_count: int | None = None
+    examples: list[str] = Field(default_factory=list)
+
+    def describe(self) -> str:
+        where = f"{self.column}: " if self.column else ""
+        detail = f" (observed {self.observed})" if self.observed else ""
+        if self.unexpected_count:
+            detail += f", {self.unexpected_count} bad rows"
+            if self.examples:
+                detail += f", e.g. {', '.join(self.examples[:3])}"
+        return f"{where}{self.expectation}{detail}"
+
+
+class QualityReport(BaseModel):
+    """A suite's verdict on one table: passed unless a critical expectation failed."""
+
+    suite: str
+    rows: int
+    success: bool
+    evaluated: int
+    errors: list[ExpectationOutcome] = Field(default_factory=list)
+    warnings: list[ExpectationOutcome] = Field(default_factory=list)
+
+    def summary_line(self) -> str:
+        state = "passed" if self.success else "FAILED"
+        line = f"{self.suite}: {state} ({self.evaluated} checks on {self.rows} rows"
+        if self.warnings:
+            line += f", {len(self.warnings)} warnings"
+        return line + ")"
+
+    def reason(self) -> str:
+        """The failed critical expectations, in words."""
+        return f"data quality ({self.suite}): " + "; ".join(e.describe() for e in self.errors)
+
+    def raise_for_errors(self) -> QualityReport:
+        if not self.success:
+            raise DataQualityError(self.reason(), failed=[e.model_dump() for e in self.errors])
+        return self
+
+
+@lru_cache(maxsize=1)
+def _context() -> AbstractDataContext:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def validate_table(
+    frame: pd.DataFrame, suite: str, expectations: list[Expectation]
+) -> QualityReport:
+    """Validate `frame` against `expectations` (a named suite) and collect the verdicts."""
+    import great_expectations as gx
+
+    with _lock:
+        context = _context()
+        source = context.data_sources.add_or_update_pandas(name="gristmill")
+        asset_name = f"{suite}-{threading.get_ident()}"
+        asset = source.add_dataframe_asset(name=asset_name)
+        try:
+            batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
+                batch_parameters={"dataframe": frame}
+            )
+            expectation_suite = gx.ExpectationSuite(
+                name=suite, expectations=[e.copy() for e in expectations]
+            )
+            result = batch.validate(expectation_suite, result_format="SUMMARY")
+        finally:
+            source.delete_asset(asset_name)
+    errors: list[ExpectationOutcome] = []
+    warnings: list[ExpectationOutcome] = []
+    for item in result.results:
+        config = item.expectation_config
+        if config is None or item.success:
+            continue
+        outcome = _outcome(config, item.result or {}, bool(item.success), item.exception_info)
+        (warnings if outcome.severity in {"warning", "info"} else errors).append(outcome)
+    return QualityReport(
+        suite=suite,
+        rows=len(frame),
+        success=not errors,
+        evaluated=len(result.results),
+        errors=errors,
+        warnings=warnings,
+    )
+
+
+def _outcome(config: Any, result: dict[str, Any], success: bool, exc: Any) -> ExpectationOutcome:
+    severity = getattr(config, "severity", None)
+    severity_name = getattr(severity, "value", severity) or "critical"
+    observed = result.get("observed_value")
+    examples = [str(v)[:60] for v in (result.get("partial_unexpected_list") or [])[:3]]
+    if exc and isinstance(exc, dict) and exc.get("raised_exception"):
+        observed = f"error: {str(exc.get('exception_message'))[:120]}"
+    return ExpectationOutcome(
+        expectation=config.type,
+        column=config.kwargs.get("column") or config.kwargs.get("column_A"),
+        severity=str(severity_name),
+        success=success,
+        observed="" if observed is None else str(observed)[:120],
+        unexpected_count=result.get("unexpected_count"),
+        examples=examples,
+    )
+
+
+def utterance_expectations() -> list[Expectation]:
+    """Suite for the parsed utterance table of one transcript."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectTableRowCountToBeBetween(min_value=1),
+        e.ExpectColumnValuesToNotBeNull(column="text"),
+        e.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
+        e.ExpectColumnValuesToBeUnique(column="index"),
+        e.ExpectColumnValuesToBeIncreasing(column="index", strictly=True),
+        e.ExpectColumnValueLengthsToBeBetween(column="text", max_value=20_000, severity="warning"),
+        e.ExpectColumnProportionOfNonNullValuesToBeBetween(
+            column="speaker", min_value=0.5, severity="warning"
+        ),
+    ]
+
+
+def chunk_expectations(max_tokens: int, utterance_count: int) -> list[Expectation]:
+    """Suite for the chunk table: token bounds, full coverage of utterances, unique ids."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectTableRowCountToBeBetween(min_value=1),
+        e.ExpectColumnValuesToBeUnique(column="chunk_id"),
+        e.ExpectColumnValuesToBeBetween(column="token_count", min_value=1, max_value=max_tokens),
+        # coverage: the first chunk starts at utterance 0, the last ends at the last utterance,
+        # and no chunk starts after the utterance following its predecessor's end
+        e.ExpectColumnMinToBeBetween(column="first_utterance", min_value=0, max_value=0),
+        e.ExpectColumnMaxToBeBetween(
+            column="last_utterance", min_value=utterance_count - 1, max_value=utterance_count - 1
+        ),
+        e.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="next_allowed_start", column_B="first_utterance", or_equal=True
+        ),
+    ]
+
+
+def summary_expectations() -> list[Expectation]:
+    """Suite for the summaries table before outputs are written."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectColumnValuesToNotBeNull(column="summary"),
+        e.ExpectColumnValueLengthsToBeBetween(column="summary", min_value=20, max_value=20_000),
+        e.ExpectColumnValuesToBeBetween(column="action_items_without_description", max_value=0),
+        e.ExpectColumnValuesToBeBetween(column="chunk_count", min_value=1),
+        e.ExpectColumnValueLengthsToBeBetween(column="summary", min_value=200, severity="warning"),
+        e.ExpectColumnValuesToBeBetween(column="key_point_count", min_value=1, severity="warning"),
+        e.ExpectColumnValuesToBeBetween(
+            column="participant_count", min_value=1, severity="warning"
+        ),
+    ]

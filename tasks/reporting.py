@@ -1,0 +1,114 @@
+"""Run reports: what happened to every item, as a model, a Markdown artifact and a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from tasks.llm import Usage
+
+ItemStatus = Literal["ok", "cached", "failed"]
+
+
+class ItemOutcome(BaseModel):
+    """The end of one input item: its output, or its reason for failing."""
+
+    source: str
+    status: ItemStatus
+    output: str | None = None
+    error: str | None = None
+    chunks: int = 0
+    llm_calls: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    quality: list[str] = Field(default_factory=list)
+
+
+class SummarizeReport(BaseModel):
+    """The machine-readable report of one `summarize_transcripts` run."""
+
+    transcripts: list[ItemOutcome]
+    engine: str
+    model: str
+    llm_calls: int
+    usage: Usage
+    duration_s: float
+    flow_run_id: str | None = None
+
+    @property
+    def failed(self) -> list[ItemOutcome]:
+        return [t for t in self.transcripts if t.status == "failed"]
+
+    def headline(self) -> str:
+        counts = {
+            s: sum(t.status == s for t in self.transcripts) for s in ("ok", "cached", "failed")
+        }
+        return (
+            f"{len(self.transcripts)} transcripts: {counts['ok']} summarised, "
+            f"{counts['cached']} unchanged, {counts['failed']} failed"
+        )
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def summarize_report_markdown(report: SummarizeReport) -> str:
+    """The run report as Markdown for the Prefect UI."""
+    usage = report.usage
+    lines = [
+        "# Transcript summaries",
+        "",
+        f"**{report.headline()}** in {report.duration_s:.1f} s · engine `{report.engine}` · "
+        f"model `{report.model}`",
+        "",
+        f"LLM calls: {report.llm_calls} · prompt tokens: {usage.prompt_tokens} · "
+        f"completion tokens: {usage.completion_tokens} · estimated cost: ${usage.cost_usd:.4f}",
+        "",
+        "| Transcript | Status | Chunks | LLM calls | Tokens | Cost (USD) | Output / reason "
+        "| Data quality |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in report.transcripts:
+        tokens = t.usage.prompt_tokens + t.usage.completion_tokens
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(v)
+                for v in (
+                    t.source,
+                    t.status,
+                    t.chunks,
+                    t.llm_calls,
+                    tokens,
+                    f"{t.usage.cost_usd:.4f}",
+                    t.output if t.status != "failed" else t.error,
+                    "; ".join(t.quality) or "-",
+                )
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` so readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomically(path: Path, data: object) -> None:
+    write_atomically(path, json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")

@@ -1,0 +1,53 @@
+"""Test set-up: no network beyond loopback, Prefect's test harness once per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_RESULTS = tempfile.mkdtemp(prefix="gristmill-results-")
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = _RESULTS
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PREFECT_API_URL"):
+    os.environ.pop(_name, None)
+for _name in [n for n in os.environ if n.startswith("GRISTMILL_")]:
+    os.environ.pop(_name)
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self: socket.socket, address: object) -> None:
+    if self.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple):
+        host = str(address[0])
+        if not (host.startswith("127.") or host in ("::1", "localhost")):
+            raise OSError(f"tests may not reach the network: {host}")
+    _real_connect(self, address)  # type: ignore[arg-type]
+
+
+socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_TRANSCRIPTS = REPO / "data" / "transcripts"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server for the whole session (it takes ~12 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """An empty data dir for one test."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
