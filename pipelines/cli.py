@@ -59,15 +59,9 @@ def prepare_prefect(settings: Settings, *, verbose: bool = False) -> None:
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.results_dir.resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    import logging
-
-    import prefect  # noqa: F401  (configures Prefect's logging)
-
+    # Run logs still reach the Prefect API and UI; only the terminal copy is quietened.
     if not verbose:
-        for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server"):
-            for handler in logging.getLogger(name).handlers:
-                if type(handler).__name__ == "PrefectConsoleHandler":
-                    handler.setLevel(logging.WARNING)
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 def print_json(data: Any) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -80,6 +80,7 @@ class TranscriptSummary(MeetingNotes):
     generated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
+@runtime_checkable
 class Summarizer(Protocol):
     """Turns chunks into notes and notes into fewer notes."""
 
