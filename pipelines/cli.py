@@ -96,12 +96,10 @@ def summarize(
         summarizer = build_summarizer(settings)
     except GristmillError as exc:
         fail(str(exc))
-    from pipelines.summarize import summarize_transcripts
+    from pipelines.summarize import summarize_flow_for
 
     with _spinner(not as_json, f"Summarising with {summarizer.engine} ({summarizer.model})"):
-        state = summarize_transcripts.with_options(
-            task_runner=_thread_pool(settings.llm_concurrency)
-        )(
+        state = summarize_flow_for(settings)(
             paths=[str(p) for p in paths] if paths else None,
             out_dir=str(out) if out else None,
             force=force,
@@ -133,12 +131,6 @@ def summarize(
     else:
         _print_summary_table(report, settings)
     raise typer.Exit(EXIT_ITEMS_FAILED if report.failed else EXIT_OK)
-
-
-def _thread_pool(workers: int) -> Any:
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    return ThreadPoolTaskRunner(max_workers=workers)
 
 
 class _spinner:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger, tags
+from prefect import Flow, flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
@@ -205,3 +205,10 @@ def _reduce(
         results = [f.result() for f in futures]
         usage = usage + Usage.total([r.usage for r in results])
         parts = [r.notes for r in results]
+
+
+def summarize_flow_for(settings: Settings) -> Flow[..., SummarizeReport | State]:
+    """The flow with its task runner sized to the LLM concurrency the settings allow."""
+    return summarize_transcripts.with_options(
+        task_runner=ThreadPoolTaskRunner(max_workers=settings.llm_concurrency)  # type: ignore[arg-type]
+    )

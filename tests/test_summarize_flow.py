@@ -1,0 +1,195 @@
+"""The `summarize_transcripts` flow under Prefect's test harness, offline and over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from pipelines.summarize import summarize_flow_for
+from tasks.reporting import SummarizeReport
+from tasks.settings import Settings
+from tasks.summaries import build_summarizer
+from tests.conftest import SAMPLE_TRANSCRIPTS
+from tests.support.openai_server import FakeOpenAI, Fault, last_user_text
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+KEY = "sk-flow-test-secret-0123456789abcdef"
+REQUIRED_FIELDS = {
+    "source", "engine", "model", "summary", "key_points", "action_items", "decisions",
+    "participants", "chunk_count", "usage",
+}  # fmt: skip
+
+
+def run(settings: Settings, paths: list[Path], force: bool = False) -> tuple[Any, SummarizeReport]:
+    state = summarize_flow_for(settings)(
+        paths=[str(p) for p in paths],
+        force=force,
+        settings=settings,
+        summarizer=build_summarizer(settings),
+        return_state=True,
+    )
+    report = state.result(raise_on_failure=False)
+    assert isinstance(report, SummarizeReport)
+    return state, report
+
+
+def meeting_responder(request: dict[str, Any]) -> str:
+    """Valid notes that quote the transcript, like a faithful model would."""
+    text = last_user_text(request)
+    body = text.split("<transcript>")[-1].split("<notes>")[-1].strip()
+    first = body.splitlines()[0][:120] if body else "the meeting"
+    speaker = first.split(":")[0] if ":" in first else "Alice"
+    return json.dumps(
+        {
+            "summary": f"The group discussed the following: {first}",
+            "key_points": [first],
+            "action_items": [{"description": "Send the notes", "owner": speaker, "due": None}],
+            "decisions": [],
+            "participants": [speaker],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key=KEY, responder=meeting_responder) as fake:
+        yield fake
+
+
+def llm_settings(data_dir: Path, server: FakeOpenAI, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "openai_base_url": server.base_url,
+        "openai_api_key": SecretStr(KEY),
+        "llm_max_retries": 2,
+        "llm_timeout_s": 5,
+        "chunk_tokens": 400,
+        "chunk_overlap_tokens": 40,
+        "reduce_tokens": 600,
+        **extra,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def copy_samples(data_dir: Path, *names: str) -> Path:
+    folder = data_dir / "transcripts"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(SAMPLE_TRANSCRIPTS / name, folder / name)
+    return folder
+
+
+def test_offline_summaries_of_every_sample_then_a_cached_rerun(data_dir: Path) -> None:
+    folder = copy_samples(data_dir, *(p.name for p in SAMPLE_TRANSCRIPTS.iterdir()))
+    settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
+    state, report = run(settings, [folder])
+    assert state.is_completed(), state.message
+    assert {t.status for t in report.transcripts} == {"ok"}
+    assert len(report.transcripts) == len(list(SAMPLE_TRANSCRIPTS.iterdir()))
+    for outcome in report.transcripts:
+        data = json.loads(Path(outcome.output or "").read_text())
+        assert data.keys() >= REQUIRED_FIELDS
+        assert data["engine"] == "offline-extractive" and data["summary"]
+        assert Path(outcome.output or "").with_suffix(".md").exists()
+    long = next(t for t in report.transcripts if "quarterly-roadmap" in t.source)
+    assert long.chunks > 5
+
+    _, again = run(settings, [folder])
+    assert {t.status for t in again.transcripts} == {"cached"}
+
+
+def test_bad_inputs_fail_with_reasons_and_the_rest_proceed(data_dir: Path) -> None:
+    folder = copy_samples(data_dir, "weekly-standup.txt")
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "binary.txt").write_bytes(b"\x00\x01\x02binary")
+    (folder / "latin1.txt").write_bytes("Alice: caf\xe9 au lait".encode("latin-1"))
+    (folder / "no-turns.json").write_text('{"segments": []}')
+    (folder / "broken.json").write_text('[{"speaker": "A", "text": "hi"')
+    unknown = folder / "notes.docx"
+    unknown.write_text("x")
+    settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
+    state, report = run(settings, [folder, unknown, data_dir / "missing.txt"])
+    assert state.is_failed()
+    by_name = {Path(t.source).name: t for t in report.transcripts}
+    assert by_name["weekly-standup.txt"].status == "ok"
+    reasons = {name: t.error or "" for name, t in by_name.items() if t.status == "failed"}
+    assert "empty" in reasons["empty.txt"]
+    assert "binary" in reasons["binary.txt"]
+    assert "UTF-8" in reasons["latin1.txt"]
+    assert "utterances" in reasons["no-turns.json"] or "shape" in reasons["no-turns.json"]
+    assert "JSON" in reasons["broken.json"]
+    assert "extension" in reasons["notes.docx"]
+    assert "no such file" in reasons["missing.txt"]
+    assert "failed" in (state.message or "")
+
+
+def test_llm_engine_with_faults_retries_repairs_and_reduces(
+    data_dir: Path, server: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.reset()
+    folder = copy_samples(data_dir, "planning-offsite.json")
+    settings = llm_settings(data_dir, server)
+    server.enqueue(
+        Fault.status(429, retry_after=0.1),
+        Fault.status(500),
+        Fault.malformed_json(),
+        Fault.schema_invalid(),
+    )
+    caplog.set_level(logging.DEBUG)
+    state, report = run(settings, [folder])
+    assert state.is_completed(), state.message
+    [outcome] = report.transcripts
+    assert outcome.status == "ok" and outcome.chunks > 3
+    data = json.loads(Path(outcome.output or "").read_text())
+    assert data["engine"] == "openai" and data["reduce_passes"] >= 2
+    assert data["usage"]["prompt_tokens"] > 0 and data["usage"]["cost_usd"] > 0
+    # every model call is accounted for: 2 transport retries were the SDK's, not ours
+    assert report.llm_calls == server.completed_calls
+    assert server.pending_faults == 0
+
+    calls = server.calls
+    _, again = run(settings, [folder])
+    assert again.transcripts[0].status == "cached" and server.calls == calls
+
+    # the secret never leaks into outputs or logs
+    for path in (data_dir / "summaries").iterdir():
+        assert KEY not in path.read_text()
+    assert KEY not in caplog.text
+
+
+def test_a_crashed_run_resumes_without_paying_again(data_dir: Path, server: FakeOpenAI) -> None:
+    server.reset()
+    folder = copy_samples(data_dir, "design-review.vtt")
+    settings = llm_settings(data_dir, server, llm_concurrency=1)
+    server.enqueue(Fault.status(500), Fault.status(500), Fault.status(500), path=None)
+    # with 2 SDK retries, three 500s in a row exhaust one chunk's call: the transcript fails
+    state, report = run(settings, [folder])
+    assert state.is_failed() and report.transcripts[0].status == "failed"
+    assert "HTTP 500" in (report.transcripts[0].error or "")
+    first_calls = server.completed_calls
+
+    state, report = run(settings, [folder])
+    assert state.is_completed() and report.transcripts[0].status == "ok"
+    chunks = report.transcripts[0].chunks
+    # finished chunks came from the cache: this run paid only for what had not finished
+    assert server.completed_calls - first_calls < chunks + 1 + first_calls
+
+
+def test_permanent_errors_fail_fast_with_a_clear_reason(data_dir: Path) -> None:
+    folder = copy_samples(data_dir, "weekly-standup.txt")
+    with FakeOpenAI(api_key="sk-the-right-one-xyz") as other:
+        settings = llm_settings(data_dir, other, llm_max_retries=5)
+        state, report = run(settings, [folder])
+        assert state.is_failed()
+        error = report.transcripts[0].error or ""
+        assert "HTTP 401" in error and KEY not in error
+        # 401 is never retried: one request per chunk at most
+        assert len(other.requests) <= report.transcripts[0].chunks or len(other.requests) <= 2
