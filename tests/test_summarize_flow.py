@@ -17,7 +17,8 @@ from tasks.reporting import SummarizeReport
 from tasks.settings import Settings
 from tasks.summaries import build_summarizer
 from tests.conftest import SAMPLE_TRANSCRIPTS
-from tests.support.openai_server import FakeOpenAI, Fault, last_user_text
+from tests.support.openai_server import FakeOpenAI, Fault
+from tests.support.responders import meeting_notes_responder
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -41,26 +42,9 @@ def run(settings: Settings, paths: list[Path], force: bool = False) -> tuple[Any
     return state, report
 
 
-def meeting_responder(request: dict[str, Any]) -> str:
-    """Valid notes that quote the transcript, like a faithful model would."""
-    text = last_user_text(request)
-    body = text.split("<transcript>")[-1].split("<notes>")[-1].strip()
-    first = body.splitlines()[0][:120] if body else "the meeting"
-    speaker = first.split(":")[0] if ":" in first else "Alice"
-    return json.dumps(
-        {
-            "summary": f"The group discussed the following: {first}",
-            "key_points": [first],
-            "action_items": [{"description": "Send the notes", "owner": speaker, "due": None}],
-            "decisions": [],
-            "participants": [speaker],
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(api_key=KEY, responder=meeting_responder) as fake:
+    with FakeOpenAI(api_key=KEY, responder=meeting_notes_responder) as fake:
         yield fake
 
 
