@@ -197,6 +197,245 @@ def doctor() -> None:
     raise typer.Exit(EXIT_USAGE if problems else EXIT_OK)
 
 
+@app.command()
+def batch(
+    input_path: Annotated[Path, typer.Argument(help="Input table: .csv, .jsonl or .parquet.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output table (.csv, .jsonl or .parquet).")
+    ],
+    template: Annotated[
+        str | None,
+        typer.Option("--template", help="Jinja2 prompt template: a file or the text itself."),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option("--task", help="Built-in offline task: summarize, classify or embed."),
+    ] = None,
+    schema: Annotated[
+        str | None,
+        typer.Option("--schema", help="JSON Schema file, or fields: 'category,priority:int'."),
+    ] = None,
+    id_column: Annotated[
+        str | None, typer.Option("--id-column", help="Column with row ids [default: hash].")
+    ] = None,
+    text_column: Annotated[
+        str, typer.Option("--text-column", help="Text column for --task.")
+    ] = "text",
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, help="Requests in flight.")
+    ] = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="online or batch-api.")] = "online",
+    labels: Annotated[
+        str | None, typer.Option("--labels", help="Comma-separated labels for classify.")
+    ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="Re-process only rows of OUTPUT that are not ok."),
+    ] = False,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Chat model.")] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", min=0, max=2, help="Sampling temperature.")
+    ] = None,
+    expectations: Annotated[
+        Path | None,
+        typer.Option("--expectations", help="GX expectation suite JSON, checked on the output."),
+    ] = None,
+    max_chars: Annotated[
+        int, typer.Option("--max-chars", min=1, help="Longest row text accepted.")
+    ] = 100_000,
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", help="Seconds between Batch API polls.")
+    ] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
+) -> None:
+    """Run every row of a table through a prompt template (or a built-in offline task)."""
+    settings = load_settings(
+        batch_concurrency=concurrency,
+        batch_rpm=rpm,
+        batch_tpm=tpm,
+        llm_model=model,
+        llm_temperature=temperature,
+    )
+    prepare_prefect(settings, verbose=verbose)
+    from tasks.errors import GristmillError
+    from tasks.records import (
+        BatchReport,
+        RecordJob,
+        build_row_engine,
+        load_schema,
+        load_template,
+        preflight,
+    )
+
+    try:
+        job = RecordJob(
+            template=load_template(template) if template is not None else None,
+            task=task,
+            system=system,
+            schema=load_schema(schema),
+            model=settings.llm_model,
+            temperature=settings.llm_temperature,
+            labels=[label.strip() for label in (labels or "").split(",") if label.strip()],
+            text_column=text_column,
+            id_column=id_column,
+            max_chars=max_chars,
+        )
+        if output.resolve() == input_path.resolve():
+            fail("--output must not be the input file")
+        preflight(input_path, job)
+        engine = build_row_engine(settings, job, mode, poll_interval_s=poll_interval)
+    except GristmillError as exc:
+        fail(str(exc))
+    from pipelines.batch import process_records
+
+    progress: Any = None
+    if not as_json and sys.stderr.isatty():
+        from rich.progress import Progress
+
+        progress = Progress(transient=True)
+    bar: Any = None
+
+    def on_progress(done: int, total: int) -> None:
+        if progress is not None:
+            progress.update(bar, completed=done, total=total)
+
+    typer.echo(f"Processing {input_path} with {engine.name} ({engine.model}) ...", err=True)
+    try:
+        if progress is not None:
+            progress.start()
+            bar = progress.add_task("rows", total=None)
+        state = process_records(
+            input_path=str(input_path),
+            output_path=str(output),
+            job=job,
+            engine=engine,
+            settings=settings,
+            mode=mode,
+            retry_failed=retry_failed,
+            expectations_path=str(expectations) if expectations else None,
+            on_progress=on_progress,
+            return_state=True,
+        )
+    finally:
+        if progress is not None:
+            progress.stop()
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    report = state.result(raise_on_failure=False)
+    if isinstance(report, GristmillError):
+        fail(str(report), report.exit_code)
+    if not isinstance(report, BatchReport):
+        fail(f"the run did not finish: {state.message or report}", EXIT_ITEMS_FAILED)
+    if as_json:
+        print_json(report.model_dump(mode="json"))
+    else:
+        typer.echo(report.headline())
+        usage = report.usage
+        typer.echo(
+            f"{report.engine} ({report.model}) · LLM calls {report.llm_calls} · tokens "
+            f"{usage.prompt_tokens}+{usage.completion_tokens} · cost ${usage.cost_usd:.4f} · "
+            f"{report.duration_s:.1f} s ({report.rows_per_s:.1f} rows/s)"
+        )
+        typer.echo(f"output: {report.output}")
+        if report.dead_letter:
+            typer.echo(f"failed rows and reasons: {report.dead_letter}")
+        for line in report.quality_errors:
+            typer.echo(f"data quality: {line}", err=True)
+    raise typer.Exit(EXIT_OK if report.success else EXIT_ITEMS_FAILED)
+
+
+@app.command()
+def serve(
+    timezone: Annotated[
+        str,
+        typer.Option(
+            "--timezone",
+            envvar="GRISTMILL_SCHEDULE_TIMEZONE",
+            help="IANA time zone of the schedules, e.g. Europe/Berlin.",
+        ),
+    ] = "UTC",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
+) -> None:
+    """Run every deployment on its schedule from this one process (Ctrl-C stops)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        fail(f"--timezone {timezone!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)")
+    settings = load_settings()
+    prepare_prefect(settings, verbose=verbose)
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        fail(
+            "serving needs a Prefect server to keep the schedules and run history: start one "
+            "with `gristmill server`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`"
+        )
+    from deployments.definitions import build_deployments, describe_schedule
+
+    deployments = build_deployments(timezone)
+    typer.echo(f"Serving {len(deployments)} deployments (Ctrl-C stops):")
+    for deployment in deployments:
+        typer.echo(
+            f"  {deployment.flow_name}/{deployment.name}: {describe_schedule(deployment)}"
+            f"  [{', '.join(deployment.tags)}]"
+        )
+    typer.echo(f"Runs: {api_url.removesuffix('/api')}/runs")
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*deployments, print_starting_message=False)
+
+
+@app.command()
+def server(
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 4200,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (loopback: this machine only).")
+    ] = "127.0.0.1",
+) -> None:
+    """Start a local Prefect server for run history and the UI (Ctrl-C stops)."""
+    import socket
+    import subprocess
+
+    settings = load_settings()
+    home = Path(os.environ.get("PREFECT_HOME") or settings.data_dir / "prefect").resolve()
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port")
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": os.environ.get("DO_NOT_TRACK", "1"),
+    }
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    # The UI asks this address for data; Prefect defaults it to port 4200 whatever --port says.
+    env.setdefault("PREFECT_UI_API_URL", f"http://{shown}:{port}/api")
+    database = (
+        "from PREFECT_API_DATABASE_CONNECTION_URL"
+        if os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
+        else f"SQLite in {home}"
+    )
+    typer.echo(f"Prefect server (database: {database}); UI at http://{shown}:{port}")
+    typer.echo("Point flows, workers and `gristmill serve` at it from other shells with:")
+    typer.echo(f"  export PREFECT_API_URL=http://{shown}:{port}/api")
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", host]
+    process = subprocess.Popen([*command, "--port", str(port)], env=env)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        code = process.wait()
+    raise typer.Exit(0 if code in (0, -2, 130) else code)
+
+
 def main() -> None:
     """Console-script entry point: errors become one line and an exit code."""
     from tasks.errors import GristmillError

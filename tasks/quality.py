@@ -197,3 +197,46 @@ def summary_expectations() -> list[Expectation]:
             column="participant_count", min_value=1, severity="warning"
         ),
     ]
+
+
+def record_input_expectations(
+    required_columns: list[str], min_chars: int, max_chars: int
+) -> list[Expectation]:
+    """Suite for one chunk of batch input rows (ids and the text sent to the model).
+
+    Missing columns are critical (the run cannot start); rows with no id, a repeated id or a
+    text outside the bounds are warnings here because those rows already end `invalid_input`.
+    """
+    import great_expectations as gx
+    from great_expectations.expectations.metadata_types import FailureSeverity
+
+    e = gx.expectations
+    return [
+        *(e.ExpectColumnToExist(column=column) for column in required_columns),
+        e.ExpectColumnValuesToNotBeNull(column="row_id", severity=FailureSeverity.WARNING),
+        e.ExpectColumnValuesToBeUnique(column="row_id", severity=FailureSeverity.WARNING),
+        e.ExpectColumnValuesToBeBetween(
+            column="text_chars",
+            min_value=min_chars,
+            max_value=max_chars,
+            severity=FailureSeverity.WARNING,
+        ),
+    ]
+
+
+def record_output_expectations(input_rows: int, statuses: list[str]) -> list[Expectation]:
+    """Suite for the batch output ledger: every input row exactly once, known statuses,
+    unique ids among usable rows, schema-valid results for `ok` rows."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectTableRowCountToEqual(value=input_rows),
+        e.ExpectColumnValuesToBeUnique(column="row_number"),
+        e.ExpectColumnValuesToNotBeNull(column="row_id"),
+        e.ExpectColumnValuesToBeInSet(column="status", value_set=statuses),
+        e.ExpectColumnValuesToBeUnique(
+            column="row_id", row_condition='status!="invalid_input"', condition_parser="pandas"
+        ),
+        e.ExpectColumnValuesToBeInSet(column="result_valid", value_set=[True]),
+    ]

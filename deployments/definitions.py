@@ -1,0 +1,120 @@
+"""gristmill's deployments as code: what runs when, with which parameters.
+
+One function per pipeline builds its `RunnerDeployment`; `build_deployments` returns the ones
+listed in `DEPLOYMENT_BUILDERS`. `gristmill serve` serves them from one process; `prefect.yaml`
+at the repo root describes the same deployments for a `gristmill` process work pool.
+
+Flow modules are imported inside the builders, so importing this module stays cheap and a
+pipeline that is not written yet breaks only its own builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+PROJECT_TAG = "gristmill"
+SUMMARIZE_CRON = "0 2 * * *"
+INGEST_INTERVAL = timedelta(hours=1)
+DEFAULT_TIMEZONE = "UTC"
+
+DeploymentBuilder = Callable[[str], "RunnerDeployment"]
+
+
+def summarize_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
+    """`summarize-transcripts/nightly`: summarise new or changed transcripts at 02:00."""
+    from prefect.schedules import Cron
+
+    from pipelines.summarize import summarize_transcripts
+
+    return _runner_deployment(
+        summarize_transcripts.to_deployment(
+            name="nightly",
+            description=(
+                "Every night at 02:00: summarise the transcripts under <data_dir>/transcripts into "
+                "<data_dir>/summaries. Unchanged transcripts are skipped (their summaries are "
+                "cached), so a re-run costs nothing. Run it now with other paths by overriding "
+                "`paths` and `out_dir`."
+            ),
+            schedules=[Cron(SUMMARIZE_CRON, timezone=timezone)],
+            parameters={"paths": None, "out_dir": None, "force": False},
+            tags=[PROJECT_TAG, "pipeline:summarize"],
+        )
+    )
+
+
+def ingest_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
+    """`ingest-documents/hourly`: keep the Chroma collection in step with the documents."""
+    from pipelines.ingest import ingest_documents  # type: ignore[import-not-found,unused-ignore]
+    from prefect.schedules import Interval
+
+    return _runner_deployment(
+        ingest_documents.to_deployment(
+            name="hourly",
+            description=(
+                "Every hour: chunk and embed the documents under <data_dir>/documents into the "
+                "Chroma collection, upserting by deterministic ids; incremental cleanup removes "
+                "the chunks of documents that changed or disappeared."
+            ),
+            schedules=[Interval(INGEST_INTERVAL, timezone=timezone)],
+            parameters={"paths": None, "collection": None, "cleanup": "incremental"},
+            tags=[PROJECT_TAG, "pipeline:ingest"],
+        )
+    )
+
+
+def batch_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
+    """`process-records/on-demand`: no schedule; run it with the table and template to use."""
+    from pipelines.batch import process_records
+
+    return _runner_deployment(
+        process_records.to_deployment(
+            name="on-demand",
+            description=(
+                "On demand only (no schedule): run every row of a table through a prompt template "
+                "or a built-in task. Start it from the UI or with `prefect deployment run "
+                "process-records/on-demand --param input_path=... --param output_path=...`."
+            ),
+            parameters={"mode": "online", "retry_failed": False},
+            tags=[PROJECT_TAG, "pipeline:batch"],
+        )
+    )
+
+
+def _runner_deployment(built: object) -> RunnerDeployment:
+    """`to_deployment` is typed sync-or-async; called from sync code it is a deployment."""
+    from prefect.deployments.runner import RunnerDeployment
+
+    assert isinstance(built, RunnerDeployment), built
+    return built
+
+
+# A pipeline's deployment is served and deployed once its builder is listed here.
+DEPLOYMENT_BUILDERS: tuple[DeploymentBuilder, ...] = (summarize_deployment,)
+
+
+def build_deployments(timezone: str = DEFAULT_TIMEZONE) -> list[RunnerDeployment]:
+    """Every listed pipeline's deployment, schedules in `timezone` (an IANA name)."""
+    return [build(timezone) for build in DEPLOYMENT_BUILDERS]
+
+
+def describe_schedule(deployment: RunnerDeployment) -> str:
+    """When a deployment runs, in words: `cron 0 2 * * * (UTC)`, `every 1:00:00`, `on demand`."""
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+
+    if not deployment.schedules:
+        return "on demand"
+    described = []
+    for entry in deployment.schedules:
+        schedule = entry.schedule
+        if isinstance(schedule, CronSchedule):
+            described.append(f"cron {schedule.cron} ({schedule.timezone or 'UTC'})")
+        elif isinstance(schedule, IntervalSchedule):
+            described.append(f"every {schedule.interval}")
+        else:
+            described.append(str(schedule))
+    return ", ".join(described)

@@ -1,0 +1,316 @@
+"""The embedding engine: one small protocol, a local ONNX MiniLM and the OpenAI API.
+
+Every embedder returns a float32 array of shape (len(texts), dimension). Vectors from different
+embedders never share a collection: the store records `name` and `dimension` (see vectorstore).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import SecretStr
+
+from tasks.errors import ConfigurationError, LLMError
+from tasks.llm import PERMANENT_STATUS, Usage
+from tasks.model_files import MODEL_FILE, TOKENIZER_FILE, missing_files
+from tasks.redaction import redact
+
+if TYPE_CHECKING:
+    import onnxruntime
+    import openai
+    import tokenizers
+
+    from tasks.settings import ModelPrice, Settings
+
+Vectors = NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    """Turns texts into vectors; `name` and `dimension` identify the vector space."""
+
+    name: str
+
+    @property
+    def dimension(self) -> int: ...
+
+    def embed(self, texts: list[str]) -> Vectors: ...
+
+
+def _default_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+class LocalOnnxEmbedder:
+    """all-MiniLM-L6-v2 on onnxruntime, computed exactly like sentence-transformers.
+
+    Word-piece tokens truncated at 256 (the model's max_seq_length), mean pooling over the
+    attention mask, L2 normalisation. Texts are sorted by length and each batch is padded to its
+    longest member only, which on mixed-length text is 6-16x faster than padding every input
+    to 256 and gives the same vectors (benchmarks/embedder_speed.py). Once sorted, the batch size
+    hardly matters (8-32 within 15% on 2 cores); 16 is the default. The session loads on first
+    use, once, under a lock; `embed` may be called from several threads at once.
+    """
+
+    MAX_TOKENS = 256
+    # Word pieces of text that fit, after [CLS] and [SEP]: the chunk budget for this model.
+    max_text_tokens = MAX_TOKENS - 2
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        name: str = "all-MiniLM-L6-v2-int8",
+        batch_size: int = 16,
+        threads: int | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.name = name
+        self.batch_size = batch_size
+        self.threads = threads or _default_threads()
+        self._lock = threading.Lock()
+        self._session: onnxruntime.InferenceSession | None = None
+        self._tokenizer: tokenizers.Tokenizer | None = None
+        self._counter: tokenizers.Tokenizer | None = None
+        self._inputs: frozenset[str] = frozenset()
+
+    @property
+    def dimension(self) -> int:
+        return 384
+
+    def check_files(self) -> None:
+        """Raise ConfigurationError when the model folder is incomplete."""
+        missing = missing_files(self.model_dir)
+        if missing:
+            raise ConfigurationError(
+                f"the local embedding model is missing {', '.join(missing)} in {self.model_dir}",
+                hint=f"run `make setup` (or `python -m tasks.model_files {self.model_dir}`)",
+            )
+
+    def _load(self) -> tuple[onnxruntime.InferenceSession, tokenizers.Tokenizer]:
+        if self._session is not None and self._tokenizer is not None:
+            return self._session, self._tokenizer
+        with self._lock:
+            if self._session is None or self._tokenizer is None:
+                self.check_files()
+                import onnxruntime
+                import tokenizers
+
+                tokenizer = tokenizers.Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
+                # tokenizer.json pads and truncates to 128; sentence-transformers uses 256 and
+                # pads each batch to its longest input.
+                tokenizer.enable_truncation(max_length=self.MAX_TOKENS)
+                tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+                counter = tokenizers.Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
+                counter.no_truncation()
+                counter.no_padding()
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = self.threads
+                options.inter_op_num_threads = 1
+                options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+                try:
+                    session = onnxruntime.InferenceSession(
+                        str(self.model_dir / MODEL_FILE),
+                        sess_options=options,
+                        providers=["CPUExecutionProvider"],
+                    )
+                except Exception as exc:  # onnxruntime raises its own untyped errors
+                    raise ConfigurationError(
+                        f"cannot load {self.model_dir / MODEL_FILE}: {exc}"[:400],
+                        hint=f"re-provision it: `python -m tasks.model_files {self.model_dir}`",
+                    ) from None
+                self._inputs = frozenset(i.name for i in session.get_inputs())
+                self._tokenizer = tokenizer
+                self._counter = counter
+                self._session = session
+        assert self._session is not None and self._tokenizer is not None
+        return self._session, self._tokenizer
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Word pieces per text, without [CLS] and [SEP]; past `max_text_tokens` text is cut off.
+
+        Pass it to `chunk_document(count=...)` to size chunks in this model's own tokens.
+        """
+        self._load()
+        assert self._counter is not None
+        encodings = self._counter.encode_batch(texts, add_special_tokens=False)
+        return [len(encoding.ids) for encoding in encodings]
+
+    def embed(self, texts: list[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        session, tokenizer = self._load()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        result = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            result[batch] = self._embed_batch(session, tokenizer, [texts[i] for i in batch])
+        return result
+
+    def _embed_batch(
+        self,
+        session: onnxruntime.InferenceSession,
+        tokenizer: tokenizers.Tokenizer,
+        texts: list[str],
+    ) -> Vectors:
+        encodings = tokenizer.encode_batch(texts)
+        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        hidden = session.run(None, feeds)[0]  # last_hidden_state: (batch, sequence, 384)
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+# Output sizes of OpenAI's embedding models; other models are probed once.
+OPENAI_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+
+
+class OpenAIEmbedder:
+    """Embeddings through the openai SDK (OpenAI or any compatible server), with usage and cost.
+
+    Transport retries are the SDK's (`max_retries` on the client); a failure after them raises
+    LLMError with the secret-free reason.
+    """
+
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        model: str = "text-embedding-3-small",
+        *,
+        batch_size: int = 64,
+        dimensions: int | None = None,
+        price: ModelPrice | None = None,
+        secrets: tuple[SecretStr | None, ...] = (),
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.name = model if dimensions is None else f"{model}@{dimensions}"
+        self.batch_size = batch_size
+        self.dimensions = dimensions
+        self.price = price
+        self.usage = Usage()
+        self._secrets = secrets
+        self._lock = threading.Lock()
+        self._dimension: int | None = dimensions or OPENAI_DIMENSIONS.get(model)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAIEmbedder:
+        import openai
+
+        if not (settings.openai_api_key or settings.openai_base_url):
+            raise ConfigurationError(
+                "the openai embedder needs an endpoint",
+                hint="set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server), "
+                "or GRISTMILL_EMBEDDING_ENGINE=local",
+            )
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
+        client = openai.OpenAI(
+            api_key=key,
+            base_url=settings.openai_base_url,
+            timeout=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+        )
+        return cls(
+            client,
+            settings.embedding_model,
+            batch_size=settings.embedding_batch_size,
+            price=settings.price_of(settings.embedding_model),
+            secrets=(settings.openai_api_key,),
+        )
+
+    @property
+    def dimension(self) -> int:
+        """The vector size: known for OpenAI's models, asked of the server once otherwise."""
+        if self._dimension is None:
+            self._dimension = int(self._request(["dimension probe"]).shape[1])
+        return self._dimension
+
+    def embed(self, texts: list[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        parts = [
+            self._request(texts[start : start + self.batch_size])
+            for start in range(0, len(texts), self.batch_size)
+        ]
+        vectors = np.concatenate(parts)
+        if self._dimension is None:
+            self._dimension = int(vectors.shape[1])
+        return vectors
+
+    def _request(self, texts: list[str]) -> Vectors:
+        import openai
+
+        kwargs: dict[str, Any] = {}
+        if self.dimensions is not None:
+            kwargs["dimensions"] = self.dimensions
+        # The API rejects empty strings; a single space embeds as "nothing" just as well.
+        inputs = [text if text.strip() else " " for text in texts]
+        try:
+            response = self.client.embeddings.create(model=self.model, input=inputs, **kwargs)
+        except openai.APIStatusError as exc:
+            raise LLMError(
+                f"embedding request failed with HTTP {exc.status_code}: {self._clean(exc)}",
+                transient=exc.status_code not in PERMANENT_STATUS,
+                status_code=exc.status_code,
+            ) from None
+        except openai.APITimeoutError:
+            raise LLMError(
+                f"embedding request timed out after {self.client.max_retries + 1} attempts",
+                transient=True,
+                attempts=self.client.max_retries + 1,
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise LLMError(
+                f"could not reach the embedding endpoint: {self._clean(exc)}",
+                transient=True,
+                attempts=self.client.max_retries + 1,
+            ) from None
+        data = sorted(response.data, key=lambda item: item.index)
+        if len(data) != len(texts):
+            raise LLMError(
+                f"embedding endpoint returned {len(data)} vectors for {len(texts)} texts",
+                transient=True,
+            )
+        vectors = np.array([item.embedding for item in data], dtype=np.float32)
+        expected = self._dimension
+        if expected is not None and vectors.shape[1] != expected:
+            raise LLMError(
+                f"{self.model} returned {vectors.shape[1]}-dimensional vectors, "
+                f"expected {expected}",
+                hint="set the embedding dimension that matches the model",
+            )
+        tokens = response.usage.prompt_tokens if response.usage is not None else 0
+        cost = tokens * self.price.input / 1e6 if self.price is not None else 0.0
+        with self._lock:
+            self.usage = self.usage + Usage(calls=1, prompt_tokens=tokens, cost_usd=round(cost, 8))
+        return vectors
+
+    def _clean(self, exc: Exception) -> str:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        return redact(str(message), *self._secrets)[:300]
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """The embedder the settings ask for."""
+    if settings.embedding_engine == "openai":
+        return OpenAIEmbedder.from_settings(settings)
+    embedder = LocalOnnxEmbedder(settings.embedding_model_dir)
+    embedder.check_files()
+    return embedder

@@ -1,0 +1,381 @@
+"""The vector store: Chroma behind a small class that takes the client as a parameter.
+
+Rules that keep a collection trustworthy:
+- vectors are always computed by gristmill's embedder and passed in; Chroma's default embedding
+  function (which downloads a model) is never used;
+- a collection records its embedding model and dimension, and opening it with another one fails
+  instead of mixing vectors from two spaces;
+- collections use cosine distance, so `score = 1 - distance` is the cosine similarity;
+- an on-disk (PersistentClient) store has one writer at a time, enforced with a file lock,
+  because Chroma's embedded mode is thread-safe but not process-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from tasks.errors import ConfigurationError, StoreLockedError
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+    from tasks.settings import Settings
+
+Metadata = Mapping[str, str | int | float | bool | None]
+
+MODEL_KEY = "embedding_model"
+DIMENSION_KEY = "embedding_dimension"
+LOCK_FILE = "gristmill-writer.lock"
+# Rows fetched per page when scanning a collection.
+PAGE_SIZE = 1000
+# Values per `$in` filter, well under SQLite's bound-variable limit.
+IN_FILTER_SIZE = 500
+
+
+class Hit(BaseModel):
+    """One ranked search result."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    score: float
+    embedding: list[float] | None = None
+
+
+def open_chroma(settings: Settings) -> ClientAPI:
+    """A Chroma server client when `chroma_host` is set, else an on-disk client under chroma_dir."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    if settings.chroma_host:
+        headers = {}
+        if settings.chroma_token is not None:
+            headers["Authorization"] = f"Bearer {settings.chroma_token.get_secret_value()}"
+        try:
+            return chromadb.HttpClient(
+                host=settings.chroma_host,
+                port=settings.chroma_port,
+                ssl=settings.chroma_ssl,
+                headers=headers,
+                settings=chroma_settings,
+            )
+        except Exception as exc:  # chromadb raises ValueError / httpx errors on a failed handshake
+            scheme = "https" if settings.chroma_ssl else "http"
+            raise ConfigurationError(
+                f"cannot reach the Chroma server at {scheme}://{settings.chroma_host}:"
+                f"{settings.chroma_port}: {type(exc).__name__}",
+                hint="start it (`chroma run --path DIR --port N`) or unset GRISTMILL_CHROMA_HOST",
+            ) from None
+    settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+
+
+class WriterLock:
+    """An exclusive, non-blocking `flock` on `<chroma dir>/gristmill-writer.lock`.
+
+    The kernel drops the lock when the holder exits, even on SIGKILL, so a crash never leaves a
+    stale lock behind. Advisory: it keeps gristmill processes apart, not other programs.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> WriterLock:
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path / LOCK_FILE
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise StoreLockedError(
+                f"another process ({holder or 'unknown'}) is writing to the vector store at "
+                f"{self.path}",
+                hint="wait for it to finish, or run a Chroma server and set "
+                "GRISTMILL_CHROMA_HOST so several writers can share it",
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WriterLock:
+        return self if self._fd is not None else self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def acquire_writer_lock(path: Path) -> WriterLock:
+    """Take the writer lock of the on-disk store at `path`, or raise StoreLockedError at once."""
+    return WriterLock(path).acquire()
+
+
+@contextlib.contextmanager
+def writer_lock(settings: Settings) -> Iterator[None]:
+    """Hold the writer lock for an on-disk store; a Chroma server needs none."""
+    if settings.chroma_host:
+        yield
+        return
+    with acquire_writer_lock(settings.chroma_dir):
+        yield
+
+
+def _clean_metadata(metadata: Metadata) -> dict[str, str | int | float | bool]:
+    """Chroma stores no None values: drop them."""
+    return {key: value for key, value in metadata.items() if value is not None}
+
+
+class ChunkStore:
+    """One Chroma collection of chunks embedded by one model, written in batches."""
+
+    def __init__(
+        self,
+        client: ClientAPI,
+        collection_name: str,
+        embedding_name: str,
+        dimension: int,
+        *,
+        max_batch_size: int | None = None,
+    ) -> None:
+        self.client = client
+        self.name = collection_name
+        self.embedding_name = embedding_name
+        self.dimension = dimension
+        limit = client.get_max_batch_size()
+        self.batch_size = min(limit, max_batch_size) if max_batch_size else limit
+        self.collection = self._open_collection()
+
+    def _open_collection(self) -> Collection:
+        from chromadb.errors import ChromaError
+
+        try:
+            collection = self.client.get_or_create_collection(
+                self.name,
+                embedding_function=None,
+                metadata={MODEL_KEY: self.embedding_name, DIMENSION_KEY: self.dimension},
+                configuration={"hnsw": {"space": "cosine"}},
+            )
+        except (ChromaError, ValueError) as exc:
+            raise ConfigurationError(
+                f"cannot open the Chroma collection {self.name!r}: {exc}"[:400]
+            ) from None
+        space = _distance_space(collection)
+        if space not in (None, "cosine"):
+            raise ConfigurationError(
+                f"collection {self.name!r} uses {space} distance; gristmill needs cosine",
+                hint="use another collection name (--collection)",
+            )
+        recorded = dict(collection.metadata or {})
+        model, dimension = recorded.get(MODEL_KEY), recorded.get(DIMENSION_KEY)
+        if model is None:
+            if collection.count() > 0:
+                raise ConfigurationError(
+                    f"collection {self.name!r} was not created by gristmill: it records no "
+                    "embedding model, so its vectors may come from another one",
+                    hint="use another collection name (--collection)",
+                )
+            recorded.update({MODEL_KEY: self.embedding_name, DIMENSION_KEY: self.dimension})
+            collection.modify(metadata=recorded)
+        elif model != self.embedding_name or dimension != self.dimension:
+            raise ConfigurationError(
+                f"collection {self.name!r} holds vectors from {model} ({dimension} dimensions), "
+                f"but this run embeds with {self.embedding_name} ({self.dimension} dimensions)",
+                hint="use the same embedder, another collection (--collection), or delete the "
+                "collection to re-index it with the new model",
+            )
+        return collection
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        embeddings: np.ndarray | Sequence[Sequence[float]],
+        documents: Sequence[str],
+        metadatas: Sequence[Metadata],
+    ) -> int:
+        """Insert or replace chunks by id, in batches the client accepts; returns rows written."""
+        vectors = np.asarray(embeddings, dtype=np.float32)
+        if vectors.ndim != 2:
+            vectors = vectors.reshape(len(ids), -1)
+        if not len(ids) == len(vectors) == len(documents) == len(metadatas):
+            raise ValueError(
+                f"upsert needs as many embeddings ({len(vectors)}), documents ({len(documents)}) "
+                f"and metadatas ({len(metadatas)}) as ids ({len(ids)})"
+            )
+        if len(ids) and vectors.shape[1] != self.dimension:
+            raise ConfigurationError(
+                f"vectors have {vectors.shape[1]} dimensions; collection {self.name!r} holds "
+                f"{self.dimension}-dimensional vectors from {self.embedding_name}"
+            )
+        if len(set(ids)) != len(ids):
+            raise ValueError("upsert got duplicate ids in one call")
+        for start in range(0, len(ids), self.batch_size):
+            end = start + self.batch_size
+            self.collection.upsert(
+                ids=list(ids[start:end]),
+                embeddings=vectors[start:end],
+                documents=list(documents[start:end]),
+                metadatas=[_clean_metadata(m) for m in metadatas[start:end]],
+            )
+        return len(ids)
+
+    def _pages(self, where: dict[str, Any] | None, include: list[str]) -> Iterator[dict[str, Any]]:
+        offset = 0
+        while True:
+            page = self.collection.get(
+                where=where,
+                include=include,  # type: ignore[arg-type]
+                limit=PAGE_SIZE,
+                offset=offset,
+            )
+            if not page["ids"]:
+                return
+            yield dict(page)
+            if len(page["ids"]) < PAGE_SIZE:
+                return
+            offset += len(page["ids"])
+
+    def ids_for_source(self, source: str) -> list[str]:
+        """Ids of every chunk whose metadata `source` is `source`."""
+        return [i for page in self._pages({"source": source}, []) for i in page["ids"]]
+
+    def delete_ids(self, ids: Sequence[str]) -> int:
+        """Delete chunks by id (missing ids are ignored); returns how many were asked for."""
+        for start in range(0, len(ids), self.batch_size):
+            self.collection.delete(ids=list(ids[start : start + self.batch_size]))
+        return len(ids)
+
+    def delete_source(self, source: str) -> int:
+        """Delete every chunk of `source`; returns how many there were."""
+        return self.delete_ids(self.ids_for_source(source))
+
+    def sources(self) -> dict[str, str]:
+        """{source: document_hash} for every source in the collection.
+
+        A source whose chunks disagree on the document hash, or number fewer than the
+        `chunk_count` they record (a write interrupted half-way), maps to "" so that it never
+        matches a real hash and gets re-ingested.
+        """
+        hashes: dict[str, set[str]] = {}
+        counts: dict[str, int] = {}
+        expected: dict[str, set[int]] = {}
+        for page in self._pages(None, ["metadatas"]):
+            for metadata in page["metadatas"]:
+                if not metadata or "source" not in metadata:
+                    continue
+                source = str(metadata["source"])
+                hashes.setdefault(source, set()).add(str(metadata.get("document_hash", "")))
+                counts[source] = counts.get(source, 0) + 1
+                if "chunk_count" in metadata:
+                    expected.setdefault(source, set()).add(int(metadata["chunk_count"]))
+        result: dict[str, str] = {}
+        for source, found in hashes.items():
+            complete = expected.get(source, {counts[source]}) == {counts[source]}
+            result[source] = found.pop() if len(found) == 1 and complete else ""
+        return result
+
+    def embeddings_by_content_hash(self, content_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors for chunk texts already embedded (by `content_hash` metadata).
+
+        Lets a re-run reuse vectors after a crash, a rename, or an edit elsewhere in a document,
+        so no text is paid for twice. Safe because the collection holds one model's vectors.
+        """
+        found: dict[str, np.ndarray] = {}
+        wanted = sorted(set(content_hashes))
+        for start in range(0, len(wanted), IN_FILTER_SIZE):
+            where = {"content_hash": {"$in": wanted[start : start + IN_FILTER_SIZE]}}
+            for page in self._pages(where, ["embeddings", "metadatas"]):
+                for metadata, vector in zip(page["metadatas"], page["embeddings"], strict=True):
+                    if metadata and "content_hash" in metadata:
+                        found.setdefault(str(metadata["content_hash"]), np.asarray(vector))
+        return found
+
+    def get(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{id: metadata} for the ids that exist."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), PAGE_SIZE):
+            page = self.collection.get(
+                ids=list(ids[start : start + PAGE_SIZE]), include=["metadatas"]
+            )
+            for chunk_id, metadata in zip(page["ids"], page["metadatas"] or [], strict=True):
+                found[chunk_id] = dict(metadata or {})
+        return found
+
+    def query(
+        self,
+        embedding: np.ndarray | Sequence[float],
+        k: int = 5,
+        where: dict[str, Any] | None = None,
+        *,
+        include_embeddings: bool = False,
+    ) -> list[Hit]:
+        """The `k` nearest chunks, best first; score is the cosine similarity."""
+        if k <= 0:
+            return []
+        vector = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+        if vector.shape[1] != self.dimension:
+            raise ConfigurationError(
+                f"query vector has {vector.shape[1]} dimensions; collection {self.name!r} holds "
+                f"{self.dimension}-dimensional vectors from {self.embedding_name}"
+            )
+        include = ["documents", "metadatas", "distances"]
+        if include_embeddings:
+            include.append("embeddings")
+        result = self.collection.query(
+            query_embeddings=vector,
+            n_results=k,
+            where=where or None,
+            include=include,  # type: ignore[arg-type]
+        )
+        ids = result["ids"][0]
+        documents = (result["documents"] or [[]])[0]
+        metadatas = (result["metadatas"] or [[]])[0]
+        distances = (result["distances"] or [[]])[0]
+        vectors = result.get("embeddings")
+        embeddings = vectors[0] if vectors is not None else None
+        return [
+            Hit(
+                id=chunk_id,
+                text=documents[i] or "",
+                metadata=dict(metadatas[i] or {}),
+                score=1.0 - float(distances[i]),
+                embedding=None if embeddings is None else np.asarray(embeddings[i]).tolist(),
+            )
+            for i, chunk_id in enumerate(ids)
+        ]
+
+
+def _distance_space(collection: Collection) -> str | None:
+    """The collection's distance function, from its configuration (or legacy metadata)."""
+    configuration = getattr(collection, "configuration", None) or {}
+    for index in ("hnsw", "spann"):
+        section = configuration.get(index) if isinstance(configuration, Mapping) else None
+        if isinstance(section, Mapping) and section.get("space"):
+            return str(section["space"])
+    space = (collection.metadata or {}).get("hnsw:space")
+    return str(space) if space else None

@@ -1,0 +1,433 @@
+"""Batch records against the local OpenAI-compatible server over real HTTP: limits, faults,
+resume, --retry-failed, the Batch API, bad inputs, offline tasks, the flow and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from tasks.errors import ConfigurationError, UsageError
+from tasks.records import (
+    BatchAPIEngine,
+    ChatRowEngine,
+    OfflineRowEngine,
+    RateLimiter,
+    RecordJob,
+    RecordReader,
+    Row,
+    RowJournal,
+    RowResult,
+    build_row_engine,
+    iter_row_chunks,
+    load_schema,
+    preflight,
+    run_row_batch,
+)
+from tasks.settings import Settings
+from tests.support.embedders import HashEmbedder
+from tests.support.openai_server import FakeOpenAI, Fault
+
+KEY = "sk-test-batch-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key=KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server: FakeOpenAI) -> FakeOpenAI:
+    server.reset()
+    server.latency = 0.0
+    return server
+
+
+def settings_for(server: FakeOpenAI, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "openai_base_url": server.base_url,
+        "openai_api_key": SecretStr(KEY),
+        "data_dir": data_dir,
+        "llm_timeout_s": 2.0,
+        "llm_max_retries": 2,
+        "batch_concurrency": 4,
+        "batch_rows_per_task": 5,
+    }
+    return Settings.model_validate(values | overrides)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def tickets(tmp_path: Path, count: int = 8) -> Path:
+    rows = [[str(i), f"ticket {i}: the printer on floor {i} is on fire"] for i in range(count)]
+    return write_csv(tmp_path / "tickets.csv", ["id", "text"], rows)
+
+
+def classify_job(**overrides: Any) -> RecordJob:
+    options: dict[str, Any] = {
+        "template": "Classify this ticket: {{ text }}",
+        "schema": load_schema("category,priority:int"),
+        "id_column": "id",
+    }
+    return RecordJob(**(options | overrides))
+
+
+def screened(path: Path, job: RecordJob) -> list[Row]:
+    return [row for chunk in iter_row_chunks(preflight(path, job), job, 1000) for row in chunk]
+
+
+def run_rows(
+    path: Path, job: RecordJob, engine: Any, journal: RowJournal | None = None
+) -> list[RowResult]:
+    rows = [r for r in screened(path, job) if r.problem is None]
+    return run_row_batch(rows, engine, journal)
+
+
+# ------------------------------------------------------------------------- online engine
+
+
+def test_429_storm_pauses_the_whole_run_and_every_row_ends_ok(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake.latency = 0.05
+    fake.enqueue(*[Fault.status(429, retry_after=0.4)] * 6)
+    job = classify_job()
+    engine = ChatRowEngine.from_settings(settings_for(fake, tmp_path), job)
+    started = time.monotonic()
+    results = run_rows(tickets(tmp_path), job, engine)
+    assert [r.status for r in results] == ["ok"] * 8
+    assert time.monotonic() - started >= 0.4
+    assert engine.limiter.pauses >= 1
+    assert fake.calls == 8 + 6  # the SDK retried nothing on its own: max_retries=0
+    assert fake.max_concurrency <= 4
+
+
+def test_5xx_and_timeouts_are_retried_for_that_row(fake: FakeOpenAI, tmp_path: Path) -> None:
+    fake.enqueue(Fault.status(500), Fault.status(503), Fault.slow(1.5))
+    job = classify_job()
+    settings = settings_for(
+        fake, tmp_path, llm_timeout_s=0.5, llm_max_retries=3, batch_concurrency=1
+    )
+    results = run_rows(tickets(tmp_path, 3), job, ChatRowEngine.from_settings(settings, job))
+    assert [r.status for r in results] == ["ok"] * 3
+    assert fake.calls == 6
+
+
+def test_transient_errors_beyond_the_budget_fail_only_that_row(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake.enqueue(*[Fault.status(500)] * 3)
+    job = classify_job()
+    settings = settings_for(fake, tmp_path, batch_concurrency=1)
+    results = run_rows(tickets(tmp_path, 3), job, ChatRowEngine.from_settings(settings, job))
+    assert [r.status for r in results] == ["failed", "ok", "ok"]
+    assert "HTTP 500" in (results[0].error or "")
+    assert KEY not in (results[0].error or "")
+
+
+def test_malformed_and_schema_invalid_output_is_retried_then_repaired(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake.enqueue(Fault.malformed_json(), Fault.schema_invalid())
+    job = classify_job()
+    settings = settings_for(fake, tmp_path, batch_concurrency=1)
+    results = run_rows(tickets(tmp_path, 1), job, ChatRowEngine.from_settings(settings, job))
+    assert results[0].status == "ok" and results[0].calls == 3
+    assert results[0].result == {"category": "text", "priority": 0}
+    repair = fake.requests[-1].body["messages"][-1]["content"]
+    assert "could not be used" in repair and "priority" in repair
+
+    fake.reset()
+    fake.enqueue(*[Fault.schema_invalid()] * 3)
+    results = run_rows(tickets(tmp_path, 1), job, ChatRowEngine.from_settings(settings, job))
+    assert results[0].status == "failed" and "did not fit the schema" in (results[0].error or "")
+
+
+def test_limiter_enforces_requests_and_tokens_per_minute() -> None:
+    limiter = RateLimiter(8, rpm=2400)  # 40/s, a second's worth of burst
+    started = time.monotonic()
+    for _ in range(60):
+        with limiter.slot():
+            pass
+    assert 0.4 <= time.monotonic() - started < 1.5
+
+    limiter = RateLimiter(8, tpm=24_000)  # 400 tokens/s
+    started = time.monotonic()
+    for _ in range(6):
+        with limiter.slot(100) as slot:
+            limiter.true_up(slot, 100)
+    assert 0.4 <= time.monotonic() - started < 1.5
+
+
+def test_a_stale_429_does_not_extend_the_pause() -> None:
+    limiter = RateLimiter(2)
+    with limiter.slot() as early:
+        pass
+    time.sleep(0.01)
+    with limiter.slot() as late:
+        limiter.pause(0.2, late)
+    limiter.pause(5.0, early)  # sent before the pause began: same overload
+    started = time.monotonic()
+    with limiter.slot():
+        pass
+    assert 0.1 < time.monotonic() - started < 1.0
+    assert limiter.pauses == 1
+
+
+# ------------------------------------------------------------------------- resume
+
+
+def test_a_killed_run_resumes_without_paying_again(fake: FakeOpenAI, tmp_path: Path) -> None:
+    job = classify_job()
+    settings = settings_for(fake, tmp_path)
+    rows = [r for r in screened(tickets(tmp_path, 6), job) if r.problem is None]
+    journal = RowJournal.for_job(settings.batch_dir, job)
+    run_row_batch(rows[:4], ChatRowEngine.from_settings(settings, job), journal)  # "killed"
+    journal.close()
+    with journal.path.open("a") as handle:
+        handle.write('{"key": "torn')  # the kill hit mid-write
+    assert fake.calls == 4
+
+    journal = RowJournal.for_job(settings.batch_dir, job)
+    results = run_row_batch(rows, ChatRowEngine.from_settings(settings, job), journal)
+    assert [r.status for r in results] == ["ok"] * 6
+    assert [r.reused for r in results] == [True] * 4 + [False] * 2
+    assert fake.calls == 6
+
+    changed = classify_job(system="Be brief.")  # a new prompt is a new cache key
+    assert changed.row_key(rows[0].text) != job.row_key(rows[0].text)
+
+
+# ------------------------------------------------------------------------- bad inputs
+
+
+def test_bad_rows_become_invalid_input_at_their_position(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(
+        b"id,text\n1,fine\n2,too,many,fields\n3,caf\xe9 latin-1\n1,duplicate id\n,no id\n4,\n5,ok\n"
+    )
+    rows = screened(path, classify_job())
+    assert [r.number for r in rows] == list(range(7))
+    problems = [r.problem or "" for r in rows]
+    assert problems[0] == "" and problems[6] == ""
+    assert "malformed CSV line 3" in problems[1]
+    assert "invalid UTF-8" in problems[2]
+    assert "duplicate id '1'" in problems[3]
+    assert "empty id" in problems[4]
+    assert "shorter than" in problems[5]
+
+
+def test_bad_jsonl_lines_become_invalid_input(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": broken\n[1, 2]\n{"text": "\xff\xfe"}\n\n')
+    rows = screened(path, classify_job(id_column=None))
+    assert [r.problem is None for r in rows] == [True, False, False, False]
+    assert "malformed JSON" in (rows[1].problem or "")
+    assert "not a JSON object" in (rows[2].problem or "")
+    assert "invalid UTF-8" in (rows[3].problem or "")
+
+
+def test_hash_ids_are_stable_and_unique_for_repeated_rows(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "r.csv", ["text"], [["same"], ["same"], ["other"]])
+    job = classify_job(id_column=None)
+    first, second = screened(path, job), screened(path, job)
+    assert [r.row_id for r in first] == [r.row_id for r in second]
+    assert len({r.row_id for r in first}) == 3
+    assert first[1].row_id == first[0].row_id + "-2"
+
+
+@pytest.mark.parametrize(
+    ("content", "template", "message"),
+    [
+        (b"", "{{ text }}", "empty"),
+        (b"id,body\n1,x\n", "{{ text }}", "uses column.s. text that"),
+        (b"id,text\n1,x\n", "{{ ''.__class__.__mro__ }}", "not allowed"),
+        (b"id,text\n1,x\n", "{{ text.__class__ }}", "not allowed"),
+        (b"id,text\n1,x\n", "{% for %}", "syntax error"),
+    ],
+)
+def test_bad_inputs_and_templates_are_usage_errors(
+    tmp_path: Path, content: bytes, template: str, message: str
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(content)
+    with pytest.raises(UsageError, match=message):
+        preflight(path, classify_job(template=template))
+
+
+def test_a_template_without_an_endpoint_fails_at_once_saying_how_to_configure(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        build_row_engine(Settings.model_validate({"data_dir": tmp_path}), classify_job())
+    assert "OPENAI_API_KEY" in str(caught.value) and "--task" in str(caught.value)
+
+
+# ------------------------------------------------------------------------- offline tasks
+
+
+def test_offline_tasks_summarize_classify_embed(tmp_path: Path) -> None:
+    text = (
+        "The quarterly budget review found that cloud costs rose sharply this year. "
+        "The team agreed to move batch jobs to spot instances. Maria will draft the plan."
+    )
+    path = write_csv(
+        tmp_path / "t.csv",
+        ["text"],
+        [[text], ["my invoice shows a wrong amount, refund please"], ["app crashes at login"]],
+    )
+    summary = run_rows(
+        path, RecordJob(task="summarize"), OfflineRowEngine(RecordJob(task="summarize"))
+    )
+    assert all(r.status == "ok" and r.result["summary"] for r in summary)
+
+    job = RecordJob(task="classify", labels=["billing invoice refund", "app crashes login bug"])
+    embedder = HashEmbedder()
+    results = run_rows(path, job, OfflineRowEngine(job, embedder))
+    assert [r.result["label"] for r in results[1:]] == job.labels
+    assert all(-1.0 <= r.result["score"] <= 1.0 for r in results)
+    assert embedder.calls[-1] == job.labels or job.labels in embedder.calls
+
+    job = RecordJob(task="embed")
+    results = run_rows(path, job, OfflineRowEngine(job, HashEmbedder(dimension=16)))
+    assert all(len(r.result["embedding"]) == 16 for r in results)
+
+
+# ------------------------------------------------------------------------- flow and CLI
+
+
+def read_output(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def run_flow(job: RecordJob, engine: Any, settings: Settings, src: Path, out: Path, **kw: Any):
+    from pipelines.batch import process_records
+
+    state = process_records(
+        input_path=str(src),
+        output_path=str(out),
+        job=job,
+        engine=engine,
+        settings=settings,
+        return_state=True,
+        **kw,
+    )
+    return state, state.result(raise_on_failure=False)
+
+
+def test_flow_writes_every_row_once_then_retry_failed_fixes_only_the_failed(
+    prefect_harness: None, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    src = tickets(tmp_path, 6)
+    with src.open("a", encoding="utf-8") as handle:
+        handle.write("1,duplicate\n")
+    out = tmp_path / "out.csv"
+    job = classify_job()
+    settings = settings_for(fake, tmp_path / "data", batch_concurrency=1, batch_rows_per_task=10)
+    fake.enqueue(*[Fault.status(500)] * 3)  # the first row outlives its retries
+    state, report = run_flow(job, ChatRowEngine.from_settings(settings, job), settings, src, out)
+    assert state.is_failed()
+    assert (report.rows, report.ok, report.failed, report.invalid_input) == (7, 5, 1, 1)
+    rows = read_output(out)
+    assert [r["id"] for r in rows] == ["0", "1", "2", "3", "4", "5", "1"]
+    assert [r["status"] for r in rows] == ["failed"] + ["ok"] * 5 + ["invalid_input"]
+    assert rows[1]["category"] == "text" and rows[1]["priority"] == "0"
+    dead = [json.loads(line) for line in (tmp_path / "out.dead-letter.jsonl").open()]
+    assert [d["row_number"] for d in dead] == [0, 6]
+    assert any("record-output: passed" in q for q in report.quality)
+
+    fake.reset()
+    state, report = run_flow(
+        job, ChatRowEngine.from_settings(settings, job), settings, src, out, retry_failed=True
+    )
+    assert fake.calls == 1  # only the failed row; the invalid one fails again without a call
+    assert (report.ok, report.failed, report.invalid_input, report.reused) == (6, 0, 1, 5)
+    assert [r["status"] for r in read_output(out)] == ["ok"] * 6 + ["invalid_input"]
+
+
+def test_batch_api_lifecycle_resubmits_only_failed_and_expired_lines(
+    prefect_harness: None, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    src = tickets(tmp_path, 5)
+    out = tmp_path / "out.jsonl"
+    job = classify_job()
+    settings = settings_for(fake, tmp_path / "data")
+    fake.batch_failed_ids = {"row-1"}
+    fake.batch_expire_after = 3  # lines 3 and 4 expire
+
+    def heal(status: str, counts: dict[str, Any]) -> None:
+        fake.batch_failed_ids = set()
+        fake.batch_expire_after = None
+
+    engine = BatchAPIEngine.from_settings(settings, job, poll_interval_s=0.01, on_poll=heal)
+    state, report = run_flow(job, engine, settings, src, out, mode="batch-api")
+    assert state.is_completed(), report.failures
+    assert report.ok == 5 and report.llm_calls == 5
+    assert len(engine.batches) == 2
+    second = sorted((settings.batch_dir / "requests").glob("*-r2.jsonl"))
+    resent = [json.loads(line)["custom_id"] for line in second[0].open()]
+    assert resent == ["row-1", "row-3", "row-4"]
+    lines = [json.loads(line) for line in out.open()]
+    assert [line["status"] for line in lines] == ["ok"] * 5
+
+
+def test_batch_api_lines_that_keep_failing_end_failed_with_reason(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    job = classify_job()
+    fake.batch_failed_ids = {"row-0"}
+    engine = BatchAPIEngine.from_settings(
+        settings_for(fake, tmp_path), job, poll_interval_s=0.01, rounds=2
+    )
+    results = run_rows(tickets(tmp_path, 2), job, engine)
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert "after 2 rounds" in (results[0].error or "")
+
+
+def test_cli_json_report_and_exit_codes(
+    prefect_harness: None, fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.cli import app
+
+    src = tickets(tmp_path, 4)
+    monkeypatch.setenv("GRISTMILL_DATA_DIR", str(tmp_path / "data"))
+    runner = CliRunner()
+    base = ["batch", str(src), "--output", str(tmp_path / "o.parquet"), "--id-column", "id"]
+
+    result = runner.invoke(app, [*base, "--template", "Say {{ text }}"])
+    assert result.exit_code == 2 and "OPENAI_API_KEY" in result.output
+
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    result = runner.invoke(app, [*base, "--template", "{{ missing }}"])
+    assert result.exit_code == 2 and "missing" in result.output
+
+    result = runner.invoke(
+        app, [*base, "--template", "Classify {{ text }}", "--schema", "label", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert {"rows", "ok", "failed", "invalid_input", "llm_calls", "usage", "duration_s"} <= set(
+        report
+    )
+    assert (report["rows"], report["ok"], report["llm_calls"]) == (4, 4, 4)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "o.parquet")
+    assert table.column("status").to_pylist() == ["ok"] * 4
+    assert RecordReader(tmp_path / "o.parquet").columns[:3] == ["id", "text", "row_id"]

@@ -1,0 +1,106 @@
+"""The deployments as code, built without a server: names, schedules, parameters, tags."""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+
+from deployments.definitions import (
+    DEPLOYMENT_BUILDERS,
+    batch_deployment,
+    build_deployments,
+    describe_schedule,
+    ingest_deployment,
+    summarize_deployment,
+)
+from tests.conftest import REPO
+
+
+def flow_module_exists(name: str) -> bool:
+    return importlib.util.find_spec(f"pipelines.{name}") is not None
+
+
+def test_nightly_summaries_run_at_two_in_the_given_timezone() -> None:
+    deployment = summarize_deployment("Europe/Berlin")
+    assert (deployment.flow_name, deployment.name) == ("summarize-transcripts", "nightly")
+    assert deployment.entrypoint == "pipelines/summarize.py:summarize_transcripts"
+    [entry] = deployment.schedules or []
+    assert entry.schedule == CronSchedule(cron="0 2 * * *", timezone="Europe/Berlin")
+    assert entry.active
+    assert describe_schedule(deployment) == "cron 0 2 * * * (Europe/Berlin)"
+    assert deployment.parameters == {"paths": None, "out_dir": None, "force": False}
+    assert set(deployment.tags) == {"gristmill", "pipeline:summarize"}
+    assert deployment.description and "02:00" in deployment.description
+
+
+def test_deployment_parameters_leave_engines_to_the_worker_environment() -> None:
+    """Settings and the summariser are built where the flow runs, never sent as parameters."""
+    schema = summarize_deployment()._parameter_openapi_schema
+    assert schema.required == []
+    assert {"paths", "out_dir", "force"} <= set(schema.properties)
+    assert "settings" not in summarize_deployment().parameters
+
+
+def test_build_deployments_has_one_per_listed_pipeline_with_unique_names() -> None:
+    deployments = build_deployments()
+    assert len(deployments) == len(DEPLOYMENT_BUILDERS) >= 1
+    names = [f"{d.flow_name}/{d.name}" for d in deployments]
+    assert len(set(names)) == len(names)
+    for deployment in deployments:
+        assert "gristmill" in deployment.tags
+        assert any(tag.startswith("pipeline:") for tag in deployment.tags)
+        assert deployment.description
+
+
+@pytest.mark.skipif(not flow_module_exists("ingest"), reason="pipelines/ingest.py not written yet")
+def test_hourly_ingestion_runs_every_hour() -> None:
+    deployment = ingest_deployment("UTC")
+    assert (deployment.flow_name, deployment.name) == ("ingest-documents", "hourly")
+    [entry] = deployment.schedules or []
+    assert isinstance(entry.schedule, IntervalSchedule)
+    assert entry.schedule.interval == timedelta(seconds=3600)
+    assert deployment.parameters["cleanup"] == "incremental"
+    assert set(deployment.tags) == {"gristmill", "pipeline:ingest"}
+
+
+@pytest.mark.skipif(
+    batch_deployment not in DEPLOYMENT_BUILDERS,
+    reason="process_records is not deployable yet (its engine and job are not JSON parameters)",
+)
+def test_batch_runs_on_demand_only() -> None:
+    deployment = batch_deployment("UTC")
+    assert (deployment.flow_name, deployment.name) == ("process-records", "on-demand")
+    assert deployment.schedules == []
+    assert describe_schedule(deployment) == "on demand"
+    assert set(deployment.tags) == {"gristmill", "pipeline:batch"}
+
+
+def test_prefect_yaml_matches_the_deployments_as_code() -> None:
+    """prefect.yaml (for work pools) and definitions.py (for `serve`) describe the same runs."""
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in config["deployments"]}
+    for deployment in build_deployments():
+        entry = by_name[deployment.name]
+        assert entry["entrypoint"] == deployment.entrypoint
+        assert entry["work_pool"]["name"] == "gristmill"
+        assert set(entry["tags"]) == set(deployment.tags)
+        assert (Path(REPO) / entry["entrypoint"].split(":")[0]).is_file()
+        yaml_schedules = entry.get("schedules") or []
+        schedules = deployment.schedules or []
+        assert len(yaml_schedules) == len(schedules)
+        for spec, created in zip(yaml_schedules, schedules, strict=True):
+            schedule = created.schedule
+            if "cron" in spec:
+                assert isinstance(schedule, CronSchedule)
+                assert spec["cron"] == schedule.cron
+            else:
+                assert isinstance(schedule, IntervalSchedule)
+                assert timedelta(seconds=spec["interval"]) == schedule.interval
+        assert {k: v for k, v in deployment.parameters.items() if v is not None} == entry.get(
+            "parameters", {}
+        )
