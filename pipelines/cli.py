@@ -107,11 +107,11 @@ def summarize(
             summarizer=summarizer,
             return_state=True,
         )
-    report = state.result(raise_on_failure=False)
+    report = state.result(raise_on_failure=False)  # type: ignore[union-attr]
     from tasks.reporting import SummarizeReport
 
     if not isinstance(report, SummarizeReport):
-        fail(f"the run did not finish: {state.message or report}", EXIT_ITEMS_FAILED)
+        fail(f"the run did not finish: {state.message or report}", EXIT_ITEMS_FAILED)  # type: ignore[union-attr]
     if as_json:
         print_json(
             {

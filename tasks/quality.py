@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from great_expectations.data_context import AbstractDataContext
     from great_expectations.expectations import Expectation
+    from great_expectations.expectations.metadata_types import FailureSeverity
 
 _lock = threading.Lock()
 
@@ -142,6 +143,13 @@ def _outcome(config: Any, result: dict[str, Any], success: bool, exc: Any) -> Ex
     )
 
 
+def _warning() -> FailureSeverity:
+    """GX's warning severity: reported, never stops an item."""
+    from great_expectations.expectations.metadata_types import FailureSeverity
+
+    return FailureSeverity.WARNING
+
+
 def utterance_expectations() -> list[Expectation]:
     """Suite for the parsed utterance table of one transcript."""
     import great_expectations as gx
@@ -153,9 +161,9 @@ def utterance_expectations() -> list[Expectation]:
         e.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
         e.ExpectColumnValuesToBeUnique(column="index"),
         e.ExpectColumnValuesToBeIncreasing(column="index", strictly=True),
-        e.ExpectColumnValueLengthsToBeBetween(column="text", max_value=20_000, severity="warning"),
+        e.ExpectColumnValueLengthsToBeBetween(column="text", max_value=20_000, severity=_warning()),
         e.ExpectColumnProportionOfNonNullValuesToBeBetween(
-            column="speaker", min_value=0.5, severity="warning"
+            column="speaker", min_value=0.5, severity=_warning()
         ),
     ]
 
@@ -191,10 +199,10 @@ def summary_expectations() -> list[Expectation]:
         e.ExpectColumnValueLengthsToBeBetween(column="summary", min_value=20, max_value=20_000),
         e.ExpectColumnValuesToBeBetween(column="action_items_without_description", max_value=0),
         e.ExpectColumnValuesToBeBetween(column="chunk_count", min_value=1),
-        e.ExpectColumnValueLengthsToBeBetween(column="summary", min_value=200, severity="warning"),
-        e.ExpectColumnValuesToBeBetween(column="key_point_count", min_value=1, severity="warning"),
+        e.ExpectColumnValueLengthsToBeBetween(column="summary", min_value=200, severity=_warning()),
+        e.ExpectColumnValuesToBeBetween(column="key_point_count", min_value=1, severity=_warning()),
         e.ExpectColumnValuesToBeBetween(
-            column="participant_count", min_value=1, severity="warning"
+            column="participant_count", min_value=1, severity=_warning()
         ),
     ]
 
@@ -239,4 +247,36 @@ def record_output_expectations(input_rows: int, statuses: list[str]) -> list[Exp
             column="row_id", row_condition='status!="invalid_input"', condition_parser="pandas"
         ),
         e.ExpectColumnValuesToBeInSet(column="result_valid", value_set=[True]),
+    ]
+
+
+def document_expectations(max_chars: int = 5_000_000) -> list[Expectation]:
+    """Suite for a batch of loaded documents: text extracted, within size limits, unique sources."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectColumnValuesToNotBeNull(column="source"),
+        e.ExpectColumnValuesToBeUnique(column="source"),
+        e.ExpectColumnValuesToBeBetween(column="chars", min_value=1, max_value=max_chars),
+        e.ExpectColumnValuesToNotBeNull(column="document_hash"),
+        e.ExpectColumnValuesToBeBetween(column="chars", min_value=20, severity=_warning()),
+    ]
+
+
+def doc_chunk_expectations(max_tokens: int) -> list[Expectation]:
+    """Suite for a batch of document chunks: token bounds, unique ids, metadata, no empty text."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectTableRowCountToBeBetween(min_value=1),
+        e.ExpectColumnValuesToBeUnique(column="id"),
+        e.ExpectColumnValuesToBeBetween(column="token_count", min_value=1, max_value=max_tokens),
+        *(
+            e.ExpectColumnValuesToNotBeNull(column=column)
+            for column in ("source", "content_hash", "document_hash", "chunk_index")
+        ),
+        e.ExpectColumnValuesToBeBetween(column="body_chars", min_value=1),
+        e.ExpectColumnValuesToBeBetween(column="body_chars", min_value=10, severity=_warning()),
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +32,7 @@ def test_every_utterance_lands_in_order_within_budget(
     assert set(covered) == {u.index for u in utterances}
     assert chunks[0].first_utterance == 0
     assert chunks[-1].last_utterance == utterances[-1].index
-    for previous, current in zip(chunks, chunks[1:], strict=False):
+    for previous, current in itertools.pairwise(chunks):
         # progress, and no gap: a chunk starts at or before the utterance after its predecessor
         assert current.last_utterance >= previous.last_utterance
         assert current.first_utterance <= previous.last_utterance + 1

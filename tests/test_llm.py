@@ -13,7 +13,7 @@ from tasks.errors import LLMError, OutputValidationError
 from tasks.llm import OpenAILLM, generate_structured, strict_json_schema
 from tasks.settings import ModelPrice, Settings
 from tasks.summaries import MeetingNotes
-from tests.support.openai_server import Fault, FakeOpenAI
+from tests.support.openai_server import FakeOpenAI, Fault
 
 KEY = "sk-test-very-secret-key-1234567890"
 
@@ -66,9 +66,7 @@ def test_transient_errors_that_outlive_retries_are_marked_transient(
     assert server.calls == 3
 
 
-def test_timeouts_and_dropped_connections_are_transient(
-    llm: OpenAILLM, server: FakeOpenAI
-) -> None:
+def test_timeouts_and_dropped_connections_are_transient(llm: OpenAILLM, server: FakeOpenAI) -> None:
     fast = OpenAILLM(llm.client.with_options(timeout=0.3, max_retries=0), "gpt-4o-mini")
     server.enqueue(Fault.slow(1.0))
     with pytest.raises(LLMError, match="timed out") as caught:
@@ -102,7 +100,7 @@ def test_wrong_key_fails_fast_and_never_shows_the_key(server: FakeOpenAI) -> Non
 
 def test_malformed_json_is_retried_hotter(llm: OpenAILLM, server: FakeOpenAI) -> None:
     server.enqueue(Fault.malformed_json())
-    notes, usage, attempts = generate_structured(llm, MESSAGES, MeetingNotes, temperature=0.2)
+    _, usage, attempts = generate_structured(llm, MESSAGES, MeetingNotes, temperature=0.2)
     assert attempts == 2 and usage.calls == 2
     temperatures = [r.body["temperature"] for r in server.requests]
     assert temperatures[1] > temperatures[0]
