@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prefect import Flow, flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -120,6 +120,9 @@ def summarize_transcripts(
         }
 
         for source, (transcript, stem, chunks, quality) in transcripts.items():
+            # Let every chunk of this transcript finish before judging it: what succeeded is
+            # cached, so a re-run after a failure pays only for what failed.
+            wait(pending[source])
             try:
                 results = [future.result() for future in pending[source]]
                 notes, passes, reduce_usage = _reduce(
