@@ -181,7 +181,8 @@ def _print_summary_table(report: Any, settings: Settings) -> None:
         f"{report.duration_s:.1f} s"
     )
     console.print(
-        "Run history: `prefect server start` then open http://127.0.0.1:4200/runs"
+        "Run history in the Prefect UI: start `gristmill server`, export the PREFECT_API_URL it "
+        "prints, and run again"
         if not os.environ.get("PREFECT_API_URL")
         else f"Run history: {os.environ['PREFECT_API_URL'].removesuffix('/api')}/runs"
     )
