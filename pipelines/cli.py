@@ -437,6 +437,245 @@ def server(
     raise typer.Exit(0 if code in (0, -2, 130) else code)
 
 
+def _error_exit_code(exc: Exception) -> int:
+    """Exit code for an error a flow ended with: bad checks on items 1, anything else 2."""
+    from tasks.errors import DataQualityError, GristmillError
+
+    if isinstance(exc, DataQualityError):
+        return EXIT_ITEMS_FAILED
+    return exc.exit_code if isinstance(exc, GristmillError) else EXIT_ITEMS_FAILED
+
+
+@app.command()
+def ingest(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Document files or folders [default: <data_dir>/documents]."),
+    ] = None,
+    collection: Annotated[
+        str | None, typer.Option("--collection", help="Chroma collection [default: settings].")
+    ] = None,
+    cleanup: Annotated[
+        str,
+        typer.Option(
+            "--cleanup",
+            help="none: never delete; incremental: replace changed documents; full: also "
+            "delete documents that are gone.",
+        ),
+    ] = "incremental",
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Glob of files to take (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Glob of files to skip (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
+) -> None:
+    """Ingest documents into the vector store, incrementally."""
+    if cleanup not in ("none", "incremental", "full"):
+        fail(f"--cleanup must be none, incremental or full, not {cleanup!r}")
+    settings = load_settings(collection=collection)
+    prepare_prefect(settings, verbose=verbose)
+    from tasks.embeddings import build_embedder
+    from tasks.errors import GristmillError
+
+    try:
+        embedder = build_embedder(settings)
+    except GristmillError as exc:
+        fail(str(exc))
+    from pipelines.ingest import ingest_documents
+    from tasks.ingestion import IngestReport
+
+    progress: Any = None
+    if not as_json and sys.stderr.isatty():
+        from rich.progress import Progress
+
+        progress = Progress(transient=True)
+    bar: Any = None
+
+    def on_progress(done: int, total: int) -> None:
+        if progress is not None:
+            progress.update(bar, completed=done, total=total)
+
+    typer.echo(f"Ingesting into {settings.collection!r} with {embedder.name} ...", err=True)
+    try:
+        if progress is not None:
+            progress.start()
+            bar = progress.add_task("documents", total=None)
+        state = ingest_documents(
+            paths=[str(p) for p in paths] if paths else None,
+            collection=settings.collection,
+            cleanup=cleanup,
+            include=include,
+            exclude=exclude,
+            settings=settings,
+            embedder=embedder,
+            on_progress=on_progress,
+            return_state=True,
+        )
+    finally:
+        if progress is not None:
+            progress.stop()
+    report = state.result(raise_on_failure=False)
+    if isinstance(report, Exception):
+        fail(str(report), _error_exit_code(report))
+    if not isinstance(report, IngestReport):
+        fail(f"the run did not finish: {state.message or report}", EXIT_ITEMS_FAILED)
+    if as_json:
+        print_json(
+            {
+                **report.counts(),
+                "duration_s": report.duration_s,
+                "collection": report.collection,
+                "embedding_model": report.embedding_model,
+                "quarantine": [r.model_dump() for r in report.quarantine],
+                "quarantine_path": report.quarantine_path,
+            }
+        )
+    else:
+        typer.echo(report.headline() + f" ({report.duration_s:.1f} s)")
+        for record in report.quarantine:
+            typer.echo(f"quarantined {record.source}: {record.reason}", err=True)
+        if report.quarantine_path:
+            typer.echo(f"quarantine report: {report.quarantine_path}", err=True)
+    raise typer.Exit(EXIT_ITEMS_FAILED if report.quarantine else EXIT_OK)
+
+
+def _parse_where(pairs: list[str]) -> dict[str, Any] | None:
+    """`KEY=VALUE` filters as a Chroma `where`; numbers and true/false keep their type."""
+    clauses: list[dict[str, Any]] = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--where needs KEY=VALUE, not {pair!r}")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    continue
+        clauses.append({key.strip(): value})
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Argument(help="What to search for.")],
+    collection: Annotated[
+        str | None, typer.Option("--collection", help="Chroma collection [default: settings].")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="Chunks to return.")] = 5,
+    where: Annotated[
+        list[str] | None,
+        typer.Option("--where", help="Metadata filter KEY=VALUE (repeatable, all must match)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
+) -> None:
+    """Show the chunks nearest to TEXT, best first."""
+    settings = load_settings(collection=collection)
+    filters = _parse_where(where or [])
+    from pipelines.ask import open_store, query_chunks
+    from tasks.embeddings import build_embedder
+    from tasks.errors import GristmillError
+
+    try:
+        embedder = build_embedder(settings)
+        hits = query_chunks(text, open_store(settings, embedder, None), embedder, k, filters)
+    except GristmillError as exc:
+        fail(str(exc), exc.exit_code)
+    except ValueError as exc:  # chromadb rejects a malformed filter
+        fail(f"cannot query: {exc}")
+    if as_json:
+        print_json(
+            [
+                {
+                    "id": hit.id,
+                    "source": hit.metadata.get("source"),
+                    "heading": hit.metadata.get("heading"),
+                    "chunk_index": hit.metadata.get("chunk_index"),
+                    "text": hit.text,
+                    "score": round(hit.score, 4),
+                    "metadata": hit.metadata,
+                }
+                for hit in hits
+            ]
+        )
+        return
+    if not hits:
+        typer.echo(f"no chunks in collection {settings.collection!r} match")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(hits)} chunks for {text!r}", title_justify="left")
+    for column in ("#", "Score", "Source", "Heading", "Chunk", "Text"):
+        table.add_column(column, overflow="fold")
+    for rank, hit in enumerate(hits, start=1):
+        snippet = " ".join(hit.text.split())
+        table.add_row(
+            str(rank),
+            f"{hit.score:.3f}",
+            str(hit.metadata.get("source", "")),
+            str(hit.metadata.get("heading", "")),
+            str(hit.metadata.get("chunk_index", "")),
+            snippet[:300] + ("…" if len(snippet) > 300 else ""),
+        )
+    Console().print(table)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer from the documents.")],
+    collection: Annotated[
+        str | None, typer.Option("--collection", help="Chroma collection [default: settings].")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=50, help="Chunks to answer from.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
+) -> None:
+    """Answer a question from the ingested documents, with numbered citations."""
+    settings = load_settings(collection=collection)
+    prepare_prefect(settings, verbose=verbose)
+    from tasks.embeddings import build_embedder
+    from tasks.errors import GristmillError
+
+    try:
+        embedder = build_embedder(settings)
+    except GristmillError as exc:
+        fail(str(exc))
+    from pipelines.ask import Answer, answer_question
+
+    state = answer_question(
+        question,
+        collection=settings.collection,
+        k=k,
+        settings=settings,
+        embedder=embedder,
+        return_state=True,
+    )
+    answer = state.result(raise_on_failure=False)
+    if isinstance(answer, Exception):
+        fail(str(answer), _error_exit_code(answer))
+    if not isinstance(answer, Answer):
+        fail(f"the run did not finish: {state.message or answer}", EXIT_ITEMS_FAILED)
+    if as_json:
+        print_json(answer.model_dump(mode="json"))
+    if answer.refused:
+        fail(f"refused: {answer.reason}")
+    if not as_json:
+        typer.echo(answer.answer)
+        for c in answer.citations:
+            where = f" > {c.heading}" if c.heading else ""
+            typer.echo(f"[{c.number}] {c.source}{where} (chunk {c.chunk_index}, {c.score:.3f})")
+
+
 def main() -> None:
     """Console-script entry point: errors become one line and an exit code."""
     from tasks.errors import GristmillError

@@ -1,0 +1,104 @@
+"""Flow `ingest_documents`: documents in, an up-to-date Chroma collection out.
+
+discover -> per batch of documents: load + check, chunk + check, plan against the store, embed
+(stored vectors reused by content hash), upsert, delete stale ids -> full cleanup -> verify.
+Documents that fail a check are quarantined with their reasons and the run goes on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+
+from tasks.documents import discover_documents
+from tasks.embeddings import Embedder, build_embedder
+from tasks.ingestion import (
+    TASK_STEPS,
+    IngestReport,
+    check_cleanup,
+    ingest_files,
+    ingest_report_markdown,
+)
+from tasks.settings import Settings
+from tasks.vectorstore import ChunkStore, open_chroma, writer_lock
+
+REPORT_ARTIFACT_KEY = "ingest-documents-report"
+PROGRESS_ARTIFACT_KEY = "ingest-documents-progress"
+
+
+def _run_name() -> str:
+    params = flow_run.parameters
+    paths = params.get("paths") or ["data/documents"]
+    what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} paths"
+    return f"ingest {what}"
+
+
+@flow(
+    name="ingest-documents",
+    flow_run_name=_run_name,
+    description="Ingest documents into a Chroma collection, incrementally and checked.",
+    validate_parameters=False,
+)
+def ingest_documents(
+    paths: list[str] | None = None,
+    collection: str | None = None,
+    cleanup: str = "incremental",
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    settings: Settings | None = None,
+    embedder: Any = None,
+    on_progress: Any = None,
+) -> IngestReport | State:
+    """Bring the collection in line with the documents under `paths`.
+
+    `embedder` is an `Embedder` (typed Any: Prefect cannot build a parameter schema for a
+    Protocol); `on_progress(done, total)` is called after each document batch.
+    """
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    logger = get_run_logger()
+    settings = settings or Settings()
+    mode = check_cleanup(cleanup)
+    embedder = cast(Embedder, embedder or build_embedder(settings))
+    inputs = [Path(p) for p in paths] if paths else [settings.documents_dir]
+    files = discover_documents(inputs, include=include, exclude=exclude)
+    name = collection or settings.collection
+    logger.info("%d documents to ingest into %r (cleanup %s)", len(files), name, mode)
+    progress = create_progress_artifact(
+        progress=0.0, key=PROGRESS_ARTIFACT_KEY, description="documents ingested (%)"
+    )
+
+    def report_progress(done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(done, total)
+        if progress is not None:
+            update_progress_artifact(cast(UUID, progress), 100.0 * done / max(total, 1))
+
+    with writer_lock(settings), tags("pipeline:ingest", f"collection:{name}"):
+        store = ChunkStore(open_chroma(settings), name, embedder.name, embedder.dimension)
+        report = ingest_files(
+            files,
+            store,
+            embedder,
+            settings,
+            cleanup=mode,
+            run_id=str(flow_run.id) if flow_run.id else None,
+            steps=TASK_STEPS,
+            on_progress=report_progress,
+        )
+    create_markdown_artifact(
+        key=REPORT_ARTIFACT_KEY,
+        markdown=ingest_report_markdown(report),
+        description=report.headline(),
+    )
+    logger.info(report.headline())
+    if report.quarantine:
+        reasons = "; ".join(f"{r.source}: {r.reason}" for r in report.quarantine[:5])
+        return Failed(message=f"{report.headline()}. Quarantined: {reasons}", data=report)
+    return Completed(message=report.headline(), data=report)

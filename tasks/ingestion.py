@@ -1,0 +1,620 @@
+"""Document ingestion into the vector store: load and check, chunk, plan, embed, write, verify.
+
+The plain functions do the work; the `@task` wrappers give Prefect one task run per document
+batch (not per chunk, see ../shared/NOTES.md on task-run cost).
+
+Incremental and crash-safe by construction:
+- chunk ids are deterministic (`tasks.documents.chunk_id`), so every write is an idempotent upsert;
+- a document is skipped only when its hash matches the store and every expected id is there,
+  written by the same chunker version (the collection pins the embedding model);
+- a changed document is replaced by upserting its new ids first and deleting its stale ids
+  after, so a crash in between leaves extra chunks that the next run removes, never a hole;
+- vectors are looked up by content hash in the store before any is computed, so texts
+  embedded before a crash, a rename or an edit elsewhere are not paid for twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from tasks.documents import (
+    CHUNKER_VERSION,
+    DEFAULT_MAX_BYTES,
+    DocChunk,
+    Document,
+    DocumentPath,
+    chunk_document,
+    load_document,
+)
+from tasks.embeddings import Embedder
+from tasks.errors import DataQualityError, GristmillError, UsageError
+from tasks.quality import QualityReport
+from tasks.reporting import write_atomically
+from tasks.vectorstore import ChunkStore
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tasks.settings import Settings
+
+CleanupMode = Literal["none", "incremental", "full"]
+CLEANUP_MODES: tuple[str, ...] = ("none", "incremental", "full")
+DOCUMENTS_PER_BATCH = 32
+
+
+class QuarantineRecord(BaseModel):
+    """A document left out of the run, and why."""
+
+    source: str
+    reason: str
+    failed_expectations: list[str] = Field(default_factory=list)
+
+
+class IngestReport(BaseModel):
+    """What one ingest run did; the integer fields count documents unless named for chunks."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    quarantined: int = 0
+    chunks_written: int = 0
+    chunks_deleted: int = 0
+    embeddings_computed: int = 0
+    embeddings_reused: int = 0
+    collection_count: int = 0
+    duration_s: float = 0.0
+    collection: str = ""
+    embedding_model: str = ""
+    cleanup: str = "incremental"
+    run_id: str = ""
+    quarantine: list[QuarantineRecord] = Field(default_factory=list)
+    quarantine_path: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+    def headline(self) -> str:
+        return (
+            f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.deleted} deleted, {self.quarantined} quarantined; "
+            f"{self.chunks_written} chunks written, {self.chunks_deleted} deleted, "
+            f"{self.embeddings_computed} embeddings computed; "
+            f"{self.collection_count} chunks in {self.collection!r}"
+        )
+
+    def counts(self) -> dict[str, int]:
+        """The integer keys of `gristmill ingest --json`."""
+        return {
+            key: getattr(self, key)
+            for key in (
+                "added",
+                "updated",
+                "unchanged",
+                "deleted",
+                "quarantined",
+                "chunks_written",
+                "chunks_deleted",
+                "embeddings_computed",
+                "collection_count",
+            )
+        }
+
+
+@dataclass
+class PreparedDocument:
+    """A loaded document, its chunks, and what the store must hold for it."""
+
+    document: Document
+    chunks: list[DocChunk]
+
+    @property
+    def source(self) -> str:
+        return self.document.source
+
+    @property
+    def expected_ids(self) -> set[str]:
+        return {chunk.id for chunk in self.chunks}
+
+
+@dataclass
+class BatchOutcome:
+    """The result of one document batch."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    chunks_written: int = 0
+    chunks_deleted: int = 0
+    embeddings_computed: int = 0
+    embeddings_reused: int = 0
+    sources: list[str] = field(default_factory=list)
+    expected: dict[str, set[str]] = field(default_factory=dict)
+    quarantine: list[QuarantineRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def batched(items: Sequence[DocumentPath], size: int) -> Iterable[list[DocumentPath]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def chunk_budget(doc_chunk_tokens: int, embedder: Embedder) -> int:
+    """Tokens per chunk: the configured budget, capped by what the embedder reads."""
+    limit = getattr(embedder, "max_text_tokens", None)
+    return min(doc_chunk_tokens, limit) if isinstance(limit, int) else doc_chunk_tokens
+
+
+def _body_chars(chunk: DocChunk) -> int:
+    prefix = f"{chunk.heading}\n\n"
+    body = chunk.text.removeprefix(prefix) if chunk.heading else chunk.text
+    return len(body.strip())
+
+
+def _document_table(documents: list[Document]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "source": [d.source for d in documents],
+            "chars": [len(d.text) for d in documents],
+            "document_hash": [d.document_hash for d in documents],
+        }
+    )
+
+
+def _chunk_table(chunks: list[DocChunk]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "id": [c.id for c in chunks],
+            "token_count": [c.token_count for c in chunks],
+            "source": [c.metadata.get("source") for c in chunks],
+            "content_hash": [c.content_hash for c in chunks],
+            "document_hash": [c.metadata.get("document_hash") for c in chunks],
+            "chunk_index": [c.chunk_index for c in chunks],
+            "body_chars": [_body_chars(c) for c in chunks],
+        }
+    )
+
+
+def _failed(report: QualityReport) -> list[str]:
+    return [outcome.describe() for outcome in report.errors]
+
+
+def check_batch(
+    prepared: list[PreparedDocument],
+    max_tokens: int,
+    max_chars: int,
+) -> tuple[list[PreparedDocument], list[QuarantineRecord], list[str]]:
+    """Gate documents and their chunks on quality; failing documents go to quarantine.
+
+    The batch is validated as one table; only when it fails is each document validated alone,
+    so the happy path costs two validations per batch.
+    """
+    from tasks.quality import doc_chunk_expectations, document_expectations, validate_table
+
+    def validate(items: list[PreparedDocument]) -> tuple[QualityReport, QualityReport]:
+        documents = validate_table(
+            _document_table([p.document for p in items]),
+            "documents",
+            document_expectations(max_chars),
+        )
+        chunks = validate_table(
+            _chunk_table([c for p in items for c in p.chunks]),
+            "document-chunks",
+            doc_chunk_expectations(max_tokens),
+        )
+        return documents, chunks
+
+    if not prepared:
+        return [], [], []
+    documents, chunks = validate(prepared)
+    warnings = [w.describe() for report in (documents, chunks) for w in report.warnings]
+    if documents.success and chunks.success:
+        return prepared, [], warnings
+    kept: list[PreparedDocument] = []
+    quarantine: list[QuarantineRecord] = []
+    for item in prepared:
+        documents, chunks = validate([item])
+        if documents.success and chunks.success:
+            kept.append(item)
+            continue
+        failed = [report for report in (documents, chunks) if not report.success]
+        quarantine.append(
+            QuarantineRecord(
+                source=item.source,
+                reason="; ".join(report.reason() for report in failed),
+                failed_expectations=[line for report in failed for line in _failed(report)],
+            )
+        )
+    return kept, quarantine, warnings
+
+
+def prepare_documents(
+    paths: Sequence[DocumentPath],
+    embedder: Embedder,
+    *,
+    max_tokens: int,
+    overlap_tokens: int,
+    json_text_field: str = "text",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> tuple[list[PreparedDocument], list[QuarantineRecord]]:
+    """Load and chunk each file; a file that cannot be used becomes a quarantine record."""
+    count = getattr(embedder, "count_tokens", None)
+    prepared: list[PreparedDocument] = []
+    quarantine: list[QuarantineRecord] = []
+    for found in paths:
+        try:
+            document = load_document(
+                found.path, root=found.root, json_text_field=json_text_field, max_bytes=max_bytes
+            )
+            chunks = chunk_document(document, max_tokens, overlap_tokens, count=count)
+        except GristmillError as exc:
+            quarantine.append(
+                QuarantineRecord(source=found.source, reason=str(exc), failed_expectations=[])
+            )
+            continue
+        except Exception as exc:  # a parser bug on one file must not stop the run
+            quarantine.append(
+                QuarantineRecord(source=found.source, reason=f"{type(exc).__name__}: {exc}")
+            )
+            continue
+        prepared.append(PreparedDocument(document, chunks))
+    return prepared, quarantine
+
+
+def is_unchanged(
+    item: PreparedDocument, stored_hash: str | None, store: ChunkStore, *, exact: bool = True
+) -> bool:
+    """True when the store already holds this document's chunks, from this chunker.
+
+    With `exact` (cleanup incremental or full) the source must also hold nothing else: its
+    stored hash matches, which `ChunkStore.sources` only reports when every chunk of the source
+    agrees on it and on a chunk count equal to the chunks found. With cleanup `none`, old
+    chunks are kept on purpose, so only the presence of the current ones counts.
+    """
+    if stored_hash is None or (exact and stored_hash != item.document.document_hash):
+        return False
+    expected = item.expected_ids
+    found = store.get(sorted(expected))
+    if set(found) != expected:
+        return False
+    return all(
+        metadata.get("chunk_count") == len(expected)
+        and metadata.get("document_hash") == item.document.document_hash
+        and metadata.get("chunker_version") == CHUNKER_VERSION
+        for metadata in found.values()
+    )
+
+
+def embed_chunks(
+    chunks: list[DocChunk], embedder: Embedder, store: ChunkStore, batch_size: int
+) -> tuple[np.ndarray, int, int]:
+    """Vectors for `chunks`: stored ones by content hash, the rest computed once per text.
+
+    Returns (vectors in chunk order, computed, reused).
+    """
+    if not chunks:
+        return np.zeros((0, store.dimension), dtype=np.float32), 0, 0
+    known = store.embeddings_by_content_hash([c.content_hash for c in chunks])
+    reused = sum(1 for c in chunks if c.content_hash in known)
+    missing: dict[str, str] = {}
+    for chunk in chunks:
+        if chunk.content_hash not in known:
+            missing.setdefault(chunk.content_hash, chunk.text)
+    hashes = list(missing)
+    for start in range(0, len(hashes), batch_size):
+        group = hashes[start : start + batch_size]
+        vectors = np.asarray(embedder.embed([missing[h] for h in group]), dtype=np.float32)
+        for content_hash, vector in zip(group, vectors, strict=True):
+            known[content_hash] = vector
+    matrix = np.stack([np.asarray(known[c.content_hash], dtype=np.float32) for c in chunks])
+    return matrix, len(hashes), reused
+
+
+def write_documents(
+    items: list[PreparedDocument],
+    store: ChunkStore,
+    embedder: Embedder,
+    *,
+    cleanup: CleanupMode,
+    batch_size: int,
+    ingested_at: str,
+) -> tuple[int, int, int, int]:
+    """Upsert the chunks of `items`, then delete each source's stale ids (unless cleanup=none).
+
+    Returns (chunks written, chunks deleted, embeddings computed, embeddings reused).
+    """
+    chunks = [c for item in items for c in item.chunks]
+    vectors, computed, reused = embed_chunks(chunks, embedder, store, batch_size)
+    metadatas = [
+        {
+            **c.metadata,
+            "ingested_at": ingested_at,
+            "embedding_model": store.embedding_name,
+            "chunker_version": CHUNKER_VERSION,
+        }
+        for c in chunks
+    ]
+    written = store.upsert([c.id for c in chunks], vectors, [c.text for c in chunks], metadatas)
+    deleted = 0
+    if cleanup != "none":
+        for item in items:
+            stale = sorted(set(store.ids_for_source(item.source)) - item.expected_ids)
+            deleted += store.delete_ids(stale)
+    return written, deleted, computed, reused
+
+
+def ingest_batch_plain(
+    paths: Sequence[DocumentPath],
+    store: ChunkStore,
+    embedder: Embedder,
+    stored: dict[str, str],
+    *,
+    max_tokens: int,
+    overlap_tokens: int,
+    cleanup: CleanupMode,
+    embedding_batch_size: int = 64,
+    json_text_field: str = "text",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    label: str = "",
+) -> BatchOutcome:
+    """Load, check, plan, embed and write one batch of documents (`label` names the task run)."""
+    outcome = BatchOutcome()
+    prepared, quarantine = prepare_documents(
+        paths,
+        embedder,
+        max_tokens=max_tokens,
+        overlap_tokens=overlap_tokens,
+        json_text_field=json_text_field,
+        max_bytes=max_bytes,
+    )
+    kept, rejected, warnings = check_batch(prepared, max_tokens, max_chars=max_bytes)
+    outcome.quarantine = quarantine + rejected
+    outcome.warnings = warnings
+    outcome.sources = [p.source for p in paths]
+    to_write: list[PreparedDocument] = []
+    for item in kept:
+        previous = stored.get(item.source)
+        if is_unchanged(item, previous, store, exact=cleanup != "none"):
+            outcome.unchanged += 1
+            continue
+        if previous is None:
+            outcome.added += 1
+        else:
+            outcome.updated += 1
+        to_write.append(item)
+        outcome.expected[item.source] = item.expected_ids
+    written, deleted, computed, reused = write_documents(
+        to_write,
+        store,
+        embedder,
+        cleanup=cleanup,
+        batch_size=embedding_batch_size,
+        ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    outcome.chunks_written = written
+    outcome.chunks_deleted = deleted
+    outcome.embeddings_computed = computed
+    outcome.embeddings_reused = reused
+    return outcome
+
+
+def delete_missing_sources(
+    store: ChunkStore, stored: dict[str, str], present: set[str]
+) -> tuple[list[str], int]:
+    """Full cleanup: delete every stored source not found in this run; returns (sources, chunks)."""
+    gone = sorted(set(stored) - present)
+    return gone, sum(store.delete_source(source) for source in gone)
+
+
+def verify_sources(
+    store: ChunkStore, expected: dict[str, set[str]], *, exact: bool = True
+) -> list[str]:
+    """Problems where the store does not hold exactly (or, with exact=False, at least) the
+    expected ids of a touched source; empty when all is well."""
+    problems = []
+    for source, ids in sorted(expected.items()):
+        found = set(store.ids_for_source(source))
+        missing = ids - found
+        extra = found - ids if exact else set()
+        if missing or extra:
+            problems.append(f"{source}: {len(missing)} chunks missing, {len(extra)} unexpected")
+    return problems
+
+
+def raise_for_problems(problems: list[str]) -> None:
+    if problems:
+        raise DataQualityError(
+            "the collection does not hold exactly the expected chunks: " + "; ".join(problems[:5]),
+            failed=[
+                {"expectation": "collection_holds_expected_ids", "detail": p} for p in problems
+            ],
+        )
+
+
+def check_cleanup(cleanup: str) -> CleanupMode:
+    if cleanup not in CLEANUP_MODES:
+        raise UsageError(f"--cleanup must be one of none, incremental, full; not {cleanup!r}")
+    return cleanup  # type: ignore[return-value]
+
+
+def write_quarantine(directory: Path, run_id: str, records: list[QuarantineRecord]) -> Path | None:
+    """`<directory>/<run_id>.jsonl`, one record a line; nothing when no document was quarantined."""
+    if not records:
+        return None
+    path = directory / f"{run_id}.jsonl"
+    lines = [json.dumps(r.model_dump(), ensure_ascii=False) for r in records]
+    write_atomically(path, "\n".join(lines) + "\n")
+    return path
+
+
+def ingest_report_markdown(report: IngestReport) -> str:
+    rows = [
+        ("Documents added", report.added),
+        ("Documents updated", report.updated),
+        ("Documents unchanged", report.unchanged),
+        ("Documents deleted", report.deleted),
+        ("Documents quarantined", report.quarantined),
+        ("Chunks written", report.chunks_written),
+        ("Chunks deleted", report.chunks_deleted),
+        ("Embeddings computed", report.embeddings_computed),
+        ("Embeddings reused", report.embeddings_reused),
+        ("Chunks in collection", report.collection_count),
+        ("Time (s)", f"{report.duration_s:.2f}"),
+    ]
+    lines = [
+        f"# Ingest into `{report.collection}`",
+        "",
+        f"Embedding model `{report.embedding_model}`, cleanup `{report.cleanup}`.",
+        "",
+        "| | |",
+        "|---|---:|",
+        *(f"| {name} | {value} |" for name, value in rows),
+    ]
+    if report.quarantine:
+        lines += ["", "## Quarantined", "", "| Source | Reason |", "|---|---|"]
+        for record in report.quarantine:
+            reason = record.reason.replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {record.source} | {reason} |")
+    if report.warnings:
+        lines += ["", "## Warnings", "", *(f"- {w}" for w in report.warnings[:50])]
+    return "\n".join(lines) + "\n"
+
+
+ingest_batch = task(name="ingest_batch", task_run_name="ingest {label}", cache_policy=NO_CACHE)(
+    ingest_batch_plain
+)
+
+
+@task(task_run_name="delete missing sources", cache_policy=NO_CACHE)
+def delete_missing(
+    store: ChunkStore, stored: dict[str, str], present: set[str]
+) -> tuple[list[str], int]:
+    """Delete sources that are no longer present (full cleanup)."""
+    return delete_missing_sources(store, stored, present)
+
+
+@task(task_run_name="verify collection", cache_policy=NO_CACHE)
+def verify_collection(store: ChunkStore, expected: dict[str, set[str]], exact: bool) -> None:
+    """Fail unless the collection holds the expected ids of every touched source."""
+    raise_for_problems(verify_sources(store, expected, exact=exact))
+
+
+class IngestSteps(NamedTuple):
+    """The step functions `ingest_files` calls: plain ones, or the flow's Prefect tasks."""
+
+    batch: Callable[..., BatchOutcome]
+    delete_missing: Callable[..., tuple[list[str], int]]
+    verify: Callable[..., None]
+
+
+def _verify_plain(store: ChunkStore, expected: dict[str, set[str]], exact: bool) -> None:
+    raise_for_problems(verify_sources(store, expected, exact=exact))
+
+
+PLAIN_STEPS = IngestSteps(ingest_batch_plain, delete_missing_sources, _verify_plain)
+TASK_STEPS = IngestSteps(ingest_batch, delete_missing, verify_collection)
+
+
+def unique_sources(
+    files: Sequence[DocumentPath],
+) -> tuple[list[DocumentPath], list[QuarantineRecord]]:
+    """Files with distinct source names; a later file with a name already taken is quarantined
+    (two documents under one source would replace each other's chunks)."""
+    seen: dict[str, DocumentPath] = {}
+    duplicates: list[QuarantineRecord] = []
+    for found in files:
+        first = seen.setdefault(found.source, found)
+        if first is not found:
+            duplicates.append(
+                QuarantineRecord(
+                    source=found.source,
+                    reason=f"duplicate source name: {found.path} and {first.path} are both "
+                    f"{found.source!r}; ingest their folders separately or rename one",
+                    failed_expectations=["expect_column_values_to_be_unique(source)"],
+                )
+            )
+    return list(seen.values()), duplicates
+
+
+def ingest_files(
+    files: Sequence[DocumentPath],
+    store: ChunkStore,
+    embedder: Embedder,
+    settings: Settings,
+    *,
+    cleanup: str = "incremental",
+    run_id: str | None = None,
+    steps: IngestSteps = PLAIN_STEPS,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    """Bring `store` in line with `files`; the caller holds the writer lock.
+
+    Writes the quarantine file; raises DataQualityError when verification fails.
+    """
+    started = time.monotonic()
+    mode = check_cleanup(cleanup)
+    run_id = run_id or uuid.uuid4().hex
+    report = IngestReport(
+        collection=store.name, embedding_model=store.embedding_name, cleanup=mode, run_id=run_id
+    )
+    max_tokens = chunk_budget(settings.doc_chunk_tokens, embedder)
+    stored = store.sources()
+    expected: dict[str, set[str]] = {}
+    present: set[str] = set()
+    files, duplicates = unique_sources(files)
+    report.quarantine += duplicates
+    done = len(duplicates)
+    for batch in batched(files, DOCUMENTS_PER_BATCH):
+        outcome = steps.batch(
+            batch,
+            store,
+            embedder,
+            stored,
+            max_tokens=max_tokens,
+            overlap_tokens=settings.doc_chunk_overlap_tokens,
+            cleanup=mode,
+            embedding_batch_size=settings.embedding_batch_size,
+            label=batch[0].source if len(batch) == 1 else f"{batch[0].source} +{len(batch) - 1}",
+        )
+        for name in (
+            "added",
+            "updated",
+            "unchanged",
+            "chunks_written",
+            "chunks_deleted",
+            "embeddings_computed",
+            "embeddings_reused",
+        ):
+            setattr(report, name, getattr(report, name) + getattr(outcome, name))
+        report.quarantine += outcome.quarantine
+        report.warnings += outcome.warnings
+        expected.update(outcome.expected)
+        present.update(outcome.sources)
+        done += len(batch)
+        if on_progress is not None:
+            on_progress(done, len(files) + len(duplicates))
+    if mode == "full":
+        gone, chunks = steps.delete_missing(store, stored, present)
+        report.deleted = len(gone)
+        report.chunks_deleted += chunks
+    steps.verify(store, expected, exact=mode != "none")
+    report.collection_count = store.count()
+    report.quarantined = len(report.quarantine)
+    path = write_quarantine(settings.quarantine_dir, run_id, report.quarantine)
+    report.quarantine_path = str(path) if path else None
+    report.duration_s = round(time.monotonic() - started, 3)
+    return report
