@@ -49,8 +49,9 @@ def summarize_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
 
 def ingest_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
     """`ingest-documents/hourly`: keep the Chroma collection in step with the documents."""
-    from pipelines.ingest import ingest_documents  # type: ignore[import-not-found,unused-ignore]
     from prefect.schedules import Interval
+
+    from pipelines.ingest import ingest_documents
 
     return _runner_deployment(
         ingest_documents.to_deployment(
@@ -94,7 +95,7 @@ def _runner_deployment(built: object) -> RunnerDeployment:
 
 
 # A pipeline's deployment is served and deployed once its builder is listed here.
-DEPLOYMENT_BUILDERS: tuple[DeploymentBuilder, ...] = (summarize_deployment,)
+DEPLOYMENT_BUILDERS: tuple[DeploymentBuilder, ...] = (summarize_deployment, ingest_deployment)
 
 
 def build_deployments(timezone: str = DEFAULT_TIMEZONE) -> list[RunnerDeployment]:
