@@ -156,6 +156,31 @@ class _spinner:
             self._status.__exit__(*exc)
 
 
+class _ProgressBar:
+    """A rich progress bar on stderr for flows that report `(done, total)`; off when not a tty."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress: Any = None
+        self._bar: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self._progress = Progress(transient=True)
+
+    def start(self, label: str) -> None:
+        if self._progress is not None:
+            self._progress.start()
+            self._bar = self._progress.add_task(label, total=None)
+
+    def update(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._bar, completed=done, total=total)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
 def _print_summary_table(report: Any, settings: Settings) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -293,22 +318,10 @@ def batch(
         fail(str(exc))
     from pipelines.batch import process_records
 
-    progress: Any = None
-    if not as_json and sys.stderr.isatty():
-        from rich.progress import Progress
-
-        progress = Progress(transient=True)
-    bar: Any = None
-
-    def on_progress(done: int, total: int) -> None:
-        if progress is not None:
-            progress.update(bar, completed=done, total=total)
-
+    progress = _ProgressBar(enabled=not as_json)
     typer.echo(f"Processing {input_path} with {engine.name} ({engine.model}) ...", err=True)
     try:
-        if progress is not None:
-            progress.start()
-            bar = progress.add_task("rows", total=None)
+        progress.start("rows")
         state = process_records(
             input_path=str(input_path),
             output_path=str(output),
@@ -318,12 +331,11 @@ def batch(
             mode=mode,
             retry_failed=retry_failed,
             expectations_path=str(expectations) if expectations else None,
-            on_progress=on_progress,
+            on_progress=progress.update,
             return_state=True,
         )
     finally:
-        if progress is not None:
-            progress.stop()
+        progress.stop()
         close = getattr(engine, "close", None)
         if close is not None:
             close()
@@ -487,22 +499,10 @@ def ingest(
     from pipelines.ingest import ingest_documents
     from tasks.ingestion import IngestReport
 
-    progress: Any = None
-    if not as_json and sys.stderr.isatty():
-        from rich.progress import Progress
-
-        progress = Progress(transient=True)
-    bar: Any = None
-
-    def on_progress(done: int, total: int) -> None:
-        if progress is not None:
-            progress.update(bar, completed=done, total=total)
-
+    progress = _ProgressBar(enabled=not as_json)
     typer.echo(f"Ingesting into {settings.collection!r} with {embedder.name} ...", err=True)
     try:
-        if progress is not None:
-            progress.start()
-            bar = progress.add_task("documents", total=None)
+        progress.start("documents")
         state = ingest_documents(
             paths=[str(p) for p in paths] if paths else None,
             collection=settings.collection,
@@ -511,12 +511,11 @@ def ingest(
             exclude=exclude,
             settings=settings,
             embedder=embedder,
-            on_progress=on_progress,
+            on_progress=progress.update,
             return_state=True,
         )
     finally:
-        if progress is not None:
-            progress.stop()
+        progress.stop()
     report = state.result(raise_on_failure=False)
     if isinstance(report, Exception):
         fail(str(report), _error_exit_code(report))
