@@ -16,9 +16,8 @@ from numpy.typing import NDArray
 from pydantic import SecretStr
 
 from tasks.errors import ConfigurationError, LLMError
-from tasks.llm import PERMANENT_STATUS, Usage
+from tasks.llm import Usage, llm_error, openai_client
 from tasks.model_files import MODEL_FILE, TOKENIZER_FILE, missing_files
-from tasks.redaction import redact
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -212,7 +211,6 @@ class OpenAIEmbedder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIEmbedder:
-        import openai
 
         if not (settings.openai_api_key or settings.openai_base_url):
             raise ConfigurationError(
@@ -220,13 +218,7 @@ class OpenAIEmbedder:
                 hint="set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server), "
                 "or GRISTMILL_EMBEDDING_ENGINE=local",
             )
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
-        client = openai.OpenAI(
-            api_key=key,
-            base_url=settings.openai_base_url,
-            timeout=settings.llm_timeout_s,
-            max_retries=settings.llm_max_retries,
-        )
+        client = openai_client(settings)
         return cls(
             client,
             settings.embedding_model,
@@ -264,24 +256,8 @@ class OpenAIEmbedder:
         inputs = [text if text.strip() else " " for text in texts]
         try:
             response = self.client.embeddings.create(model=self.model, input=inputs, **kwargs)
-        except openai.APIStatusError as exc:
-            raise LLMError(
-                f"embedding request failed with HTTP {exc.status_code}: {self._clean(exc)}",
-                transient=exc.status_code not in PERMANENT_STATUS,
-                status_code=exc.status_code,
-            ) from None
-        except openai.APITimeoutError:
-            raise LLMError(
-                f"embedding request timed out after {self.client.max_retries + 1} attempts",
-                transient=True,
-                attempts=self.client.max_retries + 1,
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise LLMError(
-                f"could not reach the embedding endpoint: {self._clean(exc)}",
-                transient=True,
-                attempts=self.client.max_retries + 1,
-            ) from None
+        except openai.APIError as exc:
+            raise llm_error(exc, "embedding", self.client.max_retries + 1, self._secrets) from None
         data = sorted(response.data, key=lambda item: item.index)
         if len(data) != len(texts):
             raise LLMError(
@@ -301,10 +277,6 @@ class OpenAIEmbedder:
         with self._lock:
             self.usage = self.usage + Usage(calls=1, prompt_tokens=tokens, cost_usd=round(cost, 8))
         return vectors
-
-    def _clean(self, exc: Exception) -> str:
-        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        return redact(str(message), *self._secrets)[:300]
 
 
 def build_embedder(settings: Settings) -> Embedder:

@@ -106,6 +106,44 @@ def _drop_keys(node: Any, keys: frozenset[str]) -> None:
             _drop_keys(value, keys)
 
 
+def openai_client(settings: Settings, *, max_retries: int | None = None) -> openai.OpenAI:
+    """An openai SDK client for the configured endpoint (a local server may need no key)."""
+    import openai
+
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
+    return openai.OpenAI(
+        api_key=key,
+        base_url=settings.openai_base_url,
+        timeout=settings.llm_timeout_s,
+        max_retries=settings.llm_max_retries if max_retries is None else max_retries,
+    )
+
+
+def llm_error(
+    exc: Exception, what: str, attempts: int, secrets: tuple[SecretStr | None, ...] = ()
+) -> LLMError:
+    """An openai SDK error as an `LLMError`: transient or not, with the secrets redacted."""
+    import openai
+
+    message = redact(str(getattr(exc, "message", None) or exc or type(exc).__name__), *secrets)
+    message = message[:300]
+    if isinstance(exc, openai.APIStatusError):
+        return LLMError(
+            f"{what} request failed with HTTP {exc.status_code}: {message}",
+            transient=exc.status_code not in PERMANENT_STATUS,
+            status_code=exc.status_code,
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMError(
+            f"{what} request timed out after {attempts} attempts",
+            transient=True,
+            attempts=attempts,
+        )
+    return LLMError(
+        f"could not reach the {what} endpoint: {message}", transient=True, attempts=attempts
+    )
+
+
 class OpenAILLM:
     """Chat completions through the openai SDK against any OpenAI-compatible endpoint."""
 
@@ -131,20 +169,13 @@ class OpenAILLM:
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAILLM:
         """Build the client from settings; a local endpoint may need no key."""
-        import openai
 
         if not (settings.openai_api_key or settings.openai_base_url):
             raise ConfigurationError(
                 "the openai engine needs an endpoint",
                 hint="set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server)",
             )
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
-        client = openai.OpenAI(
-            api_key=key,
-            base_url=settings.openai_base_url,
-            timeout=settings.llm_timeout_s,
-            max_retries=settings.llm_max_retries,
-        )
+        client = openai_client(settings)
         return cls(
             client,
             settings.llm_model,
@@ -181,24 +212,8 @@ class OpenAILLM:
                 temperature=self.temperature if temperature is None else temperature,
                 **kwargs,
             )
-        except openai.APIStatusError as exc:
-            raise LLMError(
-                f"LLM request failed with HTTP {exc.status_code}: {self._clean(exc)}",
-                transient=exc.status_code not in PERMANENT_STATUS,
-                status_code=exc.status_code,
-            ) from None
-        except openai.APITimeoutError:
-            raise LLMError(
-                f"LLM request timed out after {self.client.max_retries + 1} attempts",
-                transient=True,
-                attempts=self.client.max_retries + 1,
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise LLMError(
-                f"could not reach the LLM endpoint: {self._clean(exc)}",
-                transient=True,
-                attempts=self.client.max_retries + 1,
-            ) from None
+        except openai.APIError as exc:
+            raise llm_error(exc, "LLM", self.client.max_retries + 1, self._secrets) from None
         if not response.choices:
             raise LLMError("LLM answered with no choices", transient=True)
         choice = response.choices[0]
@@ -226,10 +241,6 @@ class OpenAILLM:
             completion_tokens=completion_tokens,
             cost_usd=round(cost, 8),
         )
-
-    def _clean(self, exc: Exception) -> str:
-        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        return redact(str(message), *self._secrets)[:300]
 
 
 REPAIR_PROMPT = (

@@ -50,7 +50,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, SecretStr
 
 from tasks.errors import ConfigurationError, LLMError, UsageError
-from tasks.llm import PERMANENT_STATUS, REPAIR_PROMPT, Usage
+from tasks.llm import PERMANENT_STATUS, REPAIR_PROMPT, Usage, openai_client
 from tasks.redaction import redact
 
 if TYPE_CHECKING:
@@ -911,7 +911,6 @@ class ChatRowEngine:
         cls, settings: Settings, job: RecordJob, limiter: RateLimiter | None = None
     ) -> ChatRowEngine:
         """A client with SDK retries off: this engine retries, limiter-aware."""
-        import openai
 
         if settings.llm_engine != "openai":
             raise ConfigurationError(
@@ -919,13 +918,7 @@ class ChatRowEngine:
                 hint="set OPENAI_API_KEY (and OPENAI_BASE_URL for a local server such as "
                 "vLLM or Ollama), or use an offline --task summarize|classify|embed",
             )
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
-        client = openai.OpenAI(
-            api_key=key,
-            base_url=settings.openai_base_url,
-            timeout=settings.llm_timeout_s,
-            max_retries=0,
-        )
+        client = openai_client(settings, max_retries=0)
         return cls(
             client,
             job,
@@ -1123,20 +1116,13 @@ class BatchAPIEngine:
 
     @classmethod
     def from_settings(cls, settings: Settings, job: RecordJob, **options: Any) -> BatchAPIEngine:
-        import openai
 
         if settings.llm_engine != "openai":
             raise ConfigurationError(
                 "--mode batch-api needs an OpenAI-compatible endpoint with the Batch API",
                 hint="set OPENAI_API_KEY (and OPENAI_BASE_URL)",
             )
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
-        client = openai.OpenAI(
-            api_key=key,
-            base_url=settings.openai_base_url,
-            timeout=settings.llm_timeout_s,
-            max_retries=settings.llm_max_retries,
-        )
+        client = openai_client(settings)
         return cls(
             client,
             job,
