@@ -985,21 +985,37 @@ class ChatRowEngine:
         if self.limiter.counts_tokens:
             prompt = sum(count_tokens(str(m.get("content", ""))) for m in messages)
             estimate = prompt + COMPLETION_TOKENS_ESTIMATE
-        kwargs: dict[str, Any] = {}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": temperature,
+        }
         fmt = response_format(self.job, self.use_json_schema)
         if fmt is not None:
-            kwargs["response_format"] = fmt
+            body["response_format"] = fmt
         rate_limited = faults = 0
         while True:
             delay = 0.0
             with self.limiter.slot(estimate) as slot:
                 try:
-                    response = self.client.chat.completions.create(
-                        model=self.model,
-                        messages=messages,
-                        temperature=temperature,
-                        **kwargs,
-                    )
+                    # The SDK's documented raw route (`client.post`, as for undocumented
+                    # endpoints): same auth, base_url, timeouts and error classes, but without
+                    # `chat.completions.create`'s per-call transform of the typed params and
+                    # pydantic construction of the reply. Measured 3.0-3.3 ms -> 1.7 ms of client
+                    # CPU per call; at 16 in flight on one GIL that moved the benchmark from
+                    # 88 % to 95 % of the cap (benchmarks/README.md).
+                    raw = self.client.post("/chat/completions", cast_to=bytes, body=body)
+                    reply = json.loads(raw)
+                except ValueError:
+                    if faults >= self.transport_retries:
+                        raise LLMError(
+                            f"LLM endpoint answered with a body that is not JSON "
+                            f"({faults + 1} attempts)",
+                            transient=True,
+                            attempts=faults + 1,
+                        ) from None
+                    faults += 1
+                    delay = _backoff(faults)
                 except openai.APIStatusError as exc:
                     status = exc.status_code
                     if status == 429:
@@ -1040,18 +1056,24 @@ class ChatRowEngine:
                     faults += 1
                     delay = _backoff(faults)
                 else:
-                    return self._answer(response, messages, slot)
+                    return self._answer(reply, messages, slot)
             time.sleep(delay)
 
     def _answer(
-        self, response: Any, messages: list[Any], slot: Slot
+        self, reply: Any, messages: list[Any], slot: Slot
     ) -> tuple[str, str | None, Usage, str]:
-        if not response.choices:
+        """Text, finish reason, usage and model from a chat-completion JSON body."""
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not choices or not isinstance(choices[0], dict):
             raise LLMError("LLM answered with no choices", transient=True)
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        if response.usage is not None:
-            prompt, completion = response.usage.prompt_tokens, response.usage.completion_tokens
+        choice = choices[0]
+        message = choice.get("message") or {}
+        content = message.get("content") if isinstance(message, dict) else None
+        text = content if isinstance(content, str) else ""
+        usage_body = reply.get("usage")
+        if isinstance(usage_body, dict) and "prompt_tokens" in usage_body:
+            prompt = int(usage_body.get("prompt_tokens") or 0)
+            completion = int(usage_body.get("completion_tokens") or 0)
         else:
             from tasks.tokens import count_tokens
 
@@ -1064,7 +1086,7 @@ class ChatRowEngine:
             completion_tokens=completion,
             cost_usd=_cost(self.price, prompt, completion),
         )
-        return text, choice.finish_reason, usage, response.model or self.model
+        return text, choice.get("finish_reason"), usage, reply.get("model") or self.model
 
     def _clean(self, message: str) -> str:
         return redact(message, *self._secrets)[:300]
