@@ -1,8 +1,9 @@
 """Flow `summarize_transcripts`: transcripts in, structured JSON and Markdown summaries out.
 
-discover -> parse + check utterances -> chunk + check chunks -> summarise chunks (concurrent,
-bounded by the task runner) -> combine (more reduce passes while the notes exceed the budget)
--> check the summary -> write `<out>/<stem>.json` and `<out>/<stem>.md` atomically.
+discover -> parse + check utterances -> chunk + check chunks -> summarise chunks (one task per
+transcript, its chunks concurrent; calls in flight capped run-wide by `llm_concurrency`)
+-> combine (more reduce passes while the notes exceed the budget) -> check the summary
+-> write `<out>/<stem>.json` and `<out>/<stem>.md` atomically.
 
 Every transcript ends as `ok`, `cached` (unchanged since its summary was written) or `failed`
 with its reason; one bad transcript never stops the others.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from prefect import Flow, flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -37,7 +38,7 @@ from tasks.summaries import (
     existing_summary,
     output_stem,
     plan_reduce_groups,
-    summarize_chunk,
+    summarize_chunks,
     write_summary,
 )
 from tasks.transcripts import Transcript, discover_transcripts, load_transcript
@@ -111,20 +112,18 @@ def summarize_transcripts(
             quality = [utterance_check.summary_line(), chunk_check.summary_line()]
             transcripts[source] = (transcript, stem, chunks, quality)
 
-        refresh = summarize_chunk.with_options(refresh_cache=force)
-        pending: dict[str, list[PrefectFuture[NotesResult]]] = {
-            source: [
-                refresh.submit(chunk, summarizer, transcript.name, len(chunks)) for chunk in chunks
-            ]
+        # One map task per transcript; each runs its chunks on its own pool, and the LLM caps
+        # calls in flight run-wide at `llm_concurrency` (see summarize_chunks).
+        pending: dict[str, PrefectFuture[list[NotesResult]]] = {
+            source: summarize_chunks.submit(
+                chunks, summarizer, transcript.name, settings.llm_concurrency, force
+            )
             for source, (transcript, _, chunks, _) in transcripts.items()
         }
 
         for source, (transcript, stem, chunks, quality) in transcripts.items():
-            # Let every chunk of this transcript finish before judging it: what succeeded is
-            # cached, so a re-run after a failure pays only for what failed.
-            wait(pending[source])
             try:
-                results = [future.result() for future in pending[source]]
+                results = pending[source].result()
                 notes, passes, reduce_usage = _reduce(
                     [r.notes for r in results], summarizer, transcript.name, settings, force
                 )

@@ -12,7 +12,9 @@ Permanent faults (400, 401, 403, 404, 422) are never retried.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -158,6 +160,7 @@ class OpenAILLM:
         price: ModelPrice | None = None,
         use_json_schema: bool = True,
         secrets: tuple[SecretStr | None, ...] = (),
+        max_in_flight: int | None = None,
     ) -> None:
         self.client = client
         self.model = model
@@ -165,6 +168,10 @@ class OpenAILLM:
         self.price = price
         self.use_json_schema = use_json_schema
         self._secrets = secrets
+        # The run-wide cap on calls in flight, whichever tasks and pools the calls come from.
+        self._slots: contextlib.AbstractContextManager[Any] = (
+            threading.BoundedSemaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAILLM:
@@ -183,6 +190,7 @@ class OpenAILLM:
             price=settings.price_of(settings.llm_model),
             use_json_schema=settings.llm_json_schema,
             secrets=(settings.openai_api_key,),
+            max_in_flight=settings.llm_concurrency,
         )
 
     def complete(
@@ -206,12 +214,13 @@ class OpenAILLM:
                 else {"type": "json_object"}
             )
         try:
-            response = self.client.chat.completions.create(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=self.temperature if temperature is None else temperature,
-                **kwargs,
-            )
+            with self._slots:
+                response = self.client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    temperature=self.temperature if temperature is None else temperature,
+                    **kwargs,
+                )
         except openai.APIError as exc:
             raise llm_error(exc, "LLM", self.client.max_retries + 1, self._secrets) from None
         if not response.choices:

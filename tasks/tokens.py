@@ -30,8 +30,14 @@ def count_tokens(text: str) -> int:
 
 
 def count_tokens_batch(texts: list[str]) -> list[int]:
-    """Token counts for many texts at once (tiktoken encodes the batch in threads)."""
-    return [len(ids) for ids in encoding().encode_ordinary_batch(texts)]
+    """Token counts for many texts.
+
+    A plain loop on purpose: tiktoken's `encode_ordinary_batch` submits one thread-pool future
+    per text: chunking the long sample's 1,230 turns took 0.12 s with it, 0.03 s with this loop
+    (measured while profiling the summarise flow).
+    """
+    encode = encoding().encode_ordinary
+    return [len(encode(text)) for text in texts]
 
 
 def split_by_tokens(text: str, max_tokens: int) -> list[str]:

@@ -167,6 +167,8 @@ def test_a_crashed_run_resumes_without_paying_again(data_dir: Path, server: Fake
     assert state.is_completed() and report.transcripts[0].status == "ok"
     # this run paid only for the chunk that had failed, and the combine
     assert server.completed_calls - first_calls == 2
+    # and reports only what it paid for: reused chunk notes cost nothing this run
+    assert report.llm_calls == 2
 
 
 def test_permanent_errors_fail_fast_with_a_clear_reason(data_dir: Path) -> None:
@@ -179,3 +181,29 @@ def test_permanent_errors_fail_fast_with_a_clear_reason(data_dir: Path) -> None:
         assert "HTTP 401" in error and KEY not in error
         # 401 is never retried: one request per chunk at most
         assert len(other.requests) <= report.transcripts[0].chunks or len(other.requests) <= 2
+
+
+def test_a_permanent_error_stops_the_parts_not_yet_sent(data_dir: Path) -> None:
+    folder = copy_samples(data_dir, "design-review.vtt")
+    with FakeOpenAI(api_key="sk-the-right-one-xyz") as other:
+        settings = llm_settings(data_dir, other, llm_concurrency=1)
+        # force: no notes stored by earlier tests may stand in for calls
+        state, report = run(settings, [folder], force=True)
+        [outcome] = report.transcripts
+        assert state.is_failed() and outcome.status == "failed"
+        assert outcome.chunks > 2
+        # one call met the 401; the other parts would have met it too, so none was sent
+        assert len(other.requests) == 1
+        assert (outcome.error or "").startswith(f"part 1 of {outcome.chunks} (")
+        assert f"{outcome.chunks - 1} parts not sent" in (outcome.error or "")
+
+
+def test_calls_in_flight_stay_under_the_cap_across_transcripts(data_dir: Path) -> None:
+    folder = copy_samples(data_dir, "design-review.vtt", "planning-offsite.json")
+    with FakeOpenAI(api_key=KEY, responder=meeting_notes_responder, latency=0.05) as fake:
+        settings = llm_settings(data_dir, fake, llm_concurrency=2)
+        state, report = run(settings, [folder], force=True)
+        assert state.is_completed(), state.message
+        assert [t.status for t in report.transcripts] == ["ok", "ok"]
+        # two transcripts map at once, each with its own pool, yet the run-wide cap holds
+        assert fake.max_concurrency == 2
