@@ -12,7 +12,7 @@ import re
 from typing import Any, cast
 
 import numpy as np
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from tasks.embeddings import Embedder, build_embedder
 from tasks.errors import OutputValidationError
 from tasks.llm import LLM, OpenAILLM, dumps_for_prompt, generate_structured
+from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, Hit, open_chroma
 
@@ -308,10 +309,10 @@ def answer_question(
         logger.warning("refused: %s", refusal)
         return Failed(message=f"refused: {refusal}", data=answer)
     embedder = cast(Embedder, embedder or build_embedder(settings))
-    with tags("pipeline:ask", f"engine:{engine}"):
-        store = open_store(settings, embedder, collection)
-        hits = retrieve_task(question, store, embedder, k, where)
-        text, numbers = answer_task(question, hits, embedder, llm)
+    tag_flow_run("pipeline:ask", f"engine:{engine}")
+    store = open_store(settings, embedder, collection)
+    hits = retrieve_task(question, store, embedder, k, where)
+    text, numbers = answer_task(question, hits, embedder, llm)
     citations = [c for c in citations_for(hits) if c.number in numbers]
     answer = Answer(
         question=question, answer=text, citations=citations, engine=engine, retrieved=len(hits)

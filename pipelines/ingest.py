@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -25,6 +25,7 @@ from tasks.ingestion import (
     ingest_files,
     ingest_report_markdown,
 )
+from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, open_chroma, writer_lock
 
@@ -80,7 +81,8 @@ def ingest_documents(
         if progress is not None:
             update_progress_artifact(cast(UUID, progress), 100.0 * done / max(total, 1))
 
-    with writer_lock(settings), tags("pipeline:ingest", f"collection:{name}"):
+    tag_flow_run("pipeline:ingest", f"collection:{name}", f"embedder:{embedder.name}")
+    with writer_lock(settings):
         store = ChunkStore(open_chroma(settings), name, embedder.name, embedder.dimension)
         report = ingest_files(
             files,

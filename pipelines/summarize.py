@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import Flow, flow, get_run_logger, tags
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks.chunking import Chunk
 from tasks.errors import GristmillError
 from tasks.llm import Usage
-from tasks.reporting import ItemOutcome, SummarizeReport, summarize_report_markdown
+from tasks.reporting import ItemOutcome, SummarizeReport, summarize_report_markdown, tag_flow_run
 from tasks.settings import Settings
 from tasks.summaries import (
     PROMPT_VERSION,
@@ -87,78 +87,73 @@ def summarize_transcripts(
         "%d transcripts to summarise with %s (%s)", len(files), summarizer.engine, summarizer.model
     )
 
-    with tags(f"engine:{summarizer.engine}", "pipeline:summarize"):
-        # Parse and chunk every transcript first, so all chunk summaries can share the pool.
-        transcripts: dict[str, tuple[Transcript, str, list[Chunk], list[str]]] = {}
-        loaded = [(f, load_transcript.submit(f, source=str(f))) for f in files]
-        for path, future in loaded:
-            source, stem = str(path), output_stem(path, files)
-            try:
-                transcript, utterance_check = future.result()
-                done = (
-                    None
-                    if force
-                    else existing_summary(out, stem, transcript.content_hash, summarizer)
-                )
-                if done is not None:
-                    outcomes[source] = ItemOutcome(source=source, status="cached", output=str(done))
-                    continue
-                chunks, chunk_check = chunk_transcript(
-                    transcript, settings.chunk_tokens, settings.chunk_overlap_tokens
-                )
-            except Exception as exc:
-                outcomes[source] = ItemOutcome(source=source, status="failed", error=_reason(exc))
-                continue
-            quality = [utterance_check.summary_line(), chunk_check.summary_line()]
-            transcripts[source] = (transcript, stem, chunks, quality)
-
-        # One map task per transcript; each runs its chunks on its own pool, and the LLM caps
-        # calls in flight run-wide at `llm_concurrency` (see summarize_chunks).
-        pending: dict[str, PrefectFuture[list[NotesResult]]] = {
-            source: summarize_chunks.submit(
-                chunks, summarizer, transcript.name, settings.llm_concurrency, force
+    tag_flow_run("pipeline:summarize", f"engine:{summarizer.engine}")
+    # Parse every transcript in the pool; chunk each as it arrives and start its map at once
+    # (one map task per transcript: its chunks run on the task's own pool, and the LLM caps
+    # calls in flight run-wide at `llm_concurrency`, see summarize_chunks).
+    transcripts: dict[str, tuple[Transcript, str, list[Chunk], list[str]]] = {}
+    pending: dict[str, PrefectFuture[list[NotesResult]]] = {}
+    loaded = [(f, load_transcript.submit(f, source=str(f))) for f in files]
+    for path, future in loaded:
+        source, stem = str(path), output_stem(path, files)
+        try:
+            transcript, utterance_check = future.result()
+            done = (
+                None if force else existing_summary(out, stem, transcript.content_hash, summarizer)
             )
-            for source, (transcript, _, chunks, _) in transcripts.items()
-        }
-
-        for source, (transcript, stem, chunks, quality) in transcripts.items():
-            try:
-                results = pending[source].result()
-                notes, passes, reduce_usage = _reduce(
-                    [r.notes for r in results], summarizer, transcript.name, settings, force
-                )
-                usage = Usage.total([r.usage for r in results]) + reduce_usage
-                summary = TranscriptSummary(
-                    **notes.model_dump(),
-                    source=source,
-                    engine=summarizer.engine,
-                    model=summarizer.model,
-                    chunk_count=len(chunks),
-                    reduce_passes=passes,
-                    content_hash=transcript.content_hash,
-                    prompt_version=getattr(summarizer, "version", PROMPT_VERSION),
-                    usage=usage,
-                )
-                path, summary_check = write_summary(summary, out, stem)
-            except Exception as exc:
-                logger.error("%s failed: %s", source, _reason(exc))
-                outcomes[source] = ItemOutcome(
-                    source=source,
-                    status="failed",
-                    error=_reason(exc),
-                    chunks=len(chunks),
-                    quality=quality,
-                )
+            if done is not None:
+                outcomes[source] = ItemOutcome(source=source, status="cached", output=str(done))
                 continue
+            chunks, chunk_check = chunk_transcript(
+                transcript, settings.chunk_tokens, settings.chunk_overlap_tokens
+            )
+        except Exception as exc:
+            outcomes[source] = ItemOutcome(source=source, status="failed", error=_reason(exc))
+            continue
+        quality = [utterance_check.summary_line(), chunk_check.summary_line()]
+        transcripts[source] = (transcript, stem, chunks, quality)
+        pending[source] = summarize_chunks.submit(
+            chunks, summarizer, transcript.name, settings.llm_concurrency, force
+        )
+
+    for source, (transcript, stem, chunks, quality) in transcripts.items():
+        try:
+            results = pending[source].result()
+            notes, passes, reduce_usage = _reduce(
+                [r.notes for r in results], summarizer, transcript.name, settings, force
+            )
+            usage = Usage.total([r.usage for r in results]) + reduce_usage
+            summary = TranscriptSummary(
+                **notes.model_dump(),
+                source=source,
+                engine=summarizer.engine,
+                model=summarizer.model,
+                chunk_count=len(chunks),
+                reduce_passes=passes,
+                content_hash=transcript.content_hash,
+                prompt_version=getattr(summarizer, "version", PROMPT_VERSION),
+                usage=usage,
+            )
+            path, summary_check = write_summary(summary, out, stem)
+        except Exception as exc:
+            logger.error("%s failed: %s", source, _reason(exc))
             outcomes[source] = ItemOutcome(
                 source=source,
-                status="ok",
-                output=str(path),
+                status="failed",
+                error=_reason(exc),
                 chunks=len(chunks),
-                llm_calls=usage.calls,
-                usage=usage,
-                quality=[*quality, summary_check.summary_line()],
+                quality=quality,
             )
+            continue
+        outcomes[source] = ItemOutcome(
+            source=source,
+            status="ok",
+            output=str(path),
+            chunks=len(chunks),
+            llm_calls=usage.calls,
+            usage=usage,
+            quality=[*quality, summary_check.summary_line()],
+        )
 
     ordered = [outcomes[s] for s in sorted(outcomes)]
     total = Usage.total([o.usage for o in ordered])

@@ -8,8 +8,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
+from prefect.client.orchestration import get_client
 from pydantic import SecretStr
 
 from pipelines.summarize import summarize_flow_for
@@ -85,6 +87,10 @@ def test_offline_summaries_of_every_sample_then_a_cached_rerun(data_dir: Path) -
         assert Path(outcome.output or "").with_suffix(".md").exists()
     long = next(t for t in report.transcripts if "quarterly-roadmap" in t.source)
     assert long.chunks > 5
+    # the run, not each task run, carries the pipeline and engine tags the UI filters by
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(UUID(report.flow_run_id or ""))
+    assert {"pipeline:summarize", "engine:offline-extractive"} <= set(flow_run.tags)
 
     _, again = run(settings, [folder])
     assert {t.status for t in again.transcripts} == {"cached"}
