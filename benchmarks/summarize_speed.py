@@ -32,6 +32,7 @@ def llm_overhead(latency: float, concurrency: int, chunk_tokens: int) -> dict[st
 
     from pipelines.summarize import summarize_flow_for
     from tasks.chunking import chunk_utterances
+    from tasks.reporting import state_report
     from tasks.settings import Settings
     from tasks.summaries import MeetingNotes, build_summarizer, plan_reduce_groups
     from tasks.transcripts import parse_transcript
@@ -87,7 +88,7 @@ def llm_overhead(latency: float, concurrency: int, chunk_tokens: int) -> dict[st
             settings=settings, summarizer=build_summarizer(settings), force=True, return_state=True
         )
         wall = time.perf_counter() - started
-        report = state.result(raise_on_failure=False)
+        report = state_report(state)
         assert report.transcripts[0].status == "ok", report.transcripts[0].error
         # The LLM phase: from the first call's start to the last call's answer.
         llm_phase = answered[-1] - (answered[0] - latency)

@@ -19,7 +19,7 @@ from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from tasks.embeddings import Embedder, build_embedder
-from tasks.errors import OutputValidationError
+from tasks.errors import OutputValidationError, RunFailed
 from tasks.llm import LLM, OpenAILLM, dumps_for_prompt, generate_structured
 from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
@@ -307,7 +307,8 @@ def answer_question(
             reason=str(refusal),
         )
         logger.warning("refused: %s", refusal)
-        return Failed(message=f"refused: {refusal}", data=answer)
+        message = f"refused: {refusal}"
+        return Failed(message=message, data=RunFailed(message, report=answer))
     embedder = cast(Embedder, embedder or build_embedder(settings))
     tag_flow_run("pipeline:ask", f"engine:{engine}")
     store = open_store(settings, embedder, collection)

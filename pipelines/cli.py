@@ -107,8 +107,9 @@ def summarize(
             summarizer=summarizer,
             return_state=True,
         )
-    report = state.result(raise_on_failure=False)  # type: ignore[union-attr]
-    from tasks.reporting import SummarizeReport
+    from tasks.reporting import SummarizeReport, state_report
+
+    report = state_report(state)
 
     if not isinstance(report, SummarizeReport):
         fail(f"the run did not finish: {state.message or report}", EXIT_ITEMS_FAILED)  # type: ignore[union-attr]
@@ -498,6 +499,7 @@ def ingest(
         fail(str(exc))
     from pipelines.ingest import ingest_documents
     from tasks.ingestion import IngestReport
+    from tasks.reporting import state_report
 
     progress = _ProgressBar(enabled=not as_json)
     typer.echo(f"Ingesting into {settings.collection!r} with {embedder.name} ...", err=True)
@@ -516,7 +518,7 @@ def ingest(
         )
     finally:
         progress.stop()
-    report = state.result(raise_on_failure=False)
+    report = state_report(state)
     if isinstance(report, Exception):
         fail(str(report), _error_exit_code(report))
     if not isinstance(report, IngestReport):
@@ -650,6 +652,7 @@ def ask(
     except GristmillError as exc:
         fail(str(exc))
     from pipelines.ask import Answer, answer_question
+    from tasks.reporting import state_report
 
     state = answer_question(
         question,
@@ -659,7 +662,7 @@ def ask(
         embedder=embedder,
         return_state=True,
     )
-    answer = state.result(raise_on_failure=False)
+    answer = state_report(state)
     if isinstance(answer, Exception):
         fail(str(answer), _error_exit_code(answer))
     if not isinstance(answer, Answer):

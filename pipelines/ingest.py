@@ -18,6 +18,7 @@ from prefect.states import Completed, Failed, State
 
 from tasks.documents import discover_documents
 from tasks.embeddings import Embedder, build_embedder
+from tasks.errors import RunFailed
 from tasks.ingestion import (
     TASK_STEPS,
     IngestReport,
@@ -102,5 +103,6 @@ def ingest_documents(
     logger.info(report.headline())
     if report.quarantine:
         reasons = "; ".join(f"{r.source}: {r.reason}" for r in report.quarantine[:5])
-        return Failed(message=f"{report.headline()}. Quarantined: {reasons}", data=report)
+        message = f"{report.headline()}. Quarantined: {reasons}"
+        return Failed(message=message, data=RunFailed(message, report=report))
     return Completed(message=report.headline(), data=report)

@@ -22,7 +22,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.chunking import Chunk
-from tasks.errors import GristmillError
+from tasks.errors import GristmillError, RunFailed
 from tasks.llm import Usage
 from tasks.reporting import ItemOutcome, SummarizeReport, summarize_report_markdown, tag_flow_run
 from tasks.settings import Settings
@@ -174,7 +174,8 @@ def summarize_transcripts(
     logger.info(report.headline())
     if report.failed:
         reasons = "; ".join(f"{Path(t.source).name}: {t.error}" for t in report.failed[:5])
-        return Failed(message=f"{report.headline()}. {reasons}", data=report)
+        message = f"{report.headline()}. {reasons}"
+        return Failed(message=message, data=RunFailed(message, report=report))
     return Completed(message=report.headline(), data=report)
 
 

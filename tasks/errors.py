@@ -76,3 +76,27 @@ class DataQualityError(GristmillError):
 
 class StoreLockedError(ConfigurationError):
     """Another process is writing to the same on-disk vector store."""
+
+
+class RunFailed(GristmillError):
+    """A pipeline run that ended with failed items; `report` says which and why.
+
+    Flows return `Failed(message, data=RunFailed(message, report=report))`, not
+    `Failed(data=report)`: Prefect turns a failed state's data into the exception it raises (for
+    a plain `flow()` call, and in the engine under workers), and a report that is not an
+    exception becomes "TypeError: Unexpected result for failed state" there. Use
+    `tasks.reporting.state_report` to get the report from a state either way.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only `report` survives pickling
+        return (_rebuild_run_failed, (self.message, self.report))
+
+
+def _rebuild_run_failed(message: str, report: Any) -> RunFailed:
+    return RunFailed(message, report=report)

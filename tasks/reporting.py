@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,6 +16,14 @@ from tasks.llm import Usage
 ItemStatus = Literal["ok", "cached", "failed"]
 
 logger = logging.getLogger(__name__)
+
+
+def state_report(state: Any) -> Any:
+    """What a finished flow run produced: its report (also when it failed), or the exception."""
+    from tasks.errors import RunFailed
+
+    result = state.result(raise_on_failure=False)
+    return result.report if isinstance(result, RunFailed) else result
 
 
 def tag_flow_run(*new_tags: str) -> None:

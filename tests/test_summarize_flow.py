@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ from prefect.client.orchestration import get_client
 from pydantic import SecretStr
 
 from pipelines.summarize import summarize_flow_for
-from tasks.reporting import SummarizeReport
+from tasks.errors import RunFailed
+from tasks.reporting import SummarizeReport, state_report
 from tasks.settings import Settings
 from tasks.summaries import build_summarizer
 from tests.conftest import SAMPLE_TRANSCRIPTS
@@ -39,7 +41,7 @@ def run(settings: Settings, paths: list[Path], force: bool = False) -> tuple[Any
         summarizer=build_summarizer(settings),
         return_state=True,
     )
-    report = state.result(raise_on_failure=False)
+    report = state_report(state)
     assert isinstance(report, SummarizeReport)
     return state, report
 
@@ -119,6 +121,14 @@ def test_bad_inputs_fail_with_reasons_and_the_rest_proceed(data_dir: Path) -> No
     assert "extension" in reasons["notes.docx"]
     assert "no such file" in reasons["missing.txt"]
     assert "failed" in (state.message or "")
+
+    # called as a plain function (as a worker's engine does), the failed run raises an error
+    # that says what failed and carries the report, and survives pickling
+    with pytest.raises(RunFailed, match=r"empty\.txt") as raised:
+        summarize_flow_for(settings)(paths=[str(folder)], settings=settings)
+    again = pickle.loads(pickle.dumps(raised.value))
+    assert isinstance(again.report, SummarizeReport) and str(again) == str(raised.value)
+    assert {t.status for t in again.report.transcripts} == {"cached", "failed"}
 
 
 def test_llm_engine_with_faults_retries_repairs_and_reduces(
