@@ -57,11 +57,24 @@ def prepare_prefect(settings: Settings, *, verbose: bool = False) -> None:
     Must run before prefect is imported: Prefect reads these settings at import time.
     """
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.results_dir.resolve()))
+    if not os.environ.get("PREFECT_API_URL"):
+        # No server to report to: Prefect starts a temporary one for this command. Give it the
+        # database `gristmill server` serves, so these runs show in the UI once it starts.
+        database = prefect_home(settings) / "prefect.db"
+        database.parent.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault(
+            "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{database}"
+        )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # Run logs still reach the Prefect API and UI; only the terminal copy is quietened.
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+
+def prefect_home(settings: Settings) -> Path:
+    """Where `gristmill server` keeps Prefect's database: $PREFECT_HOME, else <data_dir>/prefect."""
+    return Path(os.environ.get("PREFECT_HOME") or settings.data_dir / "prefect").resolve()
 
 
 def print_json(data: Any) -> None:
@@ -207,8 +220,8 @@ def _print_summary_table(report: Any, settings: Settings) -> None:
         f"{report.duration_s:.1f} s"
     )
     console.print(
-        "Run history in the Prefect UI: start `gristmill server`, export the PREFECT_API_URL it "
-        "prints, and run again"
+        "Run history in the Prefect UI: `gristmill server`, then open http://127.0.0.1:4200/runs "
+        "(this run is already in its database)"
         if not os.environ.get("PREFECT_API_URL")
         else f"Run history: {os.environ['PREFECT_API_URL'].removesuffix('/api')}/runs"
     )
@@ -417,7 +430,7 @@ def server(
     import subprocess
 
     settings = load_settings()
-    home = Path(os.environ.get("PREFECT_HOME") or settings.data_dir / "prefect").resolve()
+    home = prefect_home(settings)
     with socket.socket() as probe:
         try:
             probe.bind((host, port))

@@ -45,6 +45,15 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment() -> Iterator[None]:
+    """The CLI sets Prefect variables in os.environ for its run; undo them after each test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     """An empty data dir for one test."""

@@ -1,0 +1,36 @@
+"""Command-line plumbing that needs no flow run: where Prefect's state goes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import prepare_prefect
+from tasks.settings import Settings
+
+
+def test_runs_without_a_server_land_in_the_database_gristmill_server_serves(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        monkeypatch.delenv(name, raising=False)
+    prepare_prefect(Settings(_env_file=None, data_dir=data_dir))  # type: ignore[call-arg]
+    database = (data_dir / "prefect" / "prefect.db").resolve()
+    assert database.parent.is_dir()
+    assert os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{database}"
+
+
+def test_a_configured_server_or_database_is_left_alone(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    monkeypatch.delenv("PREFECT_API_DATABASE_CONNECTION_URL", raising=False)
+    prepare_prefect(Settings(_env_file=None, data_dir=data_dir))  # type: ignore[call-arg]
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in os.environ
+
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://db/prefect")
+    prepare_prefect(Settings(_env_file=None, data_dir=data_dir))  # type: ignore[call-arg]
+    assert os.environ["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql")
