@@ -19,9 +19,12 @@ journal and pays only for the rest. The journal is per row, not per task, becaus
 batch of rows: Prefect's task cache would lose every finished row of a task killed midway.
 
 Rate limits: `RateLimiter` enforces concurrency, requests/min and tokens/min in-process, shared
-by every thread of the run. With several worker processes use Prefect global concurrency limits
-instead (`prefect gcl create batch-openai --limit 16 --slot-decay-per-second 2.6` and
-`prefect.concurrency.sync.rate_limit`); that option is documented, not wired in yet.
+by every thread of the run. With several processes or workers sharing one endpoint quota, set
+`batch_global_limit` to a Prefect global concurrency limit with slot decay (`prefect gcl create
+batch-openai --limit 16 --slot-decay-per-second 2.5`): every request then also takes a slot of
+it, through `prefect.concurrency.sync.rate_limit`, so the server paces all of them together.
+Slots are taken in blocks (up to half the limit, at most the run's concurrency) to keep that to
+one API call per block of requests, not one per request.
 """
 
 from __future__ import annotations
@@ -726,6 +729,26 @@ class RateLimiter:
         self._paused_at = -math.inf
         self.pauses = 0
         self.paused_s = 0.0
+        self._global_take: Callable[[int], None] | None = None
+        self._global_block = 1
+        self._global_allowance = 0
+        self._global_lock = threading.Lock()
+        self.global_acquisitions = 0
+
+    def share_globally(self, take: Callable[[int], None], block: int) -> None:
+        """Also take one permit per request from `take(n)` (blocking), `block` at a time."""
+        self._global_take = take
+        self._global_block = max(1, block)
+
+    def _global_permit(self) -> None:
+        if self._global_take is None:
+            return
+        with self._global_lock:
+            if self._global_allowance == 0:
+                self._global_take(self._global_block)
+                self._global_allowance = self._global_block
+                self.global_acquisitions += 1
+            self._global_allowance -= 1
 
     @property
     def counts_tokens(self) -> bool:
@@ -752,6 +775,7 @@ class RateLimiter:
         """Wait for a free slot, the end of any pause and room in both buckets."""
         self._slots.acquire()
         try:
+            self._global_permit()
             with self._cond:
                 while True:
                     now = self._clock()
@@ -787,6 +811,39 @@ class RateLimiter:
             self._paused_at = now
             self.pauses += 1
             self._cond.notify_all()
+
+
+def share_prefect_limit(limiter: RateLimiter, name: str) -> None:
+    """Pace `limiter`'s requests with the Prefect global concurrency limit `name` as well.
+
+    The limit must exist and have a slot decay (that is what makes it a rate); a missing one is
+    a configuration error with the command that creates it, raised before any row is sent.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import rate_limit
+    from prefect.exceptions import ObjectNotFound
+
+    hint = f"create it: prefect gcl create {name} --limit 16 --slot-decay-per-second 2.5"
+    try:
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        raise ConfigurationError(
+            f"the Prefect global concurrency limit {name!r} does not exist", hint=hint
+        ) from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot read the Prefect global concurrency limit {name!r}: {exc}",
+            hint="batch_global_limit needs a reachable Prefect server (PREFECT_API_URL)",
+        ) from None
+    if not limit.slot_decay_per_second:
+        raise ConfigurationError(
+            f"the Prefect global concurrency limit {name!r} has no slot decay, so it is not a "
+            "rate limit",
+            hint=f"prefect gcl update {name} --slot-decay-per-second 2.5",
+        )
+    block = max(1, min(limiter.concurrency, limit.limit // 2))
+    limiter.share_globally(lambda n: rate_limit(name, occupy=n, strict=True), block)
 
 
 def _retry_after(response: Any) -> float | None:
@@ -919,11 +976,16 @@ class ChatRowEngine:
                 "vLLM or Ollama), or use an offline --task summarize|classify|embed",
             )
         client = openai_client(settings, max_retries=0)
+        if limiter is None:
+            limiter = RateLimiter(
+                settings.batch_concurrency, settings.batch_rpm, settings.batch_tpm
+            )
+            if settings.batch_global_limit:
+                share_prefect_limit(limiter, settings.batch_global_limit)
         return cls(
             client,
             job,
-            limiter
-            or RateLimiter(settings.batch_concurrency, settings.batch_rpm, settings.batch_tpm),
+            limiter,
             price=settings.price_of(job.model),
             validation_attempts=settings.llm_validation_attempts,
             transport_retries=settings.llm_max_retries,

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     batch_rpm: int | None = Field(None, ge=1, description="Batch requests per minute limit.")
     batch_tpm: int | None = Field(None, ge=1, description="Batch tokens per minute limit.")
     batch_rows_per_task: int = Field(100, ge=1, description="Rows per batch task run.")
+    batch_global_limit: str | None = Field(
+        None,
+        description="Name of a Prefect global concurrency limit with slot decay that rate-limits "
+        "batch requests across every process and worker sharing the Prefect server "
+        "(`prefect gcl create NAME --limit 16 --slot-decay-per-second 2.5` = 150/min).",
+    )
 
     @property
     def transcripts_dir(self) -> Path:
