@@ -34,3 +34,13 @@ def test_a_configured_server_or_database_is_left_alone(
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://db/prefect")
     prepare_prefect(Settings(_env_file=None, data_dir=data_dir))  # type: ignore[call-arg]
     assert os.environ["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql")
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [
+        f"GRISTMILL_{name.upper()}"
+        for name in Settings.model_fields
+        if f"GRISTMILL_{name.upper()}` |" not in readme  # also `OPENAI_API_KEY / GRISTMILL_...`
+    ]
+    assert not missing, f"document these in README.md's Configuration table: {missing}"
