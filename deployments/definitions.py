@@ -21,6 +21,18 @@ PROJECT_TAG = "gristmill"
 SUMMARIZE_CRON = "0 2 * * *"
 INGEST_INTERVAL = timedelta(hours=1)
 DEFAULT_TIMEZONE = "UTC"
+# The batch deployment's defaults: the sample tickets, classified offline by their subject (the
+# body of one sample ticket is empty on purpose, which would end that row invalid_input).
+BATCH_PARAMETERS: dict[str, object] = {
+    "input_path": "data/records/support-tickets.csv",
+    "output_path": "data/batch/support-tickets.classified.csv",
+    "task": "classify",
+    "labels": ["billing", "bug", "feature request", "account access", "robot hardware"],
+    "id_column": "ticket_id",
+    "text_column": "subject",
+    "mode": "online",
+    "retry_failed": False,
+}
 
 DeploymentBuilder = Callable[[str], "RunnerDeployment"]
 
@@ -69,7 +81,7 @@ def ingest_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
 
 
 def batch_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
-    """`process-records/on-demand`: no schedule; run it with the table and template to use."""
+    """`process-records/on-demand`: no schedule; run it with the table and the job to use."""
     from pipelines.batch import process_records
 
     return _runner_deployment(
@@ -77,10 +89,13 @@ def batch_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
             name="on-demand",
             description=(
                 "On demand only (no schedule): run every row of a table through a prompt template "
-                "or a built-in task. Start it from the UI or with `prefect deployment run "
-                "process-records/on-demand --param input_path=... --param output_path=...`."
+                "or a built-in task. The defaults classify the sample support tickets by subject "
+                "offline (local embeddings); start it from the UI with other parameters, or with "
+                "`prefect deployment run process-records/on-demand --param input_path=... "
+                "--param output_path=... --param template=...`. Paths are relative to the "
+                "worker's working directory (the repo root)."
             ),
-            parameters={"mode": "online", "retry_failed": False},
+            parameters=dict(BATCH_PARAMETERS),
             tags=[PROJECT_TAG, "pipeline:batch"],
         )
     )
@@ -95,7 +110,11 @@ def _runner_deployment(built: object) -> RunnerDeployment:
 
 
 # A pipeline's deployment is served and deployed once its builder is listed here.
-DEPLOYMENT_BUILDERS: tuple[DeploymentBuilder, ...] = (summarize_deployment, ingest_deployment)
+DEPLOYMENT_BUILDERS: tuple[DeploymentBuilder, ...] = (
+    summarize_deployment,
+    ingest_deployment,
+    batch_deployment,
+)
 
 
 def build_deployments(timezone: str = DEFAULT_TIMEZONE) -> list[RunnerDeployment]:

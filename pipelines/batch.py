@@ -1,11 +1,15 @@
 """Flow `process_records`: a table of records through a prompt (or a built-in task).
 
-read the input in chunks -> screen rows (ids, template, text length; unusable rows end
-`invalid_input`) + input suite -> batches of rows as tasks, sharing the engine's rate limiter
-(rows already done come from the journal or, with --retry-failed, from the previous output)
--> write output and dead-letter rows atomically -> output suite -> report artifact.
+build the job and the engine from the parameters and settings -> read the input in chunks ->
+screen rows (ids, template, text length; unusable rows end `invalid_input`) + input suite ->
+batches of rows as tasks, sharing the engine's rate limiter (rows already done come from the
+journal or, with retry_failed, from the previous output) -> write output and dead-letter rows
+atomically -> output suite -> report artifact.
 
 Every input row comes out exactly once, in input order, as `ok`, `failed` or `invalid_input`.
+The flow's parameters are JSON (the `gristmill batch` options), so its deployment runs from the
+UI and `prefect deployment run`; `settings`, `engine` and `on_progress` are keyword-only
+overrides for the CLI and tests, never set by a deployment.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -25,18 +29,22 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import ValidationError
 
+from tasks.errors import GristmillError, RunFailed, UsageError
 from tasks.llm import Usage
 from tasks.records import (
     BatchReport,
     OutputLedger,
     PreviousOutput,
     RecordJob,
+    RecordReader,
     RecordWriter,
     RowEngine,
     RowJournal,
     RowResult,
     batch_report_markdown,
+    build_row_engine,
     check_input_rows,
     check_output_records,
     dead_letter_entry,
@@ -45,17 +53,92 @@ from tasks.records import (
     invalid_result,
     iter_row_chunks,
     load_expectation_suite,
+    load_schema,
+    load_template,
     output_columns,
     output_record,
     preflight,
     process_row_batch,
     row_batches,
 )
+from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
+
+if TYPE_CHECKING:
+    from great_expectations.expectations import Expectation
 
 REPORT_ARTIFACT_KEY = "process-records-report"
 PROGRESS_ARTIFACT_KEY = "process-records-progress"
 ProgressCallback = Callable[[int, int], None]
+
+# The flow parameters that build the job (`record_job`), and those that override a setting for
+# one run (`run_settings`), with that setting's name.
+JOB_PARAMETERS = (
+    "template",
+    "task",
+    "labels",
+    "schema",
+    "system",
+    "id_column",
+    "text_column",
+    "max_chars",
+)
+SETTING_PARAMETERS = {
+    "model": "llm_model",
+    "temperature": "llm_temperature",
+    "concurrency": "batch_concurrency",
+    "rpm": "batch_rpm",
+    "tpm": "batch_tpm",
+}
+
+
+def run_settings(settings: Settings, **parameters: Any) -> Settings:
+    """`settings` with the run's overrides (model, temperature, concurrency, rpm, tpm) applied,
+    checked against the settings' own bounds."""
+    updated = settings.model_copy()
+    for parameter, value in parameters.items():
+        if value is None:
+            continue
+        try:
+            Settings.__pydantic_validator__.validate_assignment(
+                updated, SETTING_PARAMETERS[parameter], value
+            )
+        except ValidationError as exc:
+            raise UsageError(f"{parameter}: {exc.errors()[0]['msg']}, not {value!r}") from None
+    return updated
+
+
+def record_job(
+    settings: Settings,
+    *,
+    template: str | None = None,
+    task: str | None = None,
+    labels: list[str] | str | None = None,
+    schema: str | None = None,
+    system: str | None = None,
+    id_column: str | None = None,
+    text_column: str = "text",
+    max_chars: int = 100_000,
+) -> RecordJob:
+    """What to do with every row, from the run's parameters (a usage error if inconsistent).
+
+    `template` and `schema` are file paths or the text itself; `labels` a list or a
+    comma-separated string; model and temperature come from `settings`.
+    """
+    if isinstance(labels, str):
+        labels = labels.split(",")
+    return RecordJob(
+        template=load_template(template) if template is not None else None,
+        task=task,
+        system=system,
+        schema=load_schema(schema),
+        model=settings.llm_model,
+        temperature=settings.llm_temperature,
+        labels=[label.strip() for label in labels or [] if label.strip()],
+        text_column=text_column,
+        id_column=id_column,
+        max_chars=max_chars,
+    )
 
 
 def _run_name() -> str:
@@ -65,41 +148,154 @@ def _run_name() -> str:
 @flow(
     name="process-records",
     flow_run_name=_run_name,
-    description="Run every row of a table through a prompt or a built-in task.",
+    description="Run every row of a table through a prompt template or a built-in task.",
     task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
     validate_parameters=False,
 )
 def process_records(
     input_path: str,
     output_path: str,
-    job: RecordJob,
-    engine: RowEngine,
-    settings: Settings | None = None,
+    template: str | None = None,
+    task: str | None = None,
+    labels: list[str] | None = None,
+    schema: str | None = None,
+    id_column: str | None = None,
+    text_column: str = "text",
+    system: str | None = None,
+    model: str | None = None,
+    temperature: float | None = None,
+    concurrency: int | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
     mode: str = "online",
     retry_failed: bool = False,
     expectations_path: str | None = None,
+    max_chars: int = 100_000,
+    poll_interval_s: float = 10.0,
     chunk_rows: int | None = None,
+    *,
+    settings: Settings | None = None,
+    engine: RowEngine | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> State:
-    """Process `input_path` into `output_path`; a Failed state when any row is not ok."""
+    """Process every row of `input_path` into `output_path`; Failed when any row is not ok.
+
+    Args:
+        input_path: Input table (.csv, .jsonl or .parquet), relative to the working directory.
+        output_path: Output table (.csv, .jsonl or .parquet); failed rows also go to
+            <output>.dead-letter.jsonl.
+        template: Jinja2 prompt template over the columns: a file path or the text itself.
+            Needs an LLM endpoint. Give either this or `task`.
+        task: Built-in offline task instead of a template: summarize, classify or embed.
+        labels: Labels for the classify task (at least two).
+        schema: Output schema for a template: a JSON Schema file, or fields such as
+            'category,priority:int'. Without one the result is text.
+        id_column: Column holding row ids; default: a stable hash of the row.
+        text_column: Column the built-in tasks read.
+        system: System prompt for a template.
+        model: Chat model; default: the llm_model setting.
+        temperature: Sampling temperature; default: the llm_temperature setting.
+        concurrency: Requests in flight; default: the batch_concurrency setting.
+        rpm: Requests per minute; default: the batch_rpm setting (no limit).
+        tpm: Tokens per minute; default: the batch_tpm setting (no limit).
+        mode: online, or batch-api (the OpenAI Batch API, for templates).
+        retry_failed: Re-process only the rows of output_path that are not ok.
+        expectations_path: A great-expectations suite (JSON) checked on the output.
+        max_chars: Longest row text accepted; longer rows end invalid_input.
+        poll_interval_s: Seconds between Batch API polls.
+        chunk_rows: Rows read into memory at a time; default: 10 tasks' worth (at least 1000).
+        settings: Override of the settings read from the environment (CLI and tests).
+        engine: A row engine built for the same job (CLI and tests); default: built from
+            the settings.
+        on_progress: Called with (rows done, rows expected) after each batch (CLI).
+    """
     started = time.monotonic()
     logger = get_run_logger()
-    settings = settings or Settings.model_validate({})
     source, out = Path(input_path), Path(output_path)
-    reader = preflight(source, job)
+    built_engine = engine is None
+    try:
+        settings = run_settings(
+            settings or Settings(),
+            model=model,
+            temperature=temperature,
+            concurrency=concurrency,
+            rpm=rpm,
+            tpm=tpm,
+        )
+        job = record_job(
+            settings,
+            template=template,
+            task=task,
+            labels=labels,
+            schema=schema,
+            system=system,
+            id_column=id_column,
+            text_column=text_column,
+            max_chars=max_chars,
+        )
+        if out.resolve() == source.resolve():
+            raise UsageError("output_path must not be the input file")
+        reader = preflight(source, job)
+        user_suite = load_expectation_suite(Path(expectations_path)) if expectations_path else None
+        engine = engine or build_row_engine(settings, job, mode, poll_interval_s=poll_interval_s)
+    except GristmillError as exc:
+        logger.error("cannot start: %s", exc)
+        return Failed(message=str(exc), data=exc)
+    tag_flow_run("pipeline:batch", f"engine:{engine.name}")
+    try:
+        report = _process(
+            source,
+            out,
+            reader,
+            job,
+            engine,
+            settings,
+            mode=mode,
+            retry_failed=retry_failed,
+            user_suite=user_suite,
+            chunk_rows=chunk_rows,
+            on_progress=on_progress,
+            started=started,
+        )
+    finally:
+        close = getattr(engine, "close", None)
+        if built_engine and close is not None:
+            close()
+    logger.info(report.headline())
+    if not report.success:
+        message = "; ".join([report.headline(), *report.failures[:3], *report.quality_errors[:3]])
+        return Failed(message=message, data=RunFailed(message, report=report))
+    return Completed(message=report.headline(), data=report)
+
+
+def _process(
+    source: Path,
+    out: Path,
+    reader: RecordReader,
+    job: RecordJob,
+    engine: RowEngine,
+    settings: Settings,
+    *,
+    mode: str,
+    retry_failed: bool,
+    user_suite: list[Expectation] | None,
+    chunk_rows: int | None,
+    on_progress: ProgressCallback | None,
+    started: float,
+) -> BatchReport:
+    """The run itself, inside the flow: every row once, written atomically, then the report."""
     columns = reader.columns
     total = reader.estimate_rows()
     rows_per_task = settings.batch_rows_per_task
     journal = RowJournal.for_job(settings.batch_dir, job) if engine.journaled else None
     previous = PreviousOutput(out) if retry_failed else None
-    user_suite = load_expectation_suite(Path(expectations_path)) if expectations_path else None
     progress_id = cast(
         UUID,
         create_progress_artifact(
             progress=0.0, key=PROGRESS_ARTIFACT_KEY, description=f"{source.name}: rows processed"
         ),
     )
-    logger.info("%s: ~%d rows with %s (%s)", source, total, engine.name, engine.model)
+    get_run_logger().info("%s: ~%d rows with %s (%s)", source, total, engine.name, engine.model)
 
     writer = RecordWriter(out, output_columns(job, columns), input_schema=reader.arrow_schema)
     ledger = OutputLedger()
@@ -108,63 +304,62 @@ def process_records(
     outcomes: list[RowResult] = []
     done = 0
     try:
-        with tags("pipeline:batch", f"engine:{engine.name}"):
-            for rows in iter_row_chunks(reader, job, chunk_rows or max(1000, rows_per_task * 10)):
-                input_check = check_input_rows(rows, job)
-                quality["input"] = input_check.summary_line()
-                if not input_check.success:
-                    quality_errors.append(input_check.reason())
-                results: dict[int, RowResult] = {}
-                todo = []
-                for row in rows:
-                    kept = previous.take(row) if previous is not None else None
-                    if kept is not None:
-                        results[row.number] = kept
-                    elif row.problem is not None:
-                        results[row.number] = invalid_result(row)
-                    else:
-                        todo.append(row)
-                done += len(rows) - len(todo)
-                futures = [
-                    (
+        for rows in iter_row_chunks(reader, job, chunk_rows or max(1000, rows_per_task * 10)):
+            input_check = check_input_rows(rows, job)
+            quality["input"] = input_check.summary_line()
+            if not input_check.success:
+                quality_errors.append(input_check.reason())
+            results: dict[int, RowResult] = {}
+            todo = []
+            for row in rows:
+                kept = previous.take(row) if previous is not None else None
+                if kept is not None:
+                    results[row.number] = kept
+                elif row.problem is not None:
+                    results[row.number] = invalid_result(row)
+                else:
+                    todo.append(row)
+            done += len(rows) - len(todo)
+            futures = [
+                (
+                    batch,
+                    process_row_batch.submit(
                         batch,
-                        process_row_batch.submit(
-                            batch,
-                            engine,
-                            journal,
-                            name=f"{source.name} rows {batch[0].number}-{batch[-1].number}",
-                        ),
-                    )
-                    for batch in row_batches(todo, rows_per_task)
-                ]
-                for batch, future in futures:
-                    try:
-                        batch_results = future.result()
-                    except Exception as exc:
-                        reason = f"{type(exc).__name__}: {exc}"
-                        batch_results = [failed_result(row, reason) for row in batch]
-                    results.update((r.number, r) for r in batch_results)
-                    done += len(batch)
-                    percent = 100.0 * done / max(total, done, 1)
-                    update_progress_artifact(progress_id, min(percent, 100.0))
-                    if on_progress is not None:
-                        on_progress(done, max(total, done))
-                records = [output_record(r, results[r.number], job, columns) for r in rows]
-                dead = [
-                    dead_letter_entry(r, results[r.number])
-                    for r in rows
-                    if results[r.number].status != "ok"
-                ]
-                writer.write(records, dead)
-                for row in rows:
-                    result = results[row.number]
-                    ledger.add(result, job)
-                    outcomes.append(result.model_copy(update={"result": None, "record": None}))
-                if user_suite:
-                    user_check = check_output_records(records, user_suite)
-                    quality["user"] = user_check.summary_line()
-                    if not user_check.success:
-                        quality_errors.append(user_check.reason())
+                        engine,
+                        journal,
+                        name=f"{source.name} rows {batch[0].number}-{batch[-1].number}",
+                    ),
+                )
+                for batch in row_batches(todo, rows_per_task)
+            ]
+            for batch, future in futures:
+                try:
+                    batch_results = future.result()
+                except Exception as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+                    batch_results = [failed_result(row, reason) for row in batch]
+                results.update((r.number, r) for r in batch_results)
+                done += len(batch)
+                percent = 100.0 * done / max(total, done, 1)
+                update_progress_artifact(progress_id, min(percent, 100.0))
+                if on_progress is not None:
+                    on_progress(done, max(total, done))
+            records = [output_record(r, results[r.number], job, columns) for r in rows]
+            dead = [
+                dead_letter_entry(r, results[r.number])
+                for r in rows
+                if results[r.number].status != "ok"
+            ]
+            writer.write(records, dead)
+            for row in rows:
+                result = results[row.number]
+                ledger.add(result, job)
+                outcomes.append(result.model_copy(update={"result": None, "record": None}))
+            if user_suite:
+                user_check = check_output_records(records, user_suite)
+                quality["user"] = user_check.summary_line()
+                if not user_check.success:
+                    quality_errors.append(user_check.reason())
         output_check = ledger.check(len(outcomes))
         quality["output"] = output_check.summary_line()
         if not output_check.success:
@@ -219,7 +414,4 @@ def process_records(
         markdown=batch_report_markdown(report),
         description=report.headline(),
     )
-    logger.info(report.headline())
-    if not report.success:
-        return Failed(message=report.headline(), data=report)
-    return Completed(message=report.headline(), data=report)
+    return report

@@ -293,58 +293,61 @@ def batch(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
 ) -> None:
     """Run every row of a table through a prompt template (or a built-in offline task)."""
-    settings = load_settings(
-        batch_concurrency=concurrency,
-        batch_rpm=rpm,
-        batch_tpm=tpm,
-        llm_model=model,
-        llm_temperature=temperature,
-    )
+    settings = load_settings()
     prepare_prefect(settings, verbose=verbose)
-    from tasks.errors import GristmillError
-    from tasks.records import (
-        BatchReport,
-        RecordJob,
-        build_row_engine,
-        load_schema,
-        load_template,
-        preflight,
+    from pipelines.batch import (
+        JOB_PARAMETERS,
+        SETTING_PARAMETERS,
+        process_records,
+        record_job,
+        run_settings,
     )
+    from tasks.errors import GristmillError
+    from tasks.records import BatchReport, build_row_engine, preflight
+    from tasks.reporting import state_report
 
+    # The flow's parameters, as a deployment run would pass them.
+    parameters: dict[str, Any] = {
+        "input_path": str(input_path),
+        "output_path": str(output),
+        "template": template,
+        "task": task,
+        "labels": labels.split(",") if labels is not None else None,
+        "schema": schema,
+        "id_column": id_column,
+        "text_column": text_column,
+        "system": system,
+        "model": model,
+        "temperature": temperature,
+        "concurrency": concurrency,
+        "rpm": rpm,
+        "tpm": tpm,
+        "mode": mode,
+        "retry_failed": retry_failed,
+        "expectations_path": str(expectations) if expectations else None,
+        "max_chars": max_chars,
+        "poll_interval_s": poll_interval,
+    }
+    if output.resolve() == input_path.resolve():
+        fail("--output must not be the input file")
     try:
-        job = RecordJob(
-            template=load_template(template) if template is not None else None,
-            task=task,
-            system=system,
-            schema=load_schema(schema),
-            model=settings.llm_model,
-            temperature=settings.llm_temperature,
-            labels=[label.strip() for label in (labels or "").split(",") if label.strip()],
-            text_column=text_column,
-            id_column=id_column,
-            max_chars=max_chars,
-        )
-        if output.resolve() == input_path.resolve():
-            fail("--output must not be the input file")
+        # What the flow builds from the same parameters, built first here so that a usage or
+        # configuration error is one line and exit code 2, before any flow run starts.
+        run = run_settings(settings, **{p: parameters[p] for p in SETTING_PARAMETERS})
+        job = record_job(run, **{p: parameters[p] for p in JOB_PARAMETERS})
         preflight(input_path, job)
-        engine = build_row_engine(settings, job, mode, poll_interval_s=poll_interval)
+        engine = build_row_engine(run, job, mode, poll_interval_s=poll_interval)
     except GristmillError as exc:
         fail(str(exc))
-    from pipelines.batch import process_records
 
     progress = _ProgressBar(enabled=not as_json)
     typer.echo(f"Processing {input_path} with {engine.name} ({engine.model}) ...", err=True)
     try:
         progress.start("rows")
         state = process_records(
-            input_path=str(input_path),
-            output_path=str(output),
-            job=job,
-            engine=engine,
+            **parameters,
             settings=settings,
-            mode=mode,
-            retry_failed=retry_failed,
-            expectations_path=str(expectations) if expectations else None,
+            engine=engine,
             on_progress=progress.update,
             return_state=True,
         )
@@ -353,7 +356,7 @@ def batch(
         close = getattr(engine, "close", None)
         if close is not None:
             close()
-    report = state.result(raise_on_failure=False)
+    report = state_report(state)
     if isinstance(report, GristmillError):
         fail(str(report), report.exit_code)
     if not isinstance(report, BatchReport):

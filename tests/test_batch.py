@@ -315,19 +315,25 @@ def read_output(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def run_flow(job: RecordJob, engine: Any, settings: Settings, src: Path, out: Path, **kw: Any):
-    from pipelines.batch import process_records
+# The flow's parameters for classify_job(): JSON, as a deployment run passes them.
+CLASSIFY: dict[str, Any] = {
+    "template": "Classify this ticket: {{ text }}",
+    "schema": "category,priority:int",
+    "id_column": "id",
+}
 
-    state = process_records(
-        input_path=str(src),
-        output_path=str(out),
-        job=job,
-        engine=engine,
-        settings=settings,
-        return_state=True,
-        **kw,
-    )
-    return state, state.result(raise_on_failure=False)
+
+def run_parameters(**parameters: Any) -> tuple[Any, Any]:
+    """Run `process_records` with these parameters (and overrides); its state and report."""
+    from pipelines.batch import process_records
+    from tasks.reporting import state_report
+
+    state = process_records(**parameters, return_state=True)
+    return state, state_report(state)
+
+
+def run_flow(src: Path, out: Path, **parameters: Any) -> tuple[Any, Any]:
+    return run_parameters(input_path=str(src), output_path=str(out), **parameters)
 
 
 def test_flow_writes_every_row_once_then_retry_failed_fixes_only_the_failed(
@@ -340,9 +346,11 @@ def test_flow_writes_every_row_once_then_retry_failed_fixes_only_the_failed(
     job = classify_job()
     settings = settings_for(fake, tmp_path / "data", batch_concurrency=1, batch_rows_per_task=10)
     fake.enqueue(*[Fault.status(500)] * 3)  # the first row outlives its retries
-    state, report = run_flow(job, ChatRowEngine.from_settings(settings, job), settings, src, out)
+    engine = ChatRowEngine.from_settings(settings, job)
+    state, report = run_flow(src, out, settings=settings, engine=engine, **CLASSIFY)
     assert state.is_failed()
     assert (report.rows, report.ok, report.failed, report.invalid_input) == (7, 5, 1, 1)
+    assert "row 0 (0): failed: " in state.message and "HTTP 500" in state.message
     rows = read_output(out)
     assert [r["id"] for r in rows] == ["0", "1", "2", "3", "4", "5", "1"]
     assert [r["status"] for r in rows] == ["failed"] + ["ok"] * 5 + ["invalid_input"]
@@ -352,12 +360,98 @@ def test_flow_writes_every_row_once_then_retry_failed_fixes_only_the_failed(
     assert any("record-output: passed" in q for q in report.quality)
 
     fake.reset()
+    engine = ChatRowEngine.from_settings(settings, job)
     state, report = run_flow(
-        job, ChatRowEngine.from_settings(settings, job), settings, src, out, retry_failed=True
+        src, out, settings=settings, engine=engine, retry_failed=True, **CLASSIFY
     )
     assert fake.calls == 1  # only the failed row; the invalid one fails again without a call
     assert (report.ok, report.failed, report.invalid_input, report.reused) == (6, 0, 1, 5)
     assert [r["status"] for r in read_output(out)] == ["ok"] * 6 + ["invalid_input"]
+
+
+def test_flow_runs_from_json_parameters_alone(
+    prefect_harness: None, fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a deployment run does: JSON parameters in, settings and engine from the environment."""
+    monkeypatch.setenv("GRISTMILL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    fake.latency = 0.05
+    template = tmp_path / "classify.j2"
+    template.write_text("Classify this ticket: {{ text }}", encoding="utf-8")
+    parameters = {
+        "input_path": str(tickets(tmp_path, 8)),
+        "output_path": str(tmp_path / "out.jsonl"),
+        "template": str(template),
+        "schema": "category,priority:int",
+        "id_column": "id",
+        "system": "You triage support tickets.",
+        "model": "triage-model",
+        "temperature": 0.7,
+        "concurrency": 2,
+    }
+    assert json.loads(json.dumps(parameters)) == parameters
+    state, report = run_parameters(**parameters)
+    assert state.is_completed(), state.message
+    assert (report.rows, report.ok, report.engine, report.model) == (8, 8, "openai", "triage-model")
+    chats = [r.body for r in fake.requests if r.path.endswith("/chat/completions")]
+    assert len(chats) == 8
+    assert {(c["model"], c["temperature"]) for c in chats} == {("triage-model", 0.7)}
+    assert chats[0]["messages"][0] == {"role": "system", "content": "You triage support tickets."}
+    assert chats[0]["messages"][-1]["content"].startswith("Classify this ticket: ticket ")
+    assert chats[0]["response_format"]["type"] == "json_schema"
+    assert 1 < fake.max_concurrency <= 2
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").open()]
+    assert [line["status"] for line in lines] == ["ok"] * 8
+
+
+@pytest.mark.parametrize(
+    ("parameters", "reason"),
+    [
+        ({"template": "{{ subject }}"}, "uses column(s) subject that the input does not have"),
+        ({"task": "classify", "labels": ["only one"]}, "at least two labels"),
+        ({"task": "summarize", "concurrency": 0}, "concurrency: Input should be greater"),
+        ({"task": "summarize", "mode": "fast"}, "--mode must be online or batch-api"),
+    ],
+)
+def test_bad_parameters_fail_the_run_at_once_with_the_reason(
+    prefect_harness: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    parameters: dict[str, Any],
+    reason: str,
+) -> None:
+    monkeypatch.setenv("GRISTMILL_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "out.csv"
+    state, error = run_flow(tickets(tmp_path, 2), out, **parameters)
+    assert state.is_failed()
+    assert reason in state.message
+    assert isinstance(error, UsageError) and reason in str(error)
+    assert not out.exists()
+
+
+def test_the_deployment_defaults_classify_the_sample_tickets_offline(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployments.definitions import BATCH_PARAMETERS
+    from tasks.model_files import missing_files
+    from tests.conftest import REPO
+
+    model_dir = REPO / "data" / "models" / "all-MiniLM-L6-v2"
+    if missing_files(model_dir):
+        pytest.skip("local model files not provisioned (python -m tasks.model_files DIR)")
+    monkeypatch.chdir(REPO)  # the deployment's paths are relative to the worker's directory
+    monkeypatch.setenv("GRISTMILL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GRISTMILL_MODEL_DIR", str(model_dir))
+    state, report = run_parameters(**{**BATCH_PARAMETERS, "output_path": str(tmp_path / "t.csv")})
+    assert state.is_completed(), state.message
+    assert (report.rows, report.ok, report.engine) == (60, 60, "offline-embedding")
+    labels = {r["subject"]: r["label"] for r in read_output(tmp_path / "t.csv")}
+    assert set(labels.values()) <= set(BATCH_PARAMETERS["labels"])  # type: ignore[arg-type]
+    assert labels["Question about switching to monthly billing"] == "billing"
+    assert labels["Robot making a grinding noise"] == "robot hardware"
+    assert labels["Feature request: export to our data warehouse"] == "feature request"
+    assert labels["Request for store-level user permissions"] == "account access"
 
 
 def test_batch_api_lifecycle_resubmits_only_failed_and_expired_lines(
@@ -375,7 +469,9 @@ def test_batch_api_lifecycle_resubmits_only_failed_and_expired_lines(
         fake.batch_expire_after = None
 
     engine = BatchAPIEngine.from_settings(settings, job, poll_interval_s=0.01, on_poll=heal)
-    state, report = run_flow(job, engine, settings, src, out, mode="batch-api")
+    state, report = run_flow(
+        src, out, settings=settings, engine=engine, mode="batch-api", **CLASSIFY
+    )
     assert state.is_completed(), report.failures
     assert report.ok == 5 and report.llm_calls == 5
     assert len(engine.batches) == 2

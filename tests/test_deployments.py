@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -68,16 +69,31 @@ def test_hourly_ingestion_runs_every_hour() -> None:
     assert set(deployment.tags) == {"gristmill", "pipeline:ingest"}
 
 
-@pytest.mark.skipif(
-    batch_deployment not in DEPLOYMENT_BUILDERS,
-    reason="process_records is not deployable yet (its engine and job are not JSON parameters)",
-)
 def test_batch_runs_on_demand_only() -> None:
     deployment = batch_deployment("UTC")
+    assert batch_deployment in DEPLOYMENT_BUILDERS
     assert (deployment.flow_name, deployment.name) == ("process-records", "on-demand")
+    assert deployment.entrypoint == "pipelines/batch.py:process_records"
     assert deployment.schedules == []
     assert describe_schedule(deployment) == "on demand"
     assert set(deployment.tags) == {"gristmill", "pipeline:batch"}
+
+
+def test_batch_parameters_are_json_that_the_flow_takes() -> None:
+    """Runnable from the UI: JSON defaults for every required parameter, no engine objects."""
+    deployment = batch_deployment()
+    parameters = deployment.parameters
+    assert json.loads(json.dumps(parameters)) == parameters
+    schema = deployment._parameter_openapi_schema
+    assert set(schema.required) == {"input_path", "output_path"} <= set(parameters)
+    assert set(parameters) <= set(schema.properties)
+    assert not {"settings", "engine", "on_progress"} & set(parameters)
+    assert parameters["task"] == "classify" and len(parameters["labels"]) >= 2
+    assert (REPO / parameters["input_path"]).is_file()
+    assert parameters["output_path"].startswith("data/batch/")  # git-ignored
+    labels = schema.properties["labels"]["anyOf"][0]
+    assert labels == {"items": {"type": "string"}, "type": "array"}
+    assert "Built-in offline task" in schema.properties["task"]["description"]
 
 
 def test_prefect_yaml_matches_the_deployments_as_code() -> None:

@@ -1,13 +1,16 @@
 """End to end with real parts: a Prefect server, the `gristmill` process work pool, the
-deployment from prefect.yaml, a worker process, and the UI in headless Chromium.
+deployments from prefect.yaml, a worker process, and the UI in headless Chromium.
 
-One module-scoped fixture starts the server, deploys, triggers a good run (two sample
-transcripts) and a bad one (an empty transcript) and waits for both to finish; each test then
-checks one thing through the REST API or the UI, in any order.
+One module-scoped fixture starts the server, deploys, triggers a good summarisation (two sample
+transcripts), a bad one (an empty transcript), an ingestion of the sample documents and a batch
+run with the batch deployment's defaults (the sample tickets, classified offline), and waits for
+all of them to finish; each test then checks one thing through the REST API or the UI, in any
+order. The ingestion and batch runs need the local embedding model (`make setup` provisions it).
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -24,6 +27,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from deployments.definitions import BATCH_PARAMETERS
+from tasks.model_files import missing_files
 from tests.conftest import REPO, SAMPLE_TRANSCRIPTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -32,6 +37,15 @@ POOL = "gristmill"
 DEPLOYMENT = "summarize-transcripts/nightly"
 REPORT_KEY = "summarize-transcripts-report"
 SAMPLES = ("weekly-standup.txt", "customer-call.srt")
+INGEST_DEPLOYMENT = "ingest-documents/hourly"
+INGEST_REPORT_KEY = "ingest-documents-report"
+SAMPLE_DOCUMENTS = REPO / "data" / "documents"
+BATCH_DEPLOYMENT = "process-records/on-demand"
+BATCH_REPORT_KEY = "process-records-report"
+MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
+NEEDS_MODEL = pytest.mark.skipif(
+    bool(missing_files(MODEL_DIR)), reason="local model files not provisioned (make setup)"
+)
 SCREENSHOTS = REPO / "docs" / "img"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 CHROMIUM_FLAGS = (
@@ -134,6 +148,9 @@ class FinishedRuns:
     good: dict[str, Any]
     bad: dict[str, Any]
     bad_input: Path
+    ingest: dict[str, Any] | None
+    batch: dict[str, Any] | None
+    batch_output: Path
 
 
 @pytest.fixture(scope="module")
@@ -178,52 +195,84 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 def finished_runs(
     prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FinishedRuns]:
-    """Deploy from prefect.yaml, start a worker, run a good and a bad summarisation."""
+    """Deploy from prefect.yaml, start a worker, run every pipeline (and a bad summarisation)."""
     server = prefect_server
     data = tmp_path_factory.mktemp("data")
     (data / "transcripts").mkdir()
     for name in SAMPLES:
         shutil.copy(SAMPLE_TRANSCRIPTS / name, data / "transcripts" / name)
+    shutil.copytree(SAMPLE_DOCUMENTS, data / "documents")
     bad_input = data / "incoming" / "empty.txt"
     bad_input.parent.mkdir()
     bad_input.write_text("")
+    batch_output = data / "batch" / "support-tickets.classified.csv"
 
     setup_log = server.logs / "setup.log"
     prefect_cli("work-pool", "create", POOL, "--type", "process", env=server.env, log=setup_log)
-    prefect_cli("deploy", "--name", "nightly", env=server.env, log=setup_log)
+    prefect_cli("deploy", "--all", env=server.env, log=setup_log)
     deployment = server.get(f"/deployments/name/{DEPLOYMENT}")
     assert deployment["work_pool_name"] == POOL
     assert "pipeline:summarize" in deployment["tags"]
 
-    good = server.post(f"/deployments/{deployment['id']}/create_flow_run", {})
-    bad = server.post(
-        f"/deployments/{deployment['id']}/create_flow_run",
-        {"parameters": {"paths": [str(bad_input)]}},
-    )
+    def run(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        deployment_id = server.get(f"/deployments/name/{name}")["id"]
+        return server.post(
+            f"/deployments/{deployment_id}/create_flow_run", {"parameters": parameters}
+        )
+
+    runs = {
+        "good": run(DEPLOYMENT, {}),
+        "bad": run(DEPLOYMENT, {"paths": [str(bad_input)]}),
+    }
+    if not missing_files(MODEL_DIR):
+        runs["ingest"] = run(INGEST_DEPLOYMENT, {})
+        # The deployment's own defaults, but written under the throwaway data dir.
+        runs["batch"] = run(BATCH_DEPLOYMENT, {"output_path": str(batch_output)})
     worker_env = {
         **server.env,
         "GRISTMILL_DATA_DIR": str(data),
+        "GRISTMILL_MODEL_DIR": str(MODEL_DIR),
         "GRISTMILL_ENGINE": "offline",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
     }
     worker = start(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "2"],
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "4"],
         worker_env,
         server.logs / "worker.log",
     )
 
-    def finished() -> list[dict[str, Any]] | None:
+    def finished() -> dict[str, dict[str, Any]] | None:
         assert worker.poll() is None, f"the worker exited:\n{tail(server.logs / 'worker.log')}"
-        runs = [server.get(f"/flow_runs/{run['id']}") for run in (good, bad)]
-        return runs if all(r["state"]["type"] in TERMINAL for r in runs) else None
+        now = {key: server.get(f"/flow_runs/{run['id']}") for key, run in runs.items()}
+        return now if all(r["state"]["type"] in TERMINAL for r in now.values()) else None
 
     try:
-        good, bad = wait_for(
-            "both flow runs", finished, 150, lambda: tail(server.logs / "worker.log", 80)
+        done = wait_for(
+            "the flow runs", finished, 240, lambda: tail(server.logs / "worker.log", 80)
         )
-        yield FinishedRuns(server=server, good=good, bad=bad, bad_input=bad_input)
+        yield FinishedRuns(
+            server=server,
+            good=done["good"],
+            bad=done["bad"],
+            bad_input=bad_input,
+            ingest=done.get("ingest"),
+            batch=done.get("batch"),
+            batch_output=batch_output,
+        )
     finally:
         stop(worker)
+
+
+def task_runs_of(server: PrefectServer, run: dict[str, Any]) -> list[dict[str, Any]]:
+    return server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+
+
+def artifact_of(server: PrefectServer, run: dict[str, Any], key: str) -> dict[str, Any]:
+    """The run's one artifact with `key`."""
+    artifacts = server.post("/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}})
+    mine = [a for a in artifacts if a["flow_run_id"] == run["id"]]
+    assert len(mine) == 1, artifacts
+    return mine[0]
 
 
 def test_summarize_run_completes_with_task_runs_and_report(finished_runs: FinishedRuns) -> None:
@@ -232,7 +281,7 @@ def test_summarize_run_completes_with_task_runs_and_report(finished_runs: Finish
     assert run["name"] == "summarize transcripts"
     assert run["state"]["message"].startswith("2 transcripts: 2 summarised")
 
-    task_runs = server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    task_runs = task_runs_of(server, run)
     names = {t["name"] for t in task_runs}
     assert {t["state"]["type"] for t in task_runs} == {"COMPLETED"}
     for sample in SAMPLES:
@@ -240,11 +289,9 @@ def test_summarize_run_completes_with_task_runs_and_report(finished_runs: Finish
         assert any(stem in name and name.startswith("parse") for name in names), names
         assert f"write {stem}" in names, names
 
-    artifacts = server.post("/artifacts/filter", {"artifacts": {"key": {"any_": [REPORT_KEY]}}})
-    report = [a for a in artifacts if a["flow_run_id"] == run["id"]]
-    assert len(report) == 1, artifacts
-    assert report[0]["type"] == "markdown"
-    assert all(Path(sample).stem in report[0]["data"] for sample in SAMPLES)
+    report = artifact_of(server, run, REPORT_KEY)
+    assert report["type"] == "markdown"
+    assert all(Path(sample).stem in report["data"] for sample in SAMPLES)
 
 
 def test_empty_transcript_fails_with_its_reason_in_the_state(finished_runs: FinishedRuns) -> None:
@@ -254,6 +301,51 @@ def test_empty_transcript_fails_with_its_reason_in_the_state(finished_runs: Fini
     message = run["state"]["message"]
     assert "1 failed" in message
     assert "empty.txt: file is empty" in message
+
+
+@NEEDS_MODEL
+def test_ingest_run_completes_with_every_sample_document_and_report(
+    finished_runs: FinishedRuns,
+) -> None:
+    server, run = finished_runs.server, finished_runs.ingest
+    assert run is not None
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert run["name"] == "ingest documents"
+    documents = sum(1 for path in SAMPLE_DOCUMENTS.rglob("*") if path.is_file())
+    assert run["state"]["message"].startswith(f"{documents} added, 0 updated"), run["state"]
+    assert "0 quarantined" in run["state"]["message"]
+    assert "pipeline:ingest" in run["tags"]
+    assert any(tag.startswith("embedder:all-MiniLM-L6-v2") for tag in run["tags"]), run["tags"]
+
+    task_runs = task_runs_of(server, run)
+    assert task_runs and {t["state"]["type"] for t in task_runs} == {"COMPLETED"}
+    assert any(t["name"].startswith("ingest ") for t in task_runs), task_runs
+    report = artifact_of(server, run, INGEST_REPORT_KEY)
+    assert report["type"] == "markdown"
+    assert f"| Documents added | {documents} |" in report["data"], report["data"]
+
+
+@NEEDS_MODEL
+def test_batch_run_from_the_deployment_defaults_classifies_every_ticket(
+    finished_runs: FinishedRuns,
+) -> None:
+    server, run = finished_runs.server, finished_runs.batch
+    assert run is not None
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert run["name"] == "batch support-tickets.csv"
+    assert run["state"]["message"] == "60 rows: 60 ok (0 reused), 0 failed, 0 invalid input"
+    assert {"pipeline:batch", "engine:offline-embedding"} <= set(run["tags"])
+
+    task_runs = task_runs_of(server, run)
+    assert [t["name"] for t in task_runs] == ["support-tickets.csv rows 0-59"]
+    assert task_runs[0]["state"]["type"] == "COMPLETED"
+    report = artifact_of(server, run, BATCH_REPORT_KEY)
+    assert report["type"] == "markdown"
+    assert "offline-embedding" in report["data"] and "record-output: passed" in report["data"]
+    with finished_runs.batch_output.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 60 and {r["status"] for r in rows} == {"ok"}
+    assert {r["label"] for r in rows} <= set(BATCH_PARAMETERS["labels"])  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -298,11 +390,14 @@ def browse(chromium: str, url: str, *flags: str) -> str:
 
 
 def test_runs_page_shows_the_runs(finished_runs: FinishedRuns, chromium: str) -> None:
-    """The dashboard lists both runs by name; screenshots for the README's 'Watching runs'."""
+    """The dashboard lists every run by name; screenshots for the README's 'Watching runs'."""
     server, good, bad = finished_runs.server, finished_runs.good, finished_runs.bad
     dom = browse(chromium, f"{server.url}/runs", "--dump-dom")
     assert good["name"] in dom, dom[-3000:]
     assert bad["name"] in dom
+    for other in (finished_runs.ingest, finished_runs.batch):
+        if other is not None:
+            assert other["name"] in dom, dom[-3000:]
     screenshot(chromium, f"{server.url}/runs", "runs.png")
     screenshot(chromium, f"{server.url}/runs/flow-run/{good['id']}", "flow-run.png")
 
