@@ -382,23 +382,26 @@ def batch(
 @app.command()
 def serve(
     timezone: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--timezone",
-            envvar="GRISTMILL_SCHEDULE_TIMEZONE",
-            help="IANA time zone of the schedules, e.g. Europe/Berlin.",
+            help="IANA time zone of the schedules, e.g. Europe/Berlin "
+            "[default: GRISTMILL_SCHEDULE_TIMEZONE, else UTC].",
+            show_default=False,
         ),
-    ] = "UTC",
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
 ) -> None:
     """Run every deployment on its schedule from this one process (Ctrl-C stops)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    settings = load_settings()
+    if timezone is None:
+        timezone = settings.schedule_timezone
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         fail(f"--timezone {timezone!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)")
-    settings = load_settings()
     prepare_prefect(settings, verbose=verbose)
     api_url = os.environ.get("PREFECT_API_URL")
     if not api_url:

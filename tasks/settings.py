@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     doc_chunk_tokens: int = Field(300, ge=50, description="Token budget of a document chunk.")
     doc_chunk_overlap_tokens: int = Field(40, ge=0, description="Overlap between document chunks.")
 
+    schedule_timezone: str = Field(
+        "UTC",
+        description="IANA time zone of the deployments' schedules (`gristmill serve`), "
+        "e.g. Europe/Berlin.",
+    )
+
     batch_concurrency: int = Field(16, ge=1, description="Batch requests in flight at once.")
     batch_rpm: int | None = Field(None, ge=1, description="Batch requests per minute limit.")
     batch_tpm: int | None = Field(None, ge=1, description="Batch tokens per minute limit.")
@@ -150,6 +156,19 @@ class Settings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)"
+            ) from None
+        return value
 
     @property
     def batch_dir(self) -> Path:

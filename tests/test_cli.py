@@ -44,3 +44,22 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
         if f"GRISTMILL_{name.upper()}` |" not in readme  # also `OPENAI_API_KEY / GRISTMILL_...`
     ]
     assert not missing, f"document these in README.md's Configuration table: {missing}"
+
+
+def test_schedule_time_zone_comes_from_settings_and_bad_names_get_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    assert Settings(_env_file=None, schedule_timezone="Europe/Berlin").schedule_timezone  # type: ignore[call-arg]
+    runner = CliRunner()
+    result = runner.invoke(app, ["serve", "--timezone", "Nowhere/Land"])
+    assert result.exit_code == 2
+    assert "'Nowhere/Land' is not an IANA time zone name" in result.output
+    monkeypatch.setenv("GRISTMILL_SCHEDULE_TIMEZONE", "Mars/Olympus")
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert "invalid setting GRISTMILL_SCHEDULE_TIMEZONE" in result.output
+    assert "Traceback" not in result.output
