@@ -527,3 +527,52 @@ def test_cli_json_report_and_exit_codes(
     table = pq.read_table(tmp_path / "o.parquet")
     assert table.column("status").to_pylist() == ["ok"] * 4
     assert RecordReader(tmp_path / "o.parquet").columns[:3] == ["id", "text", "row_id"]
+
+
+def test_parquet_input_and_a_users_expectation_suite_on_the_output(
+    prefect_harness: None, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "tickets.parquet"
+    pq.write_table(
+        pa.table({"id": ["a", "b", "c"], "text": ["printer on fire", "login fails", "refund"]}),
+        src,
+    )
+    suite = tmp_path / "suite.json"
+    expectations = [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "category"}},
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "status",
+                                                                 "value_set": ["ok"]}},
+    ]  # fmt: skip
+    suite.write_text(json.dumps({"name": "mine", "expectations": expectations}))
+    settings = settings_for(fake, tmp_path / "data")
+    out = tmp_path / "out.jsonl"
+    state, report = run_flow(src, out, **CLASSIFY, expectations_path=str(suite), settings=settings)
+    assert state.is_completed(), state.message
+    assert (report.rows, report.ok) == (3, 3)
+    assert any(
+        q.startswith("user-expectations: passed (2 checks on 3 rows") for q in report.quality
+    )
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "b", "c"]
+
+    # the fake model answers priority 0: a suite that wants priorities of 1 or more fails the
+    # run with the expectation named, while every row is still written
+    expectations.append(
+        {"type": "expect_column_values_to_be_between",
+         "kwargs": {"column": "priority", "min_value": 1}}
+    )  # fmt: skip
+    suite.write_text(json.dumps({"name": "mine", "expectations": expectations}))
+    state, report = run_flow(
+        src, tmp_path / "again.jsonl", **CLASSIFY, expectations_path=str(suite), settings=settings
+    )
+    assert state.is_failed()
+    assert any("priority" in error for error in report.quality_errors), report.quality_errors
+    assert len((tmp_path / "again.jsonl").read_text().splitlines()) == 3
+
+    suite.write_text("not json")
+    state, report = run_flow(
+        src, tmp_path / "x.jsonl", **CLASSIFY, expectations_path=str(suite), settings=settings
+    )
+    assert state.is_failed() and "not a GX expectation suite" in (state.message or "")
