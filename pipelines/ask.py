@@ -19,7 +19,7 @@ from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from tasks.embeddings import Embedder, build_embedder
-from tasks.errors import OutputValidationError, RunFailed
+from tasks.errors import GristmillError, OutputValidationError, RunFailed
 from tasks.llm import LLM, OpenAILLM, dumps_for_prompt, generate_structured
 from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
@@ -311,9 +311,14 @@ def answer_question(
         return Failed(message=message, data=RunFailed(message, report=answer))
     embedder = cast(Embedder, embedder or build_embedder(settings))
     tag_flow_run("pipeline:ask", f"engine:{engine}")
-    store = open_store(settings, embedder, collection)
-    hits = retrieve_task(question, store, embedder, k, where)
-    text, numbers = answer_task(question, hits, embedder, llm)
+    try:
+        store = open_store(settings, embedder, collection)
+        hits = retrieve_task(question, store, embedder, k, where)
+        text, numbers = answer_task(question, hits, embedder, llm)
+    except GristmillError as exc:
+        # as in ingest_documents: the reason in a Failed state, no traceback on the terminal
+        logger.info("stopped: %s", exc)
+        return Failed(message=str(exc), data=exc)
     citations = [c for c in citations_for(hits) if c.number in numbers]
     answer = Answer(
         question=question, answer=text, citations=citations, engine=engine, retrieved=len(hits)

@@ -18,7 +18,7 @@ from prefect.states import Completed, Failed, State
 
 from tasks.documents import discover_documents
 from tasks.embeddings import Embedder, build_embedder
-from tasks.errors import RunFailed
+from tasks.errors import GristmillError, RunFailed
 from tasks.ingestion import (
     TASK_STEPS,
     IngestReport,
@@ -62,6 +62,29 @@ def ingest_documents(
     `embedder` is an `Embedder` (typed Any: Prefect cannot build a parameter schema for a
     Protocol); `on_progress(done, total)` is called after each document batch.
     """
+    try:
+        return _ingest(
+            paths, collection, cleanup, include, exclude, settings, embedder, on_progress
+        )
+    except GristmillError as exc:
+        # Chroma unreachable, the writer lock held, another embedding model: a Failed state
+        # with the reason, not a raised error whose traceback Prefect prints on the terminal
+        # before the CLI's one line. Callers get the error back from the state; the UI shows
+        # it as the state message (logged at INFO so the terminal does not print it twice).
+        get_run_logger().info("stopped: %s", exc)
+        return Failed(message=str(exc), data=exc)
+
+
+def _ingest(
+    paths: list[str] | None,
+    collection: str | None,
+    cleanup: str,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    settings: Settings | None,
+    embedder: Any,
+    on_progress: Any,
+) -> IngestReport | State:
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     logger = get_run_logger()

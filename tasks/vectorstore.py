@@ -40,6 +40,8 @@ LOCK_FILE = "gristmill-writer.lock"
 PAGE_SIZE = 1000
 # Values per `$in` filter, well under SQLite's bound-variable limit.
 IN_FILTER_SIZE = 500
+# Seconds to wait for a Chroma server's heartbeat before saying it cannot be reached.
+HEARTBEAT_TIMEOUT_S = 10.0
 
 
 class Hit(BaseModel):
@@ -62,6 +64,7 @@ def open_chroma(settings: Settings) -> ClientAPI:
         headers = {}
         if settings.chroma_token is not None:
             headers["Authorization"] = f"Bearer {settings.chroma_token.get_secret_value()}"
+        url = _reach_server(settings, headers)
         try:
             return chromadb.HttpClient(
                 host=settings.chroma_host,
@@ -70,15 +73,62 @@ def open_chroma(settings: Settings) -> ClientAPI:
                 headers=headers,
                 settings=chroma_settings,
             )
-        except Exception as exc:  # chromadb raises ValueError / httpx errors on a failed handshake
-            scheme = "https" if settings.chroma_ssl else "http"
-            raise ConfigurationError(
-                f"cannot reach the Chroma server at {scheme}://{settings.chroma_host}:"
-                f"{settings.chroma_port}: {type(exc).__name__}",
-                hint="start it (`chroma run --path DIR --port N`) or unset GRISTMILL_CHROMA_HOST",
-            ) from None
+        except Exception as exc:  # chromadb raises ValueError / ChromaError on a failed handshake
+            raise _unreachable(url, f"{type(exc).__name__}: {exc}") from None
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+
+
+def _reach_server(settings: Settings, headers: Mapping[str, str]) -> str:
+    """Check the server's heartbeat within HEARTBEAT_TIMEOUT_S; return its base URL.
+
+    chromadb's HTTP client has no timeout: a server that accepts connections but never answers
+    (stopped, overloaded, or another service on that port) would hang the run without a word.
+    """
+    import httpx
+    from chromadb.api.base_http_client import BaseHTTPClient
+
+    host = settings.chroma_host or ""
+    try:
+        # chromadb's own rule: a host given as a URL keeps its scheme and port
+        url = BaseHTTPClient.resolve_url(host, settings.chroma_ssl, "", settings.chroma_port)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"GRISTMILL_CHROMA_HOST {host!r} is not a host name or URL: {exc}",
+            hint="set a host name (and GRISTMILL_CHROMA_PORT) or a URL such as "
+            "http://chroma.internal:8000",
+        ) from None
+    heartbeat = f"{url}/api/v2/heartbeat"
+    try:
+        response = httpx.get(heartbeat, headers=dict(headers), timeout=HEARTBEAT_TIMEOUT_S)
+    except httpx.TimeoutException:
+        raise _unreachable(url, f"no answer within {HEARTBEAT_TIMEOUT_S:g} s") from None
+    except httpx.HTTPError as exc:
+        raise _unreachable(url, f"{type(exc).__name__}: {exc}") from None
+    if response.status_code in (401, 403):
+        raise ConfigurationError(
+            f"the Chroma server at {url} refused the request (HTTP {response.status_code})",
+            hint="check GRISTMILL_CHROMA_TOKEN",
+        )
+    try:
+        answer = response.json() if response.is_success else {}
+    except ValueError:
+        answer = {}
+    if not isinstance(answer, dict) or "nanosecond heartbeat" not in answer:
+        raise ConfigurationError(
+            f"{url} is not a Chroma server: GET /api/v2/heartbeat answered HTTP "
+            f"{response.status_code}",
+            hint="check GRISTMILL_CHROMA_HOST and GRISTMILL_CHROMA_PORT (Chroma 1.x serves "
+            "/api/v2)",
+        )
+    return url
+
+
+def _unreachable(url: str, reason: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot reach the Chroma server at {url}: {reason}"[:400],
+        hint="start it (`chroma run --path DIR --port N`) or unset GRISTMILL_CHROMA_HOST",
+    )
 
 
 class WriterLock:

@@ -63,3 +63,32 @@ def test_schedule_time_zone_comes_from_settings_and_bad_names_get_one_line(
     assert result.exit_code == 2
     assert "invalid setting GRISTMILL_SCHEDULE_TIMEZONE" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_store_error_inside_a_flow_is_one_line_on_a_real_terminal(tmp_path: Path) -> None:
+    """Run as a user does (a subprocess, Prefect's own console logging): no traceback."""
+    import subprocess
+    import sys
+
+    from tests.support.chroma_process import free_port
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))},
+        "GRISTMILL_DATA_DIR": str(tmp_path),
+        "GRISTMILL_MODEL_DIR": str(repo / "data" / "models" / "all-MiniLM-L6-v2"),
+        "GRISTMILL_CHROMA_HOST": "127.0.0.1",
+        "GRISTMILL_CHROMA_PORT": str(free_port()),  # nothing listens there
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "ingest", str(repo / "data" / "documents")],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "cannot reach" in line]
+    assert len(errors) == 1 and errors[0].startswith("gristmill: error: cannot reach the Chroma")
+    assert "Traceback" not in result.stderr + result.stdout

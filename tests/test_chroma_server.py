@@ -1,0 +1,190 @@
+"""A Chroma server that is configured wrong: one clear error that says what is wrong, never a hang.
+
+tests/test_chroma_http.py runs the store and ingestion scenarios against a real `chroma run`;
+these are the ways GRISTMILL_CHROMA_HOST/PORT/SSL/TOKEN can point somewhere wrong: at nothing,
+at something that never answers, at something that is not Chroma, at a server that refuses the
+token, or at the right server spelled as a URL.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import tasks.vectorstore
+from tasks.errors import ConfigurationError
+from tasks.settings import Settings
+from tasks.vectorstore import ChunkStore, open_chroma
+from tests.support.chroma_process import ChromaServer, chroma_server, free_port
+from tests.support.embedders import HashEmbedder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def settings_for(data_dir: Path, **values: Any) -> Settings:
+    """Settings from defaults and `values` only (no .env file)."""
+    return Settings(_env_file=None, data_dir=data_dir, **values)
+
+
+@contextmanager
+def http_answering(status: int, body: bytes) -> Iterator[tuple[int, list[dict[str, str]]]]:
+    """A loopback HTTP server answering every request with `status` and `body`.
+
+    Yields its port and the headers of each request it got.
+    """
+    seen: list[dict[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(dict(self.headers))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    with chroma_server(tmp_path_factory.mktemp("chroma") / "db") as running:
+        yield running
+
+
+@pytest.mark.timeout(30)
+def test_a_server_that_never_answers_fails_within_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Accepts connections (the kernel's backlog) but never reads or answers, like a stopped
+    # process: chromadb's own client, which has no timeout, would wait forever.
+    monkeypatch.setattr(tasks.vectorstore, "HEARTBEAT_TIMEOUT_S", 0.5, raising=False)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(ConfigurationError, match=r"no answer within 0\.5 s"):
+            open_chroma(settings_for(tmp_path, chroma_host="127.0.0.1", chroma_port=port))
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(404, b"not found"), (200, b"<html>a web page</html>"), (200, b'{"ok": true}'), (200, b"42")],
+    ids=["404", "web-page", "other-json", "a-number"],
+)
+def test_something_that_is_not_chroma_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int, body: bytes
+) -> None:
+    from pipelines.cli import app
+
+    with http_answering(status, body) as (port, seen):
+        monkeypatch.setenv("GRISTMILL_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("GRISTMILL_MODEL_DIR", str(REPO / "data/models/all-MiniLM-L6-v2"))
+        monkeypatch.setenv("GRISTMILL_CHROMA_HOST", "127.0.0.1")
+        monkeypatch.setenv("GRISTMILL_CHROMA_PORT", str(port))
+        result = CliRunner().invoke(app, ["query", "travel policy"])
+    assert seen, "the heartbeat was never asked"
+    assert result.exit_code == 2, result.output
+    assert f"http://127.0.0.1:{port} is not a Chroma server" in result.stderr
+    assert f"answered HTTP {status}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_a_refused_token_says_so_and_never_shows_it(tmp_path: Path) -> None:
+    token = "s3cret-token-value"
+    with http_answering(401, b'{"error": "Unauthorized"}') as (port, seen):
+        settings = settings_for(
+            tmp_path, chroma_host="127.0.0.1", chroma_port=port, chroma_token=token
+        )
+        with pytest.raises(ConfigurationError) as raised:
+            open_chroma(settings)
+    assert "refused the request (HTTP 401)" in str(raised.value)
+    assert "GRISTMILL_CHROMA_TOKEN" in str(raised.value)
+    assert token not in str(raised.value)
+    assert seen[0].get("Authorization") == f"Bearer {token}"
+
+
+def test_https_to_a_plain_http_server_names_the_tls_failure(
+    tmp_path: Path, server: ChromaServer
+) -> None:
+    settings = settings_for(
+        tmp_path, chroma_host=server.host, chroma_port=server.port, chroma_ssl=True
+    )
+    with pytest.raises(ConfigurationError) as raised:
+        open_chroma(settings)
+    message = str(raised.value)
+    assert message.startswith(f"cannot reach the Chroma server at https://127.0.0.1:{server.port}")
+    assert "SSL" in message
+
+
+def test_a_host_given_as_a_url_keeps_its_own_port(tmp_path: Path, server: ChromaServer) -> None:
+    # chromadb takes a URL host as it is and ignores the port setting; gristmill says the same
+    # URL in its messages instead of gluing the port onto the URL.
+    spelled = settings_for(tmp_path, chroma_host=f"http://127.0.0.1:{server.port}", chroma_port=1)
+    embedder = HashEmbedder()
+    store = ChunkStore(open_chroma(spelled), "url-host", embedder.name, embedder.dimension)
+    assert store.count() == 0
+
+    nowhere = free_port()
+    wrong = settings_for(tmp_path, chroma_host=f"http://127.0.0.1:{nowhere}", chroma_port=8000)
+    with pytest.raises(ConfigurationError) as raised:
+        open_chroma(wrong)
+    assert str(raised.value).startswith(
+        f"cannot reach the Chroma server at http://127.0.0.1:{nowhere}: ConnectError"
+    )
+
+
+def test_a_token_the_server_does_not_check_is_harmless(
+    tmp_path: Path, server: ChromaServer
+) -> None:
+    settings = settings_for(
+        tmp_path, chroma_host=server.host, chroma_port=server.port, chroma_token="unused"
+    )
+    assert open_chroma(settings).heartbeat() > 0
+
+
+def test_ingest_with_a_wrong_port_says_so_and_writes_nothing_locally(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.cli import app
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "note.md").write_text("# Note\n\nThe coffee machine is cleaned on Fridays.\n")
+    port = free_port()  # nothing listens there
+    data = tmp_path / "data"
+    monkeypatch.setenv("GRISTMILL_DATA_DIR", str(data))
+    monkeypatch.setenv("GRISTMILL_MODEL_DIR", str(REPO / "data/models/all-MiniLM-L6-v2"))
+    monkeypatch.setenv("GRISTMILL_CHROMA_HOST", "127.0.0.1")
+    monkeypatch.setenv("GRISTMILL_CHROMA_PORT", str(port))
+    result = CliRunner().invoke(app, ["ingest", str(docs), "--collection", "nowhere"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gristmill: error")]
+    assert errors == [
+        f"gristmill: error: cannot reach the Chroma server at http://127.0.0.1:{port}: "
+        "ConnectError: [Errno 111] Connection refused (start it (`chroma run --path DIR "
+        "--port N`) or unset GRISTMILL_CHROMA_HOST)"
+    ]
+    assert not (data / "chroma").exists()  # no silent fallback to an on-disk store
