@@ -65,6 +65,9 @@ def prepare_prefect(settings: Settings, *, verbose: bool = False) -> None:
         os.environ.setdefault(
             "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{database}"
         )
+        # Prefect waits 20 s for that server; on a brand-new database (a first `make demo`) it
+        # needs ~20 s on its own, more on a busy 2-core machine: seen timing out in CI.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # Run logs still reach the Prefect API and UI; only the terminal copy is quietened.

@@ -30,12 +30,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
 from tasks.errors import InputError, UsageError
 from tasks.tokens import count_tokens
+
+if TYPE_CHECKING:
+    from tasks.transcripts import Utterance
 
 FORMATS = {
     ".txt": "text",
@@ -50,12 +53,14 @@ FORMATS = {
     ".vtt": "vtt",
     ".srt": "srt",
 }
-TRANSCRIPT_FORMATS = frozenset({"vtt", "srt"})
+# A `.json` file holding a transcript (a list of turns or Whisper output) loads as this format.
+JSON_TRANSCRIPT = "json-transcript"
+TRANSCRIPT_FORMATS = frozenset({"vtt", "srt", JSON_TRANSCRIPT})
 # Formats whose text carries Markdown headings after loading.
 STRUCTURED_FORMATS = frozenset({"markdown", "html", "json", "jsonl"})
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 # Bump when loading or chunking changes what chunks a document yields.
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2
 
 TokenCounter = Callable[[list[str]], list[int]]
 MetadataValue = str | int | float | bool
@@ -153,6 +158,18 @@ def discover_documents(
     return sorted(found.values(), key=lambda d: (d.root.as_posix(), d.source))
 
 
+def file_hash(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
+    """`Document.document_hash` of the file without parsing it; None when the file is empty,
+    over `max_bytes` or unreadable (`load_document` then says why)."""
+    try:
+        size = Path(path).stat().st_size
+        if not 0 < size <= max_bytes:
+            return None
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def load_document(
     path: Path,
     *,
@@ -191,6 +208,9 @@ def load_document(
             text, title, metadata = _pdf_text(raw)
         elif fmt in TRANSCRIPT_FORMATS:
             text, metadata = _transcript_text(path, source)
+        elif fmt == "json" and _is_json_transcript(raw):
+            text, metadata = _json_transcript_text(_decode(raw))
+            fmt = JSON_TRANSCRIPT
         else:
             decoded = _decode(raw)
             if fmt == "markdown":
@@ -413,15 +433,79 @@ def _pdf_text(raw: bytes) -> tuple[str, str | None, dict[str, MetadataValue]]:
 
 
 def _transcript_text(path: Path, source: str) -> tuple[str, dict[str, MetadataValue]]:
-    """One paragraph per utterance, so paragraph n is utterance n."""
+    """A caption file as one paragraph per utterance."""
     from tasks.transcripts import parse_transcript
 
-    transcript = parse_transcript(path, source=source)
+    return _utterance_paragraphs(parse_transcript(path, source=source).utterances)
+
+
+def _json_transcript_text(text: str) -> tuple[str, dict[str, MetadataValue]]:
+    """A JSON transcript read as the summariser reads it, one paragraph per utterance."""
+    from tasks.transcripts import parse_transcript_text
+
+    return _utterance_paragraphs(parse_transcript_text(text, "json"))
+
+
+def _utterance_paragraphs(utterances: list[Utterance]) -> tuple[str, dict[str, MetadataValue]]:
+    """`speaker: text` paragraphs, so paragraph n is utterance n (`Utterance.index`)."""
     paragraphs = []
-    for utterance in transcript.utterances:
-        text = " ".join(utterance.text.split()) or "…"
+    for utterance in utterances:
+        text = " ".join(_CONTROL.sub("", utterance.text).split()) or "…"
         paragraphs.append(f"{utterance.speaker}: {text}" if utterance.speaker else text)
     return "\n\n".join(paragraphs), {"utterances": len(paragraphs)}
+
+
+_SPEAKER_FIELDS = ("speaker", "speaker_name")
+_TURN_TEXT_FIELDS = ("text", "content", "utterance")
+# Keys under which an object holds its list of turns, in the order the summariser looks.
+_TURN_LIST_FIELDS = (
+    "turns",
+    "utterances",
+    "transcript",
+    "meeting_transcripts",
+    "messages",
+    "segments",
+    "dialogue",
+)
+
+
+def _is_turn_list(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(item, dict)
+            and any(key in item for key in _SPEAKER_FIELDS)
+            and any(key in item for key in _TURN_TEXT_FIELDS)
+            for item in value
+        )
+    )
+
+
+def _is_json_transcript(raw: bytes) -> bool:
+    """True for JSON the summariser reads as a transcript, and that is clearly not records:
+    Whisper output (`segments` with `start` and `text`), a list of turns that each have a
+    speaker and a text, or an object holding such a list under a transcript key. Anything
+    else, including invalid JSON, is left to the records loader and its error messages.
+    """
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    if isinstance(data, list):
+        return _is_turn_list(data)
+    if not isinstance(data, dict):
+        return False
+    segments = data.get("segments")
+    if (
+        isinstance(segments, list)
+        and segments
+        and all(isinstance(s, dict) and "start" in s and "text" in s for s in segments)
+    ):
+        return True
+    # The summariser reads the first non-empty list under these keys: judge that one.
+    lists = (data[k] for k in _TURN_LIST_FIELDS if isinstance(data.get(k), list) and data[k])
+    return _is_turn_list(next(lists, None))
 
 
 # Fields that name a record, best first; the first one present becomes its heading.

@@ -108,13 +108,14 @@ class LocalOnnxEmbedder:
                 # pads each batch to its longest input.
                 tokenizer.enable_truncation(max_length=self.MAX_TOKENS)
                 tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-                counter = tokenizers.Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
-                counter.no_truncation()
-                counter.no_padding()
                 options = onnxruntime.SessionOptions()
                 options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
                 options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+                # Memory patterns are planned per input shape, and every batch has its own
+                # length: kept on, they grew RSS by ~150 MB over a thousand mixed-length chunks
+                # for no measured speed gain (benchmarks/ingest_speed.py). Same vectors.
+                options.enable_mem_pattern = False
                 try:
                     session = onnxruntime.InferenceSession(
                         str(self.model_dir / MODEL_FILE),
@@ -128,7 +129,6 @@ class LocalOnnxEmbedder:
                     ) from None
                 self._inputs = frozenset(i.name for i in session.get_inputs())
                 self._tokenizer = tokenizer
-                self._counter = counter
                 self._session = session
         assert self._session is not None and self._tokenizer is not None
         return self._session, self._tokenizer
@@ -136,12 +136,25 @@ class LocalOnnxEmbedder:
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Word pieces per text, without [CLS] and [SEP]; past `max_text_tokens` text is cut off.
 
-        Pass it to `chunk_document(count=...)` to size chunks in this model's own tokens.
+        Pass it to `chunk_document(count=...)` to size chunks in this model's own tokens. Loads
+        only the tokenizer, not the ONNX session, so a run that has nothing to embed (an
+        unchanged corpus) never loads the model.
         """
-        self._load()
-        assert self._counter is not None
-        encodings = self._counter.encode_batch(texts, add_special_tokens=False)
+        encodings = self._load_counter().encode_batch(texts, add_special_tokens=False)
         return [len(encoding.ids) for encoding in encodings]
+
+    def _load_counter(self) -> tokenizers.Tokenizer:
+        if self._counter is None:
+            with self._lock:
+                if self._counter is None:
+                    self.check_files()
+                    import tokenizers
+
+                    counter = tokenizers.Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
+                    counter.no_truncation()
+                    counter.no_padding()
+                    self._counter = counter
+        return self._counter
 
     def embed(self, texts: list[str]) -> Vectors:
         if not texts:

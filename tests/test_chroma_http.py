@@ -103,10 +103,10 @@ def test_query_and_mmr_return_relevant_diverse_chunks(tmp_path: Path, settings: 
 
 
 def test_the_ingest_flow_against_the_server(
-    prefect_harness: None, tmp_path: Path, settings: Settings
+    prefect_harness: None, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ingest_scenarios.test_ingest_flow_reports_and_publishes_an_artifact(
-        prefect_harness, tmp_path, settings
+        prefect_harness, tmp_path, settings, monkeypatch
     )
     # what the flow wrote is on the server, seen by a client of its own
     import chromadb

@@ -268,6 +268,47 @@ def test_transcripts_are_one_paragraph_per_utterance(tmp_path: Path) -> None:
     assert load_document(write(tmp_path / "call.srt", srt), root=tmp_path).format == "srt"
 
 
+def test_json_transcripts_load_as_utterances_and_chunks_carry_their_span(tmp_path: Path) -> None:
+    turns = [
+        {"speaker": "Priya", "content": "Shall we start with the telemetry doc?"},
+        {"speaker": "Owen", "content": "  "},  # empty: dropped, as the summariser drops it
+        {"speaker": "Owen", "content": "Yes.\nIt is ready for review."},
+        {"speaker": "Priya", "content": "Good. Then the launch date."},
+    ]
+    listed = load_document(write(tmp_path / "turns.json", json.dumps(turns)), root=tmp_path)
+    held = load_document(
+        write(tmp_path / "meeting.json", json.dumps({"id": 7, "meeting_transcripts": turns})),
+        root=tmp_path,
+    )
+    whisper = {"text": "Hi.", "segments": [{"start": 0.0, "end": 1.0, "text": " Hi."}]}
+    segments = load_document(write(tmp_path / "w.json", json.dumps(whisper)), root=tmp_path)
+
+    assert listed.format == held.format == segments.format == "json-transcript"
+    assert (
+        listed.text
+        == held.text
+        == (
+            "Priya: Shall we start with the telemetry doc?\n\n"
+            "Owen: Yes. It is ready for review.\n\n"
+            "Priya: Good. Then the launch date."
+        )
+    )
+    assert listed.metadata == {"utterances": 3}
+    chunks = chunk_document(listed, 16, 0)
+    assert len(chunks) > 1
+    spans = [(c.metadata["first_utterance"], c.metadata["last_utterance"]) for c in chunks]
+    assert spans[0][0] == 0 and spans[-1][1] == 2
+    assert all(first <= last for first, last in spans)
+    assert segments.text == "Hi."
+
+
+def test_json_records_with_a_name_and_text_stay_records(tmp_path: Path) -> None:
+    people = [{"name": "Lena", "text": "Leads the platform team."}, {"name": "Sam", "text": "API."}]
+    doc = load_document(write(tmp_path / "people.json", json.dumps(people)), root=tmp_path)
+    assert doc.format == "json"
+    assert [c.heading for c in chunk_document(doc, 200)] == ["Lena", "Sam"]
+
+
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [

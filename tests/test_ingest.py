@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from tasks.documents import discover_documents
+from tasks.embeddings import Vectors
 from tasks.ingestion import IngestReport, ingest_batch_plain, ingest_files
 from tasks.llm import Completion
 from tasks.reporting import state_report
@@ -100,6 +102,104 @@ def test_first_run_adds_and_second_run_computes_nothing(tmp_path: Path, settings
     assert second.chunks_written == second.embeddings_computed == 0
     assert embedder.texts_embedded == 0
     assert second.collection_count == first.collection_count
+
+
+def test_unchanged_files_are_not_parsed_and_a_new_budget_rechunks_them(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.ingestion
+
+    docs = write_corpus(tmp_path)
+    embedder = HashEmbedder()
+    run(docs, settings, embedder)
+    loaded: list[Path] = []
+    real_load = tasks.ingestion.load_document
+
+    def counting_load(path: Path, **kwargs: object) -> object:
+        loaded.append(path)
+        return real_load(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tasks.ingestion, "load_document", counting_load)
+    (docs / "notes.txt").write_text(NOTES + " Version 2.5 adds dark mode.")
+    report = run(docs, settings, embedder)
+    assert (report.updated, report.unchanged) == (1, 2)
+    assert loaded == [docs / "notes.txt"]
+
+    # Same bytes, another chunk budget: the stored chunks are not what chunking gives now.
+    loaded.clear()
+    smaller = settings.model_copy(update={"doc_chunk_tokens": 30})
+    report = run(docs, smaller, embedder)
+    assert (report.updated, report.unchanged) == (3, 0) and len(loaded) == 3
+    assert all_ids(smaller, embedder) == expected_ids(docs, smaller, embedder)
+    again = run(docs, smaller, embedder)
+    assert (again.unchanged, again.chunks_written) == (3, 0)
+
+
+class TakingTurns(HashEmbedder):
+    """Records how many `embed` calls ever overlapped, and fails on call `fail_on` if set."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        super().__init__()
+        self.fail_on = fail_on
+        self.running = 0
+        self.most_at_once = 0
+        self.guard = threading.Lock()
+
+    def embed(self, texts: list[str]) -> Vectors:
+        with self.guard:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            if self.fail_on is not None and len(self.calls) + 1 >= self.fail_on:
+                raise RuntimeError("embedding service down")
+            return super().embed(texts)
+        finally:
+            with self.guard:
+                self.running -= 1
+
+
+def many_documents(tmp_path: Path) -> Path:
+    docs = write_corpus(tmp_path)
+    for n in range(5):
+        (docs / f"note-{n}.txt").write_text(f"Note {n}: the canteen opens at {7 + n} o'clock.")
+    return docs
+
+
+def test_batches_in_flight_embed_one_at_a_time_and_report_in_order(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.ingestion
+
+    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)
+    docs = many_documents(tmp_path)
+    embedder = TakingTurns()
+    progress: list[int] = []
+    store = open_store(settings, embedder)
+    report = ingest_files(
+        discover_documents([docs]), store, embedder, settings,
+        on_progress=lambda done, total: progress.append(done),
+    )  # fmt: skip
+    assert report.added == 8 and report.embeddings_computed == report.chunks_written
+    assert embedder.most_at_once == 1 and len(embedder.calls) == 8
+    assert progress == list(range(1, 9))
+    assert all_ids(settings, embedder) == expected_ids(docs, settings, embedder)
+
+
+def test_after_a_failed_batch_no_new_batch_starts(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.ingestion
+
+    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)
+    docs = many_documents(tmp_path)
+    embedder = TakingTurns(fail_on=2)
+    with pytest.raises(RuntimeError, match="embedding service down"):
+        run(docs, settings, embedder)
+    # Batch 2 failed; at most batch 3 was already under way.
+    assert len(stored_sources(settings, embedder)) <= 2
+    report = run(docs, settings, HashEmbedder())
+    assert report.added + report.unchanged == 8
+    assert all_ids(settings, embedder) == expected_ids(docs, settings, embedder)
 
 
 @pytest.mark.parametrize("cleanup", ["none", "incremental", "full"])
@@ -257,13 +357,35 @@ def test_a_half_written_document_is_rewritten(tmp_path: Path, settings: Settings
     assert all_ids(settings, embedder) == expected_ids(docs, settings, embedder)
 
 
+def ingest_task_run_names(flow_run_id: str, count: int = 3) -> list[str]:
+    """Names of the flow run's batch task runs, once the server has recorded `count` of them."""
+    import time
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+            )
+            names = [r.name for r in runs if r.name.startswith("ingest ")]
+            if len(names) >= count or time.monotonic() > deadline:
+                return names
+            time.sleep(0.2)
+
+
 def test_ingest_flow_reports_and_publishes_an_artifact(
-    prefect_harness: None, tmp_path: Path, settings: Settings
+    prefect_harness: None, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prefect.artifacts import Artifact
 
+    import tasks.ingestion
     from pipelines.ingest import REPORT_ARTIFACT_KEY, ingest_documents
 
+    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)  # batches side by side
     docs = write_corpus(tmp_path)
     embedder = HashEmbedder()
     state = ingest_documents(
@@ -276,6 +398,12 @@ def test_ingest_flow_reports_and_publishes_an_artifact(
     assert report.added == 3 and report.collection == "flow-docs"
     artifact = Artifact.get(REPORT_ARTIFACT_KEY)
     assert artifact is not None and "Documents added | 3" in str(getattr(artifact, "data", ""))
+    # Batch task runs started from worker threads still belong to the flow run.
+    assert sorted(ingest_task_run_names(report.run_id)) == [
+        "ingest notes.txt",
+        "ingest onboarding.md",
+        "ingest policies/travel.md",
+    ]
 
     (docs / "bad.txt").write_bytes(b"\x00\x00")
     state = ingest_documents(
@@ -304,8 +432,10 @@ def test_real_embedder_ingests_the_sample_corpus(tmp_path: Path) -> None:
     assert report.embeddings_computed > 0
     hits = store.query(embedder.embed(["How many vacation days do I get?"])[0], k=3)
     assert hits and all(0 < hit.score <= 1.0001 for hit in hits)
-    again = ingest_files(files, store, embedder, settings)
+    fresh = build_embedder(settings)  # as a new run would have
+    again = ingest_files(files, store, fresh, settings)
     assert again.embeddings_computed == 0 and again.unchanged == len(files)
+    assert getattr(fresh, "_session", "missing") is None  # nothing to embed: model not loaded
 
 
 def ingested_store(tmp_path: Path, settings: Settings) -> tuple[ChunkStore, HashEmbedder]:
