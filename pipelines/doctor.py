@@ -102,13 +102,13 @@ def _check_prefect() -> tuple[str, bool, str, str]:
 
 def _check_chroma(settings: Settings) -> tuple[str, bool, str, str]:
     if settings.chroma_host:
-        scheme = "https" if settings.chroma_ssl else "http"
-        url = f"{scheme}://{settings.chroma_host}:{settings.chroma_port}/api/v2/heartbeat"
+        from tasks.errors import ConfigurationError
+        from tasks.vectorstore import check_chroma_server
+
         try:
-            with urllib.request.urlopen(url, timeout=5):
-                return ("Chroma", True, f"server at {url}", "")
-        except Exception as exc:
-            return ("Chroma", False, f"server at {url} unreachable ({exc})", "start `chroma run`")
+            return ("Chroma", True, f"server at {check_chroma_server(settings)}", "")
+        except ConfigurationError as exc:
+            return ("Chroma", False, exc.message, exc.hint or "start `chroma run`")
     path = settings.chroma_dir
     parent = path if path.exists() else path.parent
     writable = os.access(parent, os.W_OK) if parent.exists() else False

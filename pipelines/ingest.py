@@ -28,7 +28,7 @@ from tasks.ingestion import (
 )
 from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, open_chroma, writer_lock
+from tasks.vectorstore import ChunkStore, open_chroma, server_errors, writer_lock
 
 REPORT_ARTIFACT_KEY = "ingest-documents-report"
 PROGRESS_ARTIFACT_KEY = "ingest-documents-progress"
@@ -106,7 +106,7 @@ def _ingest(
             update_progress_artifact(cast(UUID, progress), 100.0 * done / max(total, 1))
 
     tag_flow_run("pipeline:ingest", f"collection:{name}", f"embedder:{embedder.name}")
-    with writer_lock(settings):
+    with writer_lock(settings), server_errors():
         store = ChunkStore(open_chroma(settings), name, embedder.name, embedder.dimension)
         report = ingest_files(
             files,

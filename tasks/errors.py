@@ -100,3 +100,9 @@ class RunFailed(GristmillError):
 
 def _rebuild_run_failed(message: str, report: Any) -> RunFailed:
     return RunFailed(message, report=report)
+
+
+class StoreUnavailableError(GristmillError):
+    """The Chroma server stopped answering during a run; what was written stays written."""
+
+    exit_code = 1

@@ -21,6 +21,7 @@ Incremental and crash-safe by construction:
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import threading
 import time
@@ -31,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 from prefect import task
@@ -49,19 +50,24 @@ from tasks.documents import (
     load_document,
 )
 from tasks.embeddings import Embedder, Vectors
-from tasks.errors import DataQualityError, GristmillError, UsageError
+from tasks.errors import DataQualityError, GristmillError, StoreUnavailableError, UsageError
 from tasks.quality import QualityReport
 from tasks.reporting import write_atomically
-from tasks.vectorstore import ChunkStore
+from tasks.vectorstore import ChunkStore, server_errors
 
 if TYPE_CHECKING:
     import pandas as pd
+    from prefect.states import State
 
     from tasks.settings import Settings
 
+R = TypeVar("R")
 CleanupMode = Literal["none", "incremental", "full"]
 CLEANUP_MODES: tuple[str, ...] = ("none", "incremental", "full")
 DOCUMENTS_PER_BATCH = 32
+# Waits before each retry of a document batch whose Chroma server went away (a restart takes
+# a few seconds); after the last, the run stops and says so, keeping what it wrote.
+STORE_RETRY_DELAYS_S: list[float] = [2, 10]
 # Document batches ingested at once; their embedding calls take turns (`OneEmbedAtATime`).
 BATCHES_IN_FLIGHT = 2
 
@@ -569,9 +575,37 @@ def ingest_report_markdown(report: IngestReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-ingest_batch = task(name="ingest_batch", task_run_name="ingest {label}", cache_policy=NO_CACHE)(
-    ingest_batch_plain
-)
+def store_lost(task: object, task_run: object, state: State[Any]) -> bool:
+    """Prefect retry condition: retry a batch only when the Chroma server went away.
+
+    Writes are idempotent upserts of deterministic ids, so a batch that is run again converges.
+    """
+    try:
+        state.result()
+    except StoreUnavailableError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def _naming_server_errors(fn: Callable[..., R]) -> Callable[..., R]:
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> R:
+        with server_errors():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+ingest_batch = task(
+    name="ingest_batch",
+    task_run_name="ingest {label}",
+    cache_policy=NO_CACHE,
+    retries=len(STORE_RETRY_DELAYS_S),
+    retry_delay_seconds=STORE_RETRY_DELAYS_S,
+    retry_condition_fn=store_lost,
+)(_naming_server_errors(ingest_batch_plain))
 
 
 @task(task_run_name="delete missing sources", cache_policy=NO_CACHE)
@@ -579,13 +613,16 @@ def delete_missing(
     store: ChunkStore, stored: dict[str, str], present: set[str]
 ) -> tuple[list[str], int]:
     """Delete sources that are no longer present (full cleanup)."""
-    return delete_missing_sources(store, stored, present)
+    with server_errors():
+        return delete_missing_sources(store, stored, present)
 
 
 @task(task_run_name="verify collection", cache_policy=NO_CACHE)
 def verify_collection(store: ChunkStore, expected: dict[str, set[str]], exact: bool) -> None:
     """Fail unless the collection holds the expected ids of every touched source."""
-    raise_for_problems(verify_sources(store, expected, exact=exact))
+    with server_errors():
+        problems = verify_sources(store, expected, exact=exact)
+    raise_for_problems(problems)
 
 
 class OneEmbedAtATime:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel
 
-from tasks.errors import ConfigurationError, StoreLockedError
+from tasks.errors import ConfigurationError, StoreLockedError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -61,10 +61,8 @@ def open_chroma(settings: Settings) -> ClientAPI:
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
     if settings.chroma_host:
-        headers = {}
-        if settings.chroma_token is not None:
-            headers["Authorization"] = f"Bearer {settings.chroma_token.get_secret_value()}"
-        url = _reach_server(settings, headers)
+        headers = _auth_headers(settings)
+        url = check_chroma_server(settings)
         try:
             return chromadb.HttpClient(
                 host=settings.chroma_host,
@@ -79,8 +77,16 @@ def open_chroma(settings: Settings) -> ClientAPI:
     return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
 
 
-def _reach_server(settings: Settings, headers: Mapping[str, str]) -> str:
+def _auth_headers(settings: Settings) -> dict[str, str]:
+    if settings.chroma_token is None:
+        return {}
+    return {"Authorization": f"Bearer {settings.chroma_token.get_secret_value()}"}
+
+
+def check_chroma_server(settings: Settings) -> str:
     """Check the server's heartbeat within HEARTBEAT_TIMEOUT_S; return its base URL.
+
+    Raises ConfigurationError saying what is wrong (unreachable, refused, not Chroma).
 
     chromadb's HTTP client has no timeout: a server that accepts connections but never answers
     (stopped, overloaded, or another service on that port) would hang the run without a word.
@@ -100,7 +106,9 @@ def _reach_server(settings: Settings, headers: Mapping[str, str]) -> str:
         ) from None
     heartbeat = f"{url}/api/v2/heartbeat"
     try:
-        response = httpx.get(heartbeat, headers=dict(headers), timeout=HEARTBEAT_TIMEOUT_S)
+        response = httpx.get(
+            heartbeat, headers=_auth_headers(settings), timeout=HEARTBEAT_TIMEOUT_S
+        )
     except httpx.TimeoutException:
         raise _unreachable(url, f"no answer within {HEARTBEAT_TIMEOUT_S:g} s") from None
     except httpx.HTTPError as exc:
@@ -191,6 +199,24 @@ def writer_lock(settings: Settings) -> Iterator[None]:
         return
     with acquire_writer_lock(settings.chroma_dir):
         yield
+
+
+@contextlib.contextmanager
+def server_errors() -> Iterator[None]:
+    """Turn a lost connection to the Chroma server into StoreUnavailableError, in words.
+
+    `open_chroma` checks the server before a run; this covers it going away during one.
+    """
+    import httpx
+
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise StoreUnavailableError(
+            f"lost the connection to the Chroma server: {type(exc).__name__}: {exc}"[:400],
+            hint="what was written is kept; run the same command again once the server is "
+            "back to finish",
+        ) from exc
 
 
 def _clean_metadata(metadata: Metadata) -> dict[str, str | int | float | bool]:

@@ -12,16 +12,18 @@ import http.server
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+import tasks.ingestion
 import tasks.vectorstore
-from tasks.errors import ConfigurationError
+from tasks.embeddings import Vectors
+from tasks.errors import ConfigurationError, StoreUnavailableError
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, open_chroma
 from tests.support.chroma_process import ChromaServer, chroma_server, free_port
@@ -188,3 +190,105 @@ def test_ingest_with_a_wrong_port_says_so_and_writes_nothing_locally(
         "--port N`) or unset GRISTMILL_CHROMA_HOST)"
     ]
     assert not (data / "chroma").exists()  # no silent fallback to an on-disk store
+
+
+def test_doctor_checks_the_server_as_a_run_would(tmp_path: Path, server: ChromaServer) -> None:
+    from pipelines.doctor import _check_chroma
+
+    as_url = settings_for(tmp_path, chroma_host=f"http://127.0.0.1:{server.port}", chroma_port=1)
+    assert _check_chroma(as_url) == (
+        "Chroma",
+        True,
+        f"server at http://127.0.0.1:{server.port}",
+        "",
+    )
+    token = "s3cret-token-value"
+    with http_answering(401, b"{}") as (port, _):
+        refused = settings_for(
+            tmp_path, chroma_host="127.0.0.1", chroma_port=port, chroma_token=token
+        )
+        name, ok, detail, fix = _check_chroma(refused)
+    assert (name, ok) == ("Chroma", False)
+    assert detail == f"the Chroma server at http://127.0.0.1:{port} refused the request (HTTP 401)"
+    assert fix == "check GRISTMILL_CHROMA_TOKEN"
+    assert token not in detail + fix
+
+
+class StopsTheServer(HashEmbedder):
+    """Runs `action` (stop, or stop and restart, the server) when asked for its second batch."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        super().__init__()
+        self.action = action
+
+    def embed(self, texts: list[str]) -> Vectors:
+        if len(self.calls) == 1:
+            self.action()
+        return super().embed(texts)
+
+
+def notes(tmp_path: Path, count: int = 6) -> Path:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(count):
+        (docs / f"note{i}.md").write_text(f"# Note {i}\n\nRoom {i} is cleaned on day {i}.\n")
+    return docs
+
+
+@pytest.mark.timeout(240)
+def test_a_server_restart_mid_run_is_retried_and_the_run_completes(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.ingest import ingest_documents
+
+    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)
+    docs = notes(tmp_path)
+    with ExitStack() as servers:
+        first = servers.enter_context(chroma_server(tmp_path / "db"))
+
+        def restart() -> None:
+            first.stop()
+            # back on the same port about a second later, before the batch's retry (2 s)
+            threading.Timer(
+                1.0,
+                lambda: servers.enter_context(chroma_server(tmp_path / "db", port=first.port)),
+            ).start()
+
+        settings = settings_for(tmp_path / "data", chroma_host=first.host, chroma_port=first.port)
+        state = ingest_documents(
+            paths=[str(docs)], collection="restarted", settings=settings,
+            embedder=StopsTheServer(restart), return_state=True,
+        )  # fmt: skip
+        assert state.is_completed(), state.message
+        report = state.result()
+        assert report.added == 6 and report.collection_count == 6
+
+
+@pytest.mark.timeout(240)
+def test_a_server_gone_for_good_stops_the_run_in_words_and_a_rerun_finishes(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.ingest import ingest_documents
+
+    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)
+    docs = notes(tmp_path)
+    with chroma_server(tmp_path / "db") as server:
+        settings = settings_for(tmp_path / "data", chroma_host=server.host, chroma_port=server.port)
+        state = ingest_documents(
+            paths=[str(docs)], collection="stopped", settings=settings,
+            embedder=StopsTheServer(server.stop), return_state=True,
+        )  # fmt: skip
+    assert state.is_failed()
+    assert state.message.startswith("lost the connection to the Chroma server: ConnectError")
+    with pytest.raises(StoreUnavailableError) as raised:
+        state.result()
+    assert raised.value.exit_code == 1
+    # the batch that finished before the server went away is kept; a rerun adds the rest
+    with chroma_server(tmp_path / "db") as server:
+        settings = settings_for(tmp_path / "data", chroma_host=server.host, chroma_port=server.port)
+        embedder = HashEmbedder()
+        report = ingest_documents(
+            paths=[str(docs)], collection="stopped", settings=settings, embedder=embedder
+        )
+        assert report.unchanged >= 1 and report.added + report.unchanged == 6
+        assert report.collection_count == 6

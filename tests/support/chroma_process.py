@@ -21,6 +21,16 @@ class ChromaServer:
     host: str
     port: int
     log: Path
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        """Stop the server now (it is stopped anyway when its `chroma_server` block ends)."""
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -42,18 +52,21 @@ def chroma_executable() -> str:
 
 
 @contextmanager
-def chroma_server(path: Path, *, deadline_s: float = 60.0) -> Iterator[ChromaServer]:
-    """Start `chroma run --path PATH` on a free port; yield once its heartbeat answers."""
+def chroma_server(
+    path: Path, *, port: int | None = None, deadline_s: float = 60.0
+) -> Iterator[ChromaServer]:
+    """Start `chroma run --path PATH` on `port` (default: a free one); yield once its heartbeat
+    answers."""
     path.mkdir(parents=True, exist_ok=True)
     log = path.parent / f"{path.name}-chroma.log"
-    port = free_port()
+    port = port or free_port()
     env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
     command = [chroma_executable(), "run", "--path", str(path), "--host", "127.0.0.1"]
     with log.open("wb") as out:
         process = subprocess.Popen(
             [*command, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
         )
-    server = ChromaServer("127.0.0.1", port, log)
+    server = ChromaServer("127.0.0.1", port, log, process)
     try:
         give_up = time.monotonic() + deadline_s
         while True:
@@ -69,9 +82,4 @@ def chroma_server(path: Path, *, deadline_s: float = 60.0) -> Iterator[ChromaSer
             time.sleep(0.1)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        server.stop()
