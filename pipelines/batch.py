@@ -45,6 +45,7 @@ from tasks.records import (
     RowResult,
     batch_report_markdown,
     build_row_engine,
+    check_input_records,
     check_input_rows,
     check_output_records,
     dead_letter_entry,
@@ -170,6 +171,7 @@ def process_records(
     mode: str = "online",
     retry_failed: bool = False,
     expectations_path: str | None = None,
+    input_expectations_path: str | None = None,
     max_chars: int = 100_000,
     poll_interval_s: float = 10.0,
     chunk_rows: int | None = None,
@@ -201,6 +203,8 @@ def process_records(
         mode: online, or batch-api (the OpenAI Batch API, for templates).
         retry_failed: Re-process only the rows of output_path that are not ok.
         expectations_path: A great-expectations suite (JSON) checked on the output.
+        input_expectations_path: A great-expectations suite (JSON) checked on the input
+            before any LLM call; the rows it fails end invalid_input with its reason.
         max_chars: Longest row text accepted; longer rows end invalid_input.
         poll_interval_s: Seconds between Batch API polls.
         chunk_rows: Rows read into memory at a time; default: 10 tasks' worth (at least 1000).
@@ -237,6 +241,11 @@ def process_records(
             raise UsageError("output_path must not be the input file")
         reader = preflight(source, job)
         user_suite = load_expectation_suite(Path(expectations_path)) if expectations_path else None
+        input_suite = (
+            load_expectation_suite(Path(input_expectations_path), "--input-expectations")
+            if input_expectations_path
+            else None
+        )
         engine = engine or build_row_engine(settings, job, mode, poll_interval_s=poll_interval_s)
     except GristmillError as exc:
         logger.error("cannot start: %s", exc)
@@ -253,6 +262,7 @@ def process_records(
             mode=mode,
             retry_failed=retry_failed,
             user_suite=user_suite,
+            input_suite=input_suite,
             chunk_rows=chunk_rows,
             on_progress=on_progress,
             started=started,
@@ -279,6 +289,7 @@ def _process(
     mode: str,
     retry_failed: bool,
     user_suite: list[Expectation] | None,
+    input_suite: list[Expectation] | None,
     chunk_rows: int | None,
     on_progress: ProgressCallback | None,
     started: float,
@@ -309,6 +320,14 @@ def _process(
             quality["input"] = input_check.summary_line()
             if not input_check.success:
                 quality_errors.append(input_check.reason())
+            if input_suite:
+                user_input, flagged = check_input_records(rows, input_suite)
+                quality["user-input"] = user_input.summary_line()
+                if not user_input.success:
+                    quality_errors.append(user_input.reason())
+                for row in rows:
+                    if row.problem is None and row.number in flagged:
+                        row.problem = flagged[row.number]
             results: dict[int, RowResult] = {}
             todo = []
             for row in rows:

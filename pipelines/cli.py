@@ -286,6 +286,14 @@ def batch(
         Path | None,
         typer.Option("--expectations", help="GX expectation suite JSON, checked on the output."),
     ] = None,
+    input_expectations: Annotated[
+        Path | None,
+        typer.Option(
+            "--input-expectations",
+            help="GX expectation suite JSON, checked on the input before any LLM call: "
+            "the rows it fails end invalid_input.",
+        ),
+    ] = None,
     max_chars: Annotated[
         int, typer.Option("--max-chars", min=1, help="Longest row text accepted.")
     ] = 100_000,
@@ -328,6 +336,7 @@ def batch(
         "mode": mode,
         "retry_failed": retry_failed,
         "expectations_path": str(expectations) if expectations else None,
+        "input_expectations_path": str(input_expectations) if input_expectations else None,
         "max_chars": max_chars,
         "poll_interval_s": poll_interval,
     }

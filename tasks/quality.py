@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from functools import cache, lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -38,6 +38,8 @@ class ExpectationOutcome(BaseModel):
     observed: str = ""
     unexpected_count: int | None = None
     examples: list[str] = Field(default_factory=list)
+    unexpected_rows: list[int] = Field(default_factory=list)
+    """Positions of the failing rows, when validated with `result_format="COMPLETE"`."""
 
     def describe(self) -> str:
         where = f"{self.column}: " if self.column else ""
@@ -101,9 +103,17 @@ def _batch_definition(suite: str) -> Any:
 
 
 def validate_table(
-    frame: pd.DataFrame, suite: str, expectations: list[Expectation]
+    frame: pd.DataFrame,
+    suite: str,
+    expectations: list[Expectation],
+    *,
+    result_format: Literal["SUMMARY", "COMPLETE"] = "SUMMARY",
 ) -> QualityReport:
-    """Validate `frame` against `expectations` (a named suite) and collect the verdicts."""
+    """Validate `frame` against `expectations` (a named suite) and collect the verdicts.
+
+    With `result_format="COMPLETE"` each failed column expectation also lists the positions of
+    its failing rows (`unexpected_rows`; `frame` must have a default RangeIndex).
+    """
     import great_expectations as gx
 
     with _lock:
@@ -111,7 +121,7 @@ def validate_table(
         expectation_suite = gx.ExpectationSuite(
             name=suite, expectations=[e.copy() for e in expectations]
         )
-        result = batch.validate(expectation_suite, result_format="SUMMARY")
+        result = batch.validate(expectation_suite, result_format=result_format)
     errors: list[ExpectationOutcome] = []
     warnings: list[ExpectationOutcome] = []
     for item in result.results:
@@ -135,6 +145,7 @@ def _outcome(config: Any, result: dict[str, Any], success: bool, exc: Any) -> Ex
     severity_name = getattr(severity, "value", severity) or "critical"
     observed = result.get("observed_value")
     examples = [str(v)[:60] for v in (result.get("partial_unexpected_list") or [])[:3]]
+    rows = [i for i in result.get("unexpected_index_list") or [] if isinstance(i, int)]
     if exc and isinstance(exc, dict) and exc.get("raised_exception"):
         observed = f"error: {str(exc.get('exception_message'))[:120]}"
     return ExpectationOutcome(
@@ -145,6 +156,7 @@ def _outcome(config: Any, result: dict[str, Any], success: bool, exc: Any) -> Ex
         observed="" if observed is None else str(observed)[:120],
         unexpected_count=result.get("unexpected_count"),
         examples=examples,
+        unexpected_rows=rows,
     )
 
 

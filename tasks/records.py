@@ -1758,7 +1758,7 @@ class OutputLedger:
         )
 
 
-def load_expectation_suite(path: Path) -> list[Expectation]:
+def load_expectation_suite(path: Path, option: str = "--expectations") -> list[Expectation]:
     """A GX ExpectationSuite JSON file (as `suite.to_json_dict()` writes it)."""
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,
@@ -1773,7 +1773,39 @@ def load_expectation_suite(path: Path) -> list[Expectation]:
             for c in configs
         ]
     except Exception as exc:
-        raise UsageError(f"--expectations {path}: not a GX expectation suite: {exc}") from None
+        raise UsageError(f"{option} {path}: not a GX expectation suite: {exc}") from None
+
+
+def check_input_records(
+    rows: list[Row], expectations: list[Expectation]
+) -> tuple[QualityReport, dict[int, str]]:
+    """The user's input suite (--input-expectations) on one chunk of rows, before any LLM call.
+
+    Returns the verdict and, by row number, why a row is `invalid_input`: each row a failed
+    critical column expectation names, or every row of the chunk when a critical expectation
+    fails on the table as a whole (a missing column, a row count) and so names no row.
+    """
+    import pandas as pd
+
+    from tasks.quality import validate_table
+
+    frame = pd.DataFrame([row.values for row in rows])
+    report = validate_table(
+        frame, "user-input-expectations", expectations, result_format="COMPLETE"
+    )
+    reasons: dict[int, list[str]] = {}
+    for outcome in report.errors:
+        where = f" on {outcome.column}" if outcome.column else ""
+        if outcome.unexpected_rows:
+            positions = [p for p in outcome.unexpected_rows if 0 <= p < len(rows)]
+            reason = f"{outcome.expectation}{where}"
+        else:
+            positions = list(range(len(rows)))
+            reason = f"whole chunk: {outcome.describe()}"
+        for position in positions:
+            reasons.setdefault(rows[position].number, []).append(reason)
+    flagged = {number: "input suite: " + "; ".join(found) for number, found in reasons.items()}
+    return report, flagged
 
 
 def check_output_records(

@@ -576,3 +576,63 @@ def test_parquet_input_and_a_users_expectation_suite_on_the_output(
         src, tmp_path / "x.jsonl", **CLASSIFY, expectations_path=str(suite), settings=settings
     )
     assert state.is_failed() and "not a GX expectation suite" in (state.message or "")
+
+
+def test_a_users_input_suite_makes_failing_rows_invalid_before_any_llm_call(
+    prefect_harness: None, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    src = tmp_path / "tickets.csv"
+    src.write_text(
+        "id,text,lang\n"
+        "a,printer on fire,en\n"
+        "b,imprimante en feu,fr\n"
+        "c,login fails,en\n"
+        "d,refund please,\n"
+    )
+    suite = tmp_path / "input-suite.json"
+    expectations = [
+        {"type": "expect_column_values_to_be_in_set",
+         "kwargs": {"column": "lang", "value_set": ["en"]}},
+        {"type": "expect_column_value_lengths_to_be_between",
+         "kwargs": {"column": "text", "max_value": 15}},
+    ]  # fmt: skip
+    suite.write_text(json.dumps({"name": "mine", "expectations": expectations}))
+    settings = settings_for(fake, tmp_path / "data")
+    out = tmp_path / "out.jsonl"
+    calls_before = fake.calls
+    state, report = run_flow(
+        src, out, **CLASSIFY, input_expectations_path=str(suite), settings=settings
+    )
+    assert state.is_failed()
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert list(rows) == ["a", "b", "c", "d"]  # every row once, in order
+    assert [rows[k]["status"] for k in "abcd"] == ["ok", "invalid_input", "ok", "invalid_input"]
+    assert rows["b"]["error"] == (  # every expectation the row fails
+        "input suite: expect_column_values_to_be_in_set on lang; "
+        "expect_column_value_lengths_to_be_between on text"
+    )
+    # an empty CSV cell is "" (not null): it fails the set, not the null check
+    assert rows["d"]["error"] == "input suite: expect_column_values_to_be_in_set on lang"
+    assert (report.ok, report.invalid_input, report.llm_calls) == (2, 2, 2)
+    assert fake.calls - calls_before == 2  # no LLM call for the rows the suite failed
+    assert any(q.startswith("user-input-expectations: FAILED") for q in report.quality)
+
+    # an expectation on a column the input lacks names no row: the whole chunk is invalid
+    suite.write_text(json.dumps({"expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "priority"}}
+    ]}))  # fmt: skip
+    state, report = run_flow(
+        src, tmp_path / "o2.jsonl", **CLASSIFY, input_expectations_path=str(suite),
+        settings=settings,
+    )  # fmt: skip
+    assert (report.rows, report.invalid_input, report.llm_calls) == (4, 4, 0)
+    first = json.loads((tmp_path / "o2.jsonl").read_text().splitlines()[0])
+    assert first["error"].startswith("input suite: whole chunk: priority: ")
+
+    suite.write_text("[1, 2]")
+    state, _ = run_flow(
+        src, tmp_path / "o3.jsonl", **CLASSIFY, input_expectations_path=str(suite),
+        settings=settings,
+    )  # fmt: skip
+    assert state.is_failed()
+    assert (state.message or "").startswith(f"--input-expectations {suite}: not a GX")
