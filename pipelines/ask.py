@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from tasks.embeddings import Embedder, build_embedder
 from tasks.errors import GristmillError, OutputValidationError, RunFailed
+from tasks.hybrid import candidate_count, fuse
 from tasks.llm import LLM, OpenAILLM, dumps_for_prompt, generate_structured
 from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
@@ -126,10 +127,17 @@ def query_chunks(
     where: dict[str, Any] | None = None,
     *,
     include_embeddings: bool = False,
+    hybrid: bool = True,
 ) -> list[Hit]:
-    """The `k` chunks nearest to `text`, best first."""
+    """The `k` chunks best matching `text`, best first: the nearest `candidate_count(k)`
+    re-ranked with BM25 (`tasks.hybrid`), or with `hybrid=False` the `k` nearest."""
     vector = np.asarray(embedder.embed([text]), dtype=np.float32)[0]
-    return store.query(vector, k=k, where=where, include_embeddings=include_embeddings)
+    if not hybrid:
+        return store.query(vector, k=k, where=where, include_embeddings=include_embeddings)
+    candidates = store.query(
+        vector, k=candidate_count(k), where=where, include_embeddings=include_embeddings
+    )
+    return fuse(text, candidates)[:k]
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -138,11 +146,22 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def mmr(query: np.ndarray, hits: list[Hit], k: int, lambda_: float = MMR_LAMBDA) -> list[Hit]:
-    """Maximal marginal relevance: relevant to the query, but not repeating each other."""
+    """Maximal marginal relevance: relevant to the query, but not repeating each other.
+
+    Relevance is the cosine similarity, or for fused hits (`tasks.hybrid.fuse`) their fusion
+    order mapped onto the same cosine range, so the trade-off against redundancy is unchanged.
+    """
     if len(hits) <= 1 or any(hit.embedding is None for hit in hits):
         return hits[:k]
     vectors = _unit(np.asarray([hit.embedding for hit in hits], dtype=np.float32))
     relevance = vectors @ _unit(query.reshape(1, -1).astype(np.float32))[0]
+    fused = [hit.fused for hit in hits]
+    if all(f is not None for f in fused):
+        order = np.asarray(fused, dtype=np.float64)
+        spread = float(order.max() - order.min())
+        low, high = float(relevance.min()), float(relevance.max())
+        if spread > 0:
+            relevance = low + (order - order.min()) / spread * (high - low)
     chosen: list[int] = []
     remaining = list(range(len(hits)))
     while remaining and len(chosen) < k:
@@ -164,10 +183,14 @@ def retrieve(
     k: int,
     where: dict[str, Any] | None = None,
 ) -> list[Hit]:
-    """Fetch candidates and keep `k` diverse ones with MMR."""
+    """Rank candidates (hybrid, as `query_chunks`), then keep `k` diverse ones with MMR from
+    the best `k * MMR_FETCH_FACTOR` of them."""
     vector = np.asarray(embedder.embed([question]), dtype=np.float32)[0]
-    candidates = store.query(vector, k=k * MMR_FETCH_FACTOR, where=where, include_embeddings=True)
-    return mmr(vector, candidates, k)
+    fetch = k * MMR_FETCH_FACTOR
+    candidates = store.query(
+        vector, k=max(fetch, candidate_count(k)), where=where, include_embeddings=True
+    )
+    return mmr(vector, fuse(question, candidates)[:fetch], k)
 
 
 def citations_for(hits: list[Hit]) -> list[Citation]:

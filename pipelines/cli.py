@@ -610,7 +610,8 @@ def query(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
 ) -> None:
-    """Show the chunks nearest to TEXT, best first."""
+    """Show the chunks that best match TEXT, best first (nearest by embedding, re-ranked with
+    BM25; the score shown is the cosine similarity)."""
     settings = load_settings(collection=collection)
     filters = _parse_where(where or [])
     from pipelines.ask import open_store, query_chunks
@@ -634,6 +635,7 @@ def query(
                     "chunk_index": hit.metadata.get("chunk_index"),
                     "text": hit.text,
                     "score": round(hit.score, 4),
+                    "fused_score": hit.fused,
                     "metadata": hit.metadata,
                 }
                 for hit in hits

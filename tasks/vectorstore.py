@@ -51,7 +51,10 @@ class Hit(BaseModel):
     text: str
     metadata: dict[str, Any]
     score: float
+    """Cosine similarity to the query."""
     embedding: list[float] | None = None
+    fused: float | None = None
+    """The hybrid ranking's score, when the hits were fused (`tasks.hybrid.fuse`)."""
 
 
 def open_chroma(settings: Settings) -> ClientAPI:

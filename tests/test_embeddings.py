@@ -60,9 +60,23 @@ def test_provisioning_is_idempotent_and_repairs_a_bad_copy(model_dir: Path, tmp_
     assert (target / "tokenizer.json").is_file()
 
 
-def test_missing_model_files_say_how_to_fix_it(tmp_path: Path) -> None:
+def test_an_empty_model_folder_is_filled_from_the_installed_packages(tmp_path: Path) -> None:
+    folder = tmp_path / "elsewhere" / "minilm"  # e.g. under another GRISTMILL_DATA_DIR
+    vectors = LocalOnnxEmbedder(folder).embed(["hello"])
+    assert vectors.shape == (1, 384)
+    assert sha256_of(folder / "model.onnx") == MODEL_SHA256
+
+
+def test_missing_model_files_say_how_to_fix_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.model_files
+
+    # as if the packages that ship the files were not installed
+    monkeypatch.setattr(tasks.model_files, "ONNX_PACKAGE", ("no_such_pkg", "no-such-pkg==1"))
     with pytest.raises(ConfigurationError, match=r"missing model\.onnx, tokenizer\.json") as caught:
         LocalOnnxEmbedder(tmp_path).embed(["hello"])
+    assert "the package no-such-pkg is not installed" in str(caught.value)
     assert "make setup" in str(caught.value)
     with pytest.raises(ConfigurationError, match="make setup"):
         build_embedder(settings_for(tmp_path))

@@ -473,7 +473,11 @@ def test_query_and_mmr_return_relevant_diverse_chunks(tmp_path: Path, settings: 
     store, embedder = ingested_store(tmp_path, settings)
     hits = query_chunks("receipts thirty days allowance", store, embedder, k=3)
     assert hits[0].metadata["source"] == "policies/travel.md"
-    assert hits[0].score >= hits[-1].score
+    fused = [h.fused for h in hits]
+    assert all(f is not None for f in fused) and fused == sorted(fused, reverse=True)  # type: ignore[type-var]
+    nearest = query_chunks("receipts thirty days allowance", store, embedder, k=3, hybrid=False)
+    assert [h.score for h in nearest] == sorted((h.score for h in nearest), reverse=True)
+    assert all(h.fused is None for h in nearest)
     where = query_chunks("laptop", store, embedder, k=5, where={"source": "onboarding.md"})
     assert where and {h.metadata["source"] for h in where} == {"onboarding.md"}
     assert len(retrieve("receipts", store, embedder, k=2)) == 2
@@ -610,3 +614,24 @@ def test_cli_ingest_query_and_ask_contracts(
     result = runner.invoke(app, ["ingest", str(docs), "--collection", "hash-docs"])
     assert result.exit_code == 2
     assert "holds vectors from hash-embedder" in result.stderr
+
+
+def test_hybrid_ranking_lifts_the_chunk_with_the_querys_exact_words() -> None:
+    from tasks.hybrid import RRF_K, fuse
+    from tasks.vectorstore import Hit
+
+    texts = [
+        "Travel is booked through the portal and approved by your manager.",
+        "Expenses are reimbursed monthly after approval.",
+        "Error code XK-42 on the badge reader means the badge has expired.",
+        "The cafeteria opens at eight.",
+    ]
+    dense = [Hit(id=str(i), text=t, metadata={}, score=0.9 - i / 10) for i, t in enumerate(texts)]
+    fused = fuse("what does badge reader error XK-42 mean", dense)
+    assert fused[0].id == "2"  # third by embedding, first by its exact words
+    # dense rank 3 + lexical rank 1 beats dense rank 1 alone
+    assert fused[0].fused == round(1 / (RRF_K + 3) + 1 / (RRF_K + 1), 6)
+    assert fused[0].score == dense[2].score  # the cosine similarity is kept as it was
+    # no shared word with any chunk: the dense order stands
+    assert [h.id for h in fuse("zzz qqq", dense)] == ["0", "1", "2", "3"]
+    assert fuse("anything", []) == []
