@@ -60,6 +60,7 @@ from tasks.records import (
     output_record,
     preflight,
     process_row_batch,
+    record_format,
     row_batches,
 )
 from tasks.reporting import tag_flow_run
@@ -239,6 +240,7 @@ def process_records(
         )
         if out.resolve() == source.resolve():
             raise UsageError("output_path must not be the input file")
+        record_format(out)  # an output format we cannot write fails now, not after the work
         reader = preflight(source, job)
         user_suite = load_expectation_suite(Path(expectations_path)) if expectations_path else None
         input_suite = (
@@ -248,7 +250,9 @@ def process_records(
         )
         engine = engine or build_row_engine(settings, job, mode, poll_interval_s=poll_interval_s)
     except GristmillError as exc:
-        logger.error("cannot start: %s", exc)
+        # the Failed state's message carries the reason to the UI; logged at INFO so the
+        # terminal does not print it twice beside the CLI's one line
+        logger.info("cannot start: %s", exc)
         return Failed(message=str(exc), data=exc)
     tag_flow_run("pipeline:batch", f"engine:{engine.name}")
     try:
@@ -267,6 +271,11 @@ def process_records(
             on_progress=on_progress,
             started=started,
         )
+    except GristmillError as exc:
+        # the output cannot be written, a Batch API job was refused, ...: the reason in words,
+        # as a Failed state, instead of a traceback on the terminal
+        logger.info("stopped: %s", exc)
+        return Failed(message=str(exc), data=exc)
     finally:
         close = getattr(engine, "close", None)
         if built_engine and close is not None:

@@ -92,3 +92,34 @@ def test_a_store_error_inside_a_flow_is_one_line_on_a_real_terminal(tmp_path: Pa
     errors = [line for line in result.stderr.splitlines() if "cannot reach" in line]
     assert len(errors) == 1 and errors[0].startswith("gristmill: error: cannot reach the Chroma")
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_an_output_format_we_cannot_write_is_one_line_before_any_work(tmp_path: Path) -> None:
+    """As a user runs it (a subprocess, Prefect's console logging on): one line, exit 2."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "in.csv"
+    source.write_text("id,text\n1,hello there\n")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))},
+        "GRISTMILL_DATA_DIR": str(tmp_path / "data"),
+    }
+    command = ["batch", str(source), "-o", str(tmp_path / "out.txt"), "--task", "summarize"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *command],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if "unknown table format" in line]
+    assert lines == [
+        f"gristmill: error: {tmp_path / 'out.txt'}: unknown table format '.txt' "
+        "(use .csv, .jsonl (.ndjson) or .parquet)"
+    ]
+    assert not (tmp_path / "out.txt").exists()
