@@ -15,6 +15,7 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
@@ -295,8 +296,15 @@ def answer_markdown(answer: Answer) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_name() -> str:
+    """`ask <the question's start>`, so the Runs page says what was asked."""
+    question = " ".join(str(flow_run.parameters.get("question") or "").split())
+    return f"ask {question[:50]}{'…' if len(question) > 50 else ''}"
+
+
 @flow(
     name="answer-question",
+    flow_run_name=_run_name,
     description="Answer a question from the ingested documents, with numbered citations.",
     validate_parameters=False,
 )
@@ -329,7 +337,8 @@ def answer_question(
             refused=True,
             reason=str(refusal),
         )
-        logger.warning("refused: %s", refusal)
+        # the Failed state carries the reason to the UI; INFO keeps the terminal to one line
+        logger.info("refused: %s", refusal)
         message = f"refused: {refusal}"
         return Failed(message=message, data=RunFailed(message, report=answer))
     embedder = cast(Embedder, embedder or build_embedder(settings))
