@@ -73,6 +73,9 @@ def prepare_prefect(settings: Settings, *, verbose: bool = False) -> None:
     # Run logs still reach the Prefect API and UI; only the terminal copy is quietened.
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    from tasks.reporting import own_errors_without_tracebacks
+
+    own_errors_without_tracebacks()
 
 
 def prefect_home(settings: Settings) -> Path:

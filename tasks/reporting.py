@@ -18,6 +18,34 @@ ItemStatus = Literal["ok", "cached", "failed"]
 logger = logging.getLogger(__name__)
 
 
+class _OwnErrorsInWords(logging.Filter):
+    """Drops the traceback of gristmill's own errors (a bad input file, a refused request, ...)
+    from a terminal handler: their message says what is wrong, and a traceback under it reads
+    like a crash. Handlers of the run loggers (the Prefect API, so the UI) run before the root's
+    console handler and still get it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.errors import GristmillError
+
+        if record.exc_info and isinstance(record.exc_info[1], GristmillError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def own_errors_without_tracebacks() -> None:
+    """Install `_OwnErrorsInWords` on Prefect's console handler (imports prefect)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _OwnErrorsInWords) for f in handler.filters
+        ):
+            handler.addFilter(_OwnErrorsInWords())
+
+
 def state_report(state: Any) -> Any:
     """What a finished flow run produced: its report (also when it failed), or the exception."""
     from tasks.errors import RunFailed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -123,3 +124,62 @@ def test_an_output_format_we_cannot_write_is_one_line_before_any_work(tmp_path: 
         "(use .csv, .jsonl (.ndjson) or .parquet)"
     ]
     assert not (tmp_path / "out.txt").exists()
+
+
+def test_a_bad_transcript_is_its_reason_on_the_terminal_not_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "bin.txt").write_bytes(b"\x00\x01binary")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))},
+        "GRISTMILL_DATA_DIR": str(tmp_path / "data"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "summarize", str(tmp_path / "bin.txt"), "--json"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "NUL byte at offset 0" in result.stderr  # Prefect's task-run line, in words
+    report = json.loads(result.stdout)
+    assert report["transcripts"][0]["error"].startswith("binary content: NUL byte")
+
+
+def test_own_errors_lose_their_traceback_only_on_the_terminal() -> None:
+    import logging
+
+    from tasks.errors import InputError
+    from tasks.reporting import _OwnErrorsInWords
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.texts: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.texts.append(self.format(record))
+
+    run_logger = logging.getLogger("gristmill-test.task_runs")
+    api, terminal = Keep(), Keep()  # as Prefect's API handler on the run logger, console on root
+    terminal.addFilter(_OwnErrorsInWords())
+    run_logger.addHandler(api)
+    parent = logging.getLogger("gristmill-test")
+    parent.addHandler(terminal)
+    try:
+        for error in (InputError("binary content"), KeyError("a bug")):
+            try:
+                raise error
+            except Exception:
+                run_logger.error("Task run failed with exception: %r", error, exc_info=True)
+    finally:
+        run_logger.removeHandler(api)
+        parent.removeHandler(terminal)
+    assert all("Traceback" in text for text in api.texts)  # the UI keeps the details
+    assert "Traceback" not in terminal.texts[0]  # our error: its words only
+    assert "Traceback" in terminal.texts[1]  # anything else is a bug: keep the traceback
