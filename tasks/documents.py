@@ -24,6 +24,7 @@ import fnmatch
 import hashlib
 import io
 import json
+import logging
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -402,6 +403,9 @@ def _html_text(html: str) -> tuple[str, str | None]:
 def _pdf_text(raw: bytes) -> tuple[str, str | None, dict[str, MetadataValue]]:
     from pypdf import PdfReader
 
+    # pypdf logs what it repairs or gives up on as warnings; a PDF it cannot read is reported
+    # once, in words, as the document's quarantine reason
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     if b"%PDF" not in raw[:1024]:
         raise InputError("not a PDF file (no %PDF header)")
     try:
