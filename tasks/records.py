@@ -529,7 +529,9 @@ def screen_rows(
                 length = len(row.text.strip())
                 if job.template is not None and _all_empty(values, job.variables):
                     length = 0
-                if length < job.min_chars:
+                if length == 0:
+                    row.problem = "empty text: nothing to send"
+                elif length < job.min_chars:
                     row.problem = f"text shorter than {job.min_chars} characters"
                 elif length > job.max_chars:
                     row.problem = f"text longer than {job.max_chars} characters"

@@ -228,7 +228,7 @@ def test_bad_rows_become_invalid_input_at_their_position(tmp_path: Path) -> None
     assert "invalid UTF-8" in problems[2]
     assert "duplicate id '1'" in problems[3]
     assert "empty id" in problems[4]
-    assert "shorter than" in problems[5]
+    assert problems[5] == "empty text: nothing to send"
 
 
 def test_bad_jsonl_lines_become_invalid_input(tmp_path: Path) -> None:
