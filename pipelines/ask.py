@@ -115,8 +115,13 @@ def check_question(question: str, max_chars: int = MAX_QUESTION_CHARS) -> str:
 
 
 def open_store(settings: Settings, embedder: Embedder, collection: str | None) -> ChunkStore:
+    """The collection to read; a name that does not exist is a ConfigurationError."""
     return ChunkStore(
-        open_chroma(settings), collection or settings.collection, embedder.name, embedder.dimension
+        open_chroma(settings),
+        collection or settings.collection,
+        embedder.name,
+        embedder.dimension,
+        create=False,
     )
 
 

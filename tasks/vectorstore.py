@@ -238,18 +238,32 @@ class ChunkStore:
         dimension: int,
         *,
         max_batch_size: int | None = None,
+        create: bool = True,
     ) -> None:
+        """`create=False` (for reading: query, ask) fails on a collection that does not exist
+        instead of creating an empty one, so a misspelt name is an error, not "no results"."""
         self.client = client
         self.name = collection_name
         self.embedding_name = embedding_name
         self.dimension = dimension
         limit = client.get_max_batch_size()
         self.batch_size = min(limit, max_batch_size) if max_batch_size else limit
-        self.collection = self._open_collection()
+        self.collection = self._open_collection(create)
 
-    def _open_collection(self) -> Collection:
-        from chromadb.errors import ChromaError
+    def _open_collection(self, create: bool = True) -> Collection:
+        from chromadb.errors import ChromaError, NotFoundError
 
+        if not create:
+            try:
+                self.client.get_collection(self.name)
+            except (NotFoundError, ValueError):
+                names = sorted(c.name for c in self.client.list_collections())
+                raise ConfigurationError(
+                    f"there is no collection {self.name!r} in the vector store"
+                    + (f" (it has: {', '.join(names[:10])})" if names else " (it is empty)"),
+                    hint="ingest documents first (`gristmill ingest`) or pick one with "
+                    "--collection",
+                ) from None
         try:
             collection = self.client.get_or_create_collection(
                 self.name,

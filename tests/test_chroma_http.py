@@ -67,6 +67,7 @@ def test_the_client_is_an_http_client_and_nothing_is_written_locally(
         store_scenarios.test_sources_flag_interrupted_and_mixed_writes,
         store_scenarios.test_another_embedding_model_is_refused,
         store_scenarios.test_collections_made_elsewhere,
+        store_scenarios.test_reading_a_collection_that_does_not_exist_names_the_ones_that_do,
     ],
     ids=lambda f: f.__name__.removeprefix("test_"),
 )

@@ -199,6 +199,18 @@ def test_collections_made_elsewhere(client: Any) -> None:
         ChunkStore(client, "x", "m", 2)  # names need 3+ characters
 
 
+def test_reading_a_collection_that_does_not_exist_names_the_ones_that_do(client: Any) -> None:
+    ChunkStore(client, "handbook", "m", 2)
+    with pytest.raises(ConfigurationError) as raised:
+        ChunkStore(client, "handbok", "m", 2, create=False)  # a typo
+    assert str(raised.value).startswith(
+        "there is no collection 'handbok' in the vector store (it has: handbook)"
+    )
+    assert "gristmill ingest" in str(raised.value)
+    assert sorted(c.name for c in client.list_collections()) == ["handbook"]  # none created
+    assert ChunkStore(client, "handbook", "m", 2, create=False).count() == 0
+
+
 def test_writer_lock_held_by_another_process(tmp_path: Path) -> None:
     chroma_dir = tmp_path / "chroma"
     holder = subprocess.Popen(
