@@ -42,6 +42,10 @@ PAGE_SIZE = 1000
 IN_FILTER_SIZE = 500
 # Seconds to wait for a Chroma server's heartbeat before saying it cannot be reached.
 HEARTBEAT_TIMEOUT_S = 10.0
+# Seconds any one request to a Chroma server may take (a write of a full batch included) before
+# it counts as lost: chromadb's HTTP client waits forever, so a server that hangs mid-run would
+# hang a nightly run with it.
+REQUEST_TIMEOUT_S = 300.0
 
 
 class Hit(BaseModel):
@@ -67,7 +71,7 @@ def open_chroma(settings: Settings) -> ClientAPI:
         headers = _auth_headers(settings)
         url = check_chroma_server(settings)
         try:
-            return chromadb.HttpClient(
+            client = chromadb.HttpClient(
                 host=settings.chroma_host,
                 port=settings.chroma_port,
                 ssl=settings.chroma_ssl,
@@ -76,8 +80,24 @@ def open_chroma(settings: Settings) -> ClientAPI:
             )
         except Exception as exc:  # chromadb raises ValueError / ChromaError on a failed handshake
             raise _unreachable(url, f"{type(exc).__name__}: {exc}") from None
+        _bound_requests(client)
+        return client
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+
+
+def _bound_requests(client: ClientAPI) -> None:
+    """Give the HTTP client's requests a timeout (`REQUEST_TIMEOUT_S`); a timed-out request
+    then surfaces as `StoreUnavailableError` through `server_errors`.
+
+    chromadb (1.x) has no setting for it, so this sets it on the httpx session its FastAPI
+    client keeps; tests/test_chroma_server.py freezes a real server mid-run to prove it works.
+    """
+    import httpx
+
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=HEARTBEAT_TIMEOUT_S)
 
 
 def _auth_headers(settings: Settings) -> dict[str, str]:

@@ -292,3 +292,29 @@ def test_a_server_gone_for_good_stops_the_run_in_words_and_a_rerun_finishes(
         )
         assert report.unchanged >= 1 and report.added + report.unchanged == 6
         assert report.collection_count == 6
+
+
+@pytest.mark.timeout(120)
+def test_a_server_that_hangs_mid_run_times_out_in_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    from tasks.vectorstore import server_errors
+
+    monkeypatch.setattr(tasks.vectorstore, "REQUEST_TIMEOUT_S", 1.0)
+    with chroma_server(tmp_path / "db") as running:
+        settings = settings_for(tmp_path, chroma_host=running.host, chroma_port=running.port)
+        embedder = HashEmbedder()
+        store = ChunkStore(open_chroma(settings), "frozen", embedder.name, embedder.dimension)
+        os.kill(running.process.pid, signal.SIGSTOP)  # alive, accepting, never answering
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError) as raised, server_errors():
+                store.count()
+            assert time.monotonic() - started < 10
+            assert "ReadTimeout" in str(raised.value)
+        finally:
+            os.kill(running.process.pid, signal.SIGCONT)
+        assert store.count() == 0  # the same client works again once the server does
