@@ -419,3 +419,59 @@ def screenshot(chromium: str, url: str, name: str) -> None:
     target.unlink(missing_ok=True)
     browse(chromium, url, f"--screenshot={target}")
     assert target.stat().st_size > 10_000, f"{name} looks blank"
+
+
+def test_gristmill_serve_runs_a_deployment_on_demand(
+    finished_runs: FinishedRuns, tmp_path: Path
+) -> None:
+    """`gristmill serve` (one process, no work pool): registers every deployment with its
+    schedule, and runs one when asked. Last in the module: it takes over the deployments."""
+    server = finished_runs.server
+    data = tmp_path / "data"
+    (data / "transcripts").mkdir(parents=True)
+    shutil.copy(SAMPLE_TRANSCRIPTS / "weekly-standup.txt", data / "transcripts")
+    env = {
+        **server.env,
+        "GRISTMILL_DATA_DIR": str(data),
+        "GRISTMILL_MODEL_DIR": str(MODEL_DIR),
+        "GRISTMILL_ENGINE": "offline",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    # the worker's deployments (prefect.yaml) go, so serve's own ones are what runs
+    for name in (DEPLOYMENT, INGEST_DEPLOYMENT, BATCH_DEPLOYMENT):
+        found = server.api.get(f"/deployments/name/{name}")
+        if found.status_code == 200:
+            server.api.delete(f"/deployments/{found.json()['id']}").raise_for_status()
+    log = server.logs / "serve.log"
+    serving = start([sys.executable, "-m", "pipelines.cli", "serve"], env, log)
+    try:
+
+        def served() -> dict[str, Any] | None:
+            assert serving.poll() is None, f"serve exited:\n{tail(log)}"
+            found = server.api.get(f"/deployments/name/{DEPLOYMENT}")
+            return dict(found.json()) if found.status_code == 200 else None
+
+        deployment = wait_for("serve to register", served, 120, lambda: tail(log))
+        assert deployment["schedules"] and deployment["schedules"][0]["schedule"]["cron"]
+
+        def created() -> dict[str, Any] | None:
+            # SQLite behind the test server answers 503 while serve writes its schedules
+            response = server.api.post(f"/deployments/{deployment['id']}/create_flow_run", json={})
+            if response.status_code == 503:
+                time.sleep(0.5)
+                return None
+            response.raise_for_status()
+            return dict(response.json())
+
+        run = wait_for("a flow run of the served deployment", created, 60, lambda: tail(log))
+
+        def finished() -> dict[str, Any] | None:
+            assert serving.poll() is None, f"serve exited:\n{tail(log)}"
+            now = server.get(f"/flow_runs/{run['id']}")
+            return now if now["state"]["type"] in TERMINAL else None
+
+        done = wait_for("the served run", finished, 180, lambda: tail(log, 80))
+        assert done["state"]["type"] == "COMPLETED", tail(log, 80)
+        assert (data / "summaries" / "weekly-standup.json").is_file()
+    finally:
+        stop(serving)
