@@ -437,38 +437,43 @@ def test_gristmill_serve_runs_a_deployment_on_demand(
         "GRISTMILL_ENGINE": "offline",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
+
+    def answered(method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The server's answer, asking again while it says 503: SQLite behind a test server is
+        briefly busy while runs finish or serve writes its schedules."""
+
+        def ask() -> httpx.Response | None:
+            response = server.api.request(method, path, **kwargs)
+            if response.status_code == 503:
+                time.sleep(0.5)
+                return None
+            return response
+
+        return wait_for(f"{method} {path}", ask, 60, lambda: tail(log))
+
+    log = server.logs / "serve.log"
     # the worker's deployments (prefect.yaml) go, so serve's own ones are what runs
     for name in (DEPLOYMENT, INGEST_DEPLOYMENT, BATCH_DEPLOYMENT):
-        found = server.api.get(f"/deployments/name/{name}")
+        found = answered("GET", f"/deployments/name/{name}")
         if found.status_code == 200:
-            server.api.delete(f"/deployments/{found.json()['id']}").raise_for_status()
-    log = server.logs / "serve.log"
+            answered("DELETE", f"/deployments/{found.json()['id']}").raise_for_status()
     serving = start([sys.executable, "-m", "pipelines.cli", "serve"], env, log)
     try:
 
         def served() -> dict[str, Any] | None:
             assert serving.poll() is None, f"serve exited:\n{tail(log)}"
-            found = server.api.get(f"/deployments/name/{DEPLOYMENT}")
+            found = answered("GET", f"/deployments/name/{DEPLOYMENT}")
             return dict(found.json()) if found.status_code == 200 else None
 
         deployment = wait_for("serve to register", served, 120, lambda: tail(log))
         assert deployment["schedules"] and deployment["schedules"][0]["schedule"]["cron"]
-
-        def created() -> dict[str, Any] | None:
-            # SQLite behind the test server answers 503 while serve writes its schedules
-            response = server.api.post(f"/deployments/{deployment['id']}/create_flow_run", json={})
-            if response.status_code == 503:
-                time.sleep(0.5)
-                return None
-            response.raise_for_status()
-            return dict(response.json())
-
-        run = wait_for("a flow run of the served deployment", created, 60, lambda: tail(log))
+        created = answered("POST", f"/deployments/{deployment['id']}/create_flow_run", json={})
+        run = created.raise_for_status().json()
 
         def finished() -> dict[str, Any] | None:
             assert serving.poll() is None, f"serve exited:\n{tail(log)}"
-            now = server.get(f"/flow_runs/{run['id']}")
-            return now if now["state"]["type"] in TERMINAL else None
+            now = answered("GET", f"/flow_runs/{run['id']}").raise_for_status().json()
+            return dict(now) if now["state"]["type"] in TERMINAL else None
 
         done = wait_for("the served run", finished, 180, lambda: tail(log, 80))
         assert done["state"]["type"] == "COMPLETED", tail(log, 80)
