@@ -131,15 +131,24 @@ class PrefectServer:
     logs: Path
     api: httpx.Client
 
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The server's answer, asking again while it says 503: the SQLite database behind a
+        test server is briefly busy while runs finish or schedules are written (seen in CI)."""
+
+        def answer() -> httpx.Response | None:
+            response = self.api.request(method, path, **kwargs)
+            if response.status_code == 503:
+                time.sleep(0.5)
+                return None
+            return response
+
+        return wait_for(f"{method} {path}", answer, 60, lambda: tail(self.logs / "server.log"))
+
     def get(self, path: str) -> Any:
-        response = self.api.get(path)
-        response.raise_for_status()
-        return response.json()
+        return self.request("GET", path).raise_for_status().json()
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = self.api.post(path, json=body)
-        response.raise_for_status()
-        return response.json()
+        return self.request("POST", path, json=body).raise_for_status().json()
 
 
 @dataclass
@@ -438,41 +447,27 @@ def test_gristmill_serve_runs_a_deployment_on_demand(
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
 
-    def answered(method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The server's answer, asking again while it says 503: SQLite behind a test server is
-        briefly busy while runs finish or serve writes its schedules."""
-
-        def ask() -> httpx.Response | None:
-            response = server.api.request(method, path, **kwargs)
-            if response.status_code == 503:
-                time.sleep(0.5)
-                return None
-            return response
-
-        return wait_for(f"{method} {path}", ask, 60, lambda: tail(log))
-
     log = server.logs / "serve.log"
     # the worker's deployments (prefect.yaml) go, so serve's own ones are what runs
     for name in (DEPLOYMENT, INGEST_DEPLOYMENT, BATCH_DEPLOYMENT):
-        found = answered("GET", f"/deployments/name/{name}")
+        found = server.request("GET", f"/deployments/name/{name}")
         if found.status_code == 200:
-            answered("DELETE", f"/deployments/{found.json()['id']}").raise_for_status()
+            server.request("DELETE", f"/deployments/{found.json()['id']}").raise_for_status()
     serving = start([sys.executable, "-m", "pipelines.cli", "serve"], env, log)
     try:
 
         def served() -> dict[str, Any] | None:
             assert serving.poll() is None, f"serve exited:\n{tail(log)}"
-            found = answered("GET", f"/deployments/name/{DEPLOYMENT}")
+            found = server.request("GET", f"/deployments/name/{DEPLOYMENT}")
             return dict(found.json()) if found.status_code == 200 else None
 
         deployment = wait_for("serve to register", served, 120, lambda: tail(log))
         assert deployment["schedules"] and deployment["schedules"][0]["schedule"]["cron"]
-        created = answered("POST", f"/deployments/{deployment['id']}/create_flow_run", json={})
-        run = created.raise_for_status().json()
+        run = server.post(f"/deployments/{deployment['id']}/create_flow_run", {})
 
         def finished() -> dict[str, Any] | None:
             assert serving.poll() is None, f"serve exited:\n{tail(log)}"
-            now = answered("GET", f"/flow_runs/{run['id']}").raise_for_status().json()
+            now = server.get(f"/flow_runs/{run['id']}")
             return dict(now) if now["state"]["type"] in TERMINAL else None
 
         done = wait_for("the served run", finished, 180, lambda: tail(log, 80))
