@@ -54,7 +54,8 @@ def load_settings(**overrides: Any) -> Settings:
 def prepare_prefect(settings: Settings, *, verbose: bool = False) -> None:
     """Point Prefect's result storage under the data dir and quieten its console logs.
 
-    Must run before prefect is imported: Prefect reads these settings at import time.
+    Must run before prefect is imported: Prefect reads these settings at import time. It then
+    imports prefect itself, to keep gristmill's own errors free of tracebacks on the terminal.
     """
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.results_dir.resolve()))
     if not os.environ.get("PREFECT_API_URL"):

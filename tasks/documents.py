@@ -459,28 +459,21 @@ def _utterance_paragraphs(utterances: list[Utterance]) -> tuple[str, dict[str, M
     return "\n\n".join(paragraphs), {"utterances": len(paragraphs)}
 
 
+# Narrower than the summariser's speaker fields: records with a `name` or `role` and a `text`
+# are records, not a transcript.
 _SPEAKER_FIELDS = ("speaker", "speaker_name")
-_TURN_TEXT_FIELDS = ("text", "content", "utterance")
-# Keys under which an object holds its list of turns, in the order the summariser looks.
-_TURN_LIST_FIELDS = (
-    "turns",
-    "utterances",
-    "transcript",
-    "meeting_transcripts",
-    "messages",
-    "segments",
-    "dialogue",
-)
 
 
 def _is_turn_list(value: object) -> bool:
+    from tasks.transcripts import TEXT_KEYS
+
     return (
         isinstance(value, list)
         and bool(value)
         and all(
             isinstance(item, dict)
             and any(key in item for key in _SPEAKER_FIELDS)
-            and any(key in item for key in _TURN_TEXT_FIELDS)
+            and any(key in item for key in TEXT_KEYS)
             for item in value
         )
     )
@@ -507,8 +500,10 @@ def _is_json_transcript(raw: bytes) -> bool:
         and all(isinstance(s, dict) and "start" in s and "text" in s for s in segments)
     ):
         return True
+    from tasks.transcripts import TURN_LIST_KEYS
+
     # The summariser reads the first non-empty list under these keys: judge that one.
-    lists = (data[k] for k in _TURN_LIST_FIELDS if isinstance(data.get(k), list) and data[k])
+    lists = (data[k] for k in TURN_LIST_KEYS if isinstance(data.get(k), list) and data[k])
     return _is_turn_list(next(lists, None))
 
 

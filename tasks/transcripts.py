@@ -62,7 +62,9 @@ LONG_UTTERANCE_CHARS = 10_000
 GROUP_CHARS = 1_000
 """Target size of a sentence group, and the limit for merging consecutive captions."""
 
-_TURN_LIST_KEYS = (
+# Keys under which a JSON object holds its list of turns, in the order they are looked for;
+# the fields of a turn that hold its speaker and its text (tasks/documents.py reuses them).
+TURN_LIST_KEYS = (
     "turns",
     "utterances",
     "transcript",
@@ -71,8 +73,8 @@ _TURN_LIST_KEYS = (
     "segments",
     "dialogue",
 )
-_SPEAKER_KEYS = ("speaker", "name", "role", "speaker_name")
-_TEXT_KEYS = ("text", "content", "utterance")
+SPEAKER_KEYS = ("speaker", "name", "role", "speaker_name")
+TEXT_KEYS = ("text", "content", "utterance")
 
 # fmt: off
 _NAME_PARTICLES = frozenset({
@@ -665,7 +667,7 @@ def _json_turns(text: str) -> tuple[str, list[_Turn]]:
         raise InputError(
             f"JSON of an unrecognised shape: found {_describe(data)}; expected Whisper output"
             " (an object with 'segments' or 'text'), a list of turns, or an object holding a"
-            f" list of turns under one of: {', '.join(_TURN_LIST_KEYS)}"
+            f" list of turns under one of: {', '.join(TURN_LIST_KEYS)}"
         )
     return found
 
@@ -683,7 +685,7 @@ def _json_shape(data: object, path: str, depth: int = 0) -> tuple[str, list[_Tur
     ):
         return "whisper", _json_list(segments, f"{path}segments")
     empty = False
-    for key in _TURN_LIST_KEYS:
+    for key in TURN_LIST_KEYS:
         value = data.get(key)
         if isinstance(value, list):
             if value:
@@ -735,11 +737,11 @@ def _json_list(items: list[object], path: str) -> list[_Turn]:
 
 
 def _json_text(item: dict[str, object], where: str) -> str:
-    key = next((key for key in _TEXT_KEYS if key in item), None)
+    key = next((key for key in TEXT_KEYS if key in item), None)
     if key is None:
         raise InputError(
             f"JSON of an unrecognised shape: {where} has no text"
-            f" (expected one of the fields {', '.join(_TEXT_KEYS)}; found {_describe(item)})"
+            f" (expected one of the fields {', '.join(TEXT_KEYS)}; found {_describe(item)})"
         )
     value = item[key]
     if value is None or isinstance(value, str):
@@ -755,7 +757,7 @@ def _json_text(item: dict[str, object], where: str) -> str:
 
 
 def _json_speaker(item: dict[str, object]) -> str | None:
-    for key in _SPEAKER_KEYS:
+    for key in SPEAKER_KEYS:
         value = item.get(key)
         if isinstance(value, dict):
             value = value.get("name")

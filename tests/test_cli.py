@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pipelines.cli import prepare_prefect
 from tasks.settings import Settings
+from tests.conftest import REPO
 
 
 def test_runs_without_a_server_land_in_the_database_gristmill_server_serves(
@@ -66,28 +69,31 @@ def test_schedule_time_zone_comes_from_settings_and_bad_names_get_one_line(
     assert "Traceback" not in result.output
 
 
-def test_a_store_error_inside_a_flow_is_one_line_on_a_real_terminal(tmp_path: Path) -> None:
-    """Run as a user does (a subprocess, Prefect's own console logging): no traceback."""
-    import subprocess
-    import sys
-
-    from tests.support.chroma_process import free_port
-
-    repo = Path(__file__).resolve().parents[1]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))},
-        "GRISTMILL_DATA_DIR": str(tmp_path),
-        "GRISTMILL_MODEL_DIR": str(repo / "data" / "models" / "all-MiniLM-L6-v2"),
-        "GRISTMILL_CHROMA_HOST": "127.0.0.1",
-        "GRISTMILL_CHROMA_PORT": str(free_port()),  # nothing listens there
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "ingest", str(repo / "data" / "documents")],
-        cwd=repo,
-        env=env,
+def run_cli(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`gristmill ARGS` as a user runs it: a subprocess with Prefect's own console logging,
+    none of this process's PREFECT_/GRISTMILL_ settings, and `env` on top."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO,
+        env={**clean, "GRISTMILL_DATA_DIR": str(data_dir), **env},
         capture_output=True,
         text=True,
         timeout=240,
+    )
+
+
+def test_a_store_error_inside_a_flow_is_one_line_on_a_real_terminal(tmp_path: Path) -> None:
+    """Run as a user does (a subprocess, Prefect's own console logging): no traceback."""
+    from tests.support.chroma_process import free_port
+
+    result = run_cli(
+        "ingest",
+        str(REPO / "data" / "documents"),
+        data_dir=tmp_path,
+        GRISTMILL_MODEL_DIR=str(REPO / "data" / "models" / "all-MiniLM-L6-v2"),
+        GRISTMILL_CHROMA_HOST="127.0.0.1",
+        GRISTMILL_CHROMA_PORT=str(free_port()),  # nothing listens there
     )
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if "cannot reach" in line]
@@ -97,25 +103,12 @@ def test_a_store_error_inside_a_flow_is_one_line_on_a_real_terminal(tmp_path: Pa
 
 def test_an_output_format_we_cannot_write_is_one_line_before_any_work(tmp_path: Path) -> None:
     """As a user runs it (a subprocess, Prefect's console logging on): one line, exit 2."""
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
     source = tmp_path / "in.csv"
     source.write_text("id,text\n1,hello there\n")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))},
-        "GRISTMILL_DATA_DIR": str(tmp_path / "data"),
-    }
-    command = ["batch", str(source), "-o", str(tmp_path / "out.txt"), "--task", "summarize"]
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *command],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = run_cli(
+        "batch", str(source), "-o", str(tmp_path / "out.txt"), "--task", "summarize",
+        data_dir=tmp_path / "data",
+    )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if "unknown table format" in line]
@@ -127,23 +120,8 @@ def test_an_output_format_we_cannot_write_is_one_line_before_any_work(tmp_path: 
 
 
 def test_a_bad_transcript_is_its_reason_on_the_terminal_not_a_traceback(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
     (tmp_path / "bin.txt").write_bytes(b"\x00\x01binary")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))},
-        "GRISTMILL_DATA_DIR": str(tmp_path / "data"),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "summarize", str(tmp_path / "bin.txt"), "--json"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = run_cli("summarize", str(tmp_path / "bin.txt"), "--json", data_dir=tmp_path / "data")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert "NUL byte at offset 0" in result.stderr  # Prefect's task-run line, in words
