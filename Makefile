@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: screenshots setup demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+# Refresh the README's screenshots (tests write theirs to a temp dir, never to tracked files).
+screenshots: setup
+	GRISTMILL_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q tests/test_e2e_prefect_server.py \
+		-k "runs_page or failed_run_page"
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
+    from prefect.schedules import Schedule
 
 PROJECT_TAG = "gristmill"
-SUMMARIZE_CRON = "0 2 * * *"
-INGEST_INTERVAL = timedelta(hours=1)
+DEFAULT_SUMMARIZE_SCHEDULE = "0 2 * * *"
+DEFAULT_INGEST_SCHEDULE = "every 1h"
 DEFAULT_TIMEZONE = "UTC"
 # The batch deployment's defaults: the sample tickets, classified offline by their subject (the
 # body of one sample ticket is empty on purpose, which would end that row invalid_input).
@@ -34,13 +35,32 @@ BATCH_PARAMETERS: dict[str, object] = {
     "retry_failed": False,
 }
 
-DeploymentBuilder = Callable[[str], "RunnerDeployment"]
+DeploymentBuilder = Callable[[str, str], "RunnerDeployment"]
 
 
-def summarize_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
-    """`summarize-transcripts/nightly`: summarise new or changed transcripts at 02:00."""
-    from prefect.schedules import Cron
+def parse_schedule(text: str, timezone: str = DEFAULT_TIMEZONE) -> list[Schedule]:
+    """A schedule in words (`0 2 * * *`, `every 15m`, `none`; see `schedule_spec`) as Prefect
+    schedules. Raises ValueError with a message naming what is wrong."""
+    from prefect.schedules import Cron, Interval
 
+    from tasks.settings import schedule_spec
+
+    kind, value = schedule_spec(text)
+    if kind == "interval":
+        return [Interval(timedelta(seconds=int(value)), timezone=timezone)]
+    if kind == "cron":
+        try:
+            return [Cron(str(value), timezone=timezone)]
+        except ValueError:
+            raise ValueError(f"schedule {text!r} is not a valid cron line") from None
+    return []
+
+
+def summarize_deployment(
+    timezone: str = DEFAULT_TIMEZONE, schedule: str = DEFAULT_SUMMARIZE_SCHEDULE
+) -> RunnerDeployment:
+    """`summarize-transcripts/nightly`: summarise new or changed transcripts (02:00 unless
+    GRISTMILL_SUMMARIZE_SCHEDULE says otherwise)."""
     from pipelines.summarize import summarize_transcripts
 
     return _runner_deployment(
@@ -52,17 +72,18 @@ def summarize_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
                 "cached), so a re-run costs nothing. Run it now with other paths by overriding "
                 "`paths` and `out_dir`."
             ),
-            schedules=[Cron(SUMMARIZE_CRON, timezone=timezone)],
+            schedules=parse_schedule(schedule, timezone),
             parameters={"paths": None, "out_dir": None, "force": False},
             tags=[PROJECT_TAG, "pipeline:summarize"],
         )
     )
 
 
-def ingest_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
-    """`ingest-documents/hourly`: keep the Chroma collection in step with the documents."""
-    from prefect.schedules import Interval
-
+def ingest_deployment(
+    timezone: str = DEFAULT_TIMEZONE, schedule: str = DEFAULT_INGEST_SCHEDULE
+) -> RunnerDeployment:
+    """`ingest-documents/hourly`: keep the Chroma collection in step with the documents (every
+    hour unless GRISTMILL_INGEST_SCHEDULE says otherwise)."""
     from pipelines.ingest import ingest_documents
 
     return _runner_deployment(
@@ -73,14 +94,14 @@ def ingest_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
                 "Chroma collection, upserting by deterministic ids; incremental cleanup removes "
                 "the chunks of documents that changed or disappeared."
             ),
-            schedules=[Interval(INGEST_INTERVAL, timezone=timezone)],
+            schedules=parse_schedule(schedule, timezone),
             parameters={"paths": None, "collection": None, "cleanup": "incremental"},
             tags=[PROJECT_TAG, "pipeline:ingest"],
         )
     )
 
 
-def batch_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
+def batch_deployment(timezone: str = DEFAULT_TIMEZONE, schedule: str = "none") -> RunnerDeployment:
     """`process-records/on-demand`: no schedule; run it with the table and the job to use."""
     from pipelines.batch import process_records
 
@@ -96,6 +117,7 @@ def batch_deployment(timezone: str = DEFAULT_TIMEZONE) -> RunnerDeployment:
                 "worker's working directory (the repo root)."
             ),
             parameters=dict(BATCH_PARAMETERS),
+            schedules=parse_schedule(schedule, timezone),
             tags=[PROJECT_TAG, "pipeline:batch"],
         )
     )
@@ -109,17 +131,27 @@ def _runner_deployment(built: object) -> RunnerDeployment:
     return built
 
 
-# A pipeline's deployment is served and deployed once its builder is listed here.
-DEPLOYMENT_BUILDERS: tuple[DeploymentBuilder, ...] = (
-    summarize_deployment,
-    ingest_deployment,
-    batch_deployment,
-)
+# A pipeline's deployment is served and deployed once its builder is listed here, by the
+# key its schedule has in `build_deployments(schedules=...)`.
+DEPLOYMENT_BUILDERS: dict[str, DeploymentBuilder] = {
+    "summarize": summarize_deployment,
+    "ingest": ingest_deployment,
+    "batch": batch_deployment,
+}
+DEFAULT_SCHEDULES = {
+    "summarize": DEFAULT_SUMMARIZE_SCHEDULE,
+    "ingest": DEFAULT_INGEST_SCHEDULE,
+    "batch": "none",
+}
 
 
-def build_deployments(timezone: str = DEFAULT_TIMEZONE) -> list[RunnerDeployment]:
-    """Every listed pipeline's deployment, schedules in `timezone` (an IANA name)."""
-    return [build(timezone) for build in DEPLOYMENT_BUILDERS]
+def build_deployments(
+    timezone: str = DEFAULT_TIMEZONE, schedules: dict[str, str] | None = None
+) -> list[RunnerDeployment]:
+    """Every listed pipeline's deployment, schedules in `timezone` (an IANA name); `schedules`
+    overrides the default schedule of a pipeline by its key (see `parse_schedule`)."""
+    chosen = {**DEFAULT_SCHEDULES, **(schedules or {})}
+    return [build(timezone, chosen[key]) for key, build in DEPLOYMENT_BUILDERS.items()]
 
 
 def describe_schedule(deployment: RunnerDeployment) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -22,7 +23,7 @@ app = typer.Typer(
     name="gristmill",
     help="Prefect pipelines that grind raw text into useful products.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -33,6 +34,29 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print one line to stderr and exit."""
     typer.echo(f"gristmill: error: {message}", err=True)
     raise SystemExit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"gristmill {version('gristmill')}")
+        except PackageNotFoundError:
+            typer.echo("gristmill (not installed: run `make setup`)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Prefect pipelines that grind raw text into useful products."""
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -92,13 +116,15 @@ def print_json(data: Any) -> None:
 def summarize(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Transcript files or folders [default: <data_dir>/transcripts]."),
+        typer.Argument(help="Transcript files or folders.", show_default="<data_dir>/transcripts"),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Output folder [default: <data_dir>/summaries].")
+        Path | None,
+        typer.Option("--out", help="Output folder.", show_default="<data_dir>/summaries"),
     ] = None,
     engine: Annotated[
-        str | None, typer.Option("--engine", help="offline or openai [default: from settings].")
+        str | None,
+        typer.Option("--engine", help="offline or openai.", show_default="from settings"),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute, ignoring caches.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
@@ -202,31 +228,46 @@ class _ProgressBar:
             self._progress.stop()
 
 
-def _print_summary_table(report: Any, settings: Settings) -> None:
+def _print_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """A rich table on a terminal; plain tab-separated lines when piped (CI logs, `| cat`),
+    so nothing wraps at 80 columns or splits a path mid-word."""
+    if not sys.stdout.isatty():
+        typer.echo(title)
+        for row in (columns, *rows):
+            typer.echo("\t".join(" ".join(cell.split()) for cell in row))
+        return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
-    table = Table(title=report.headline(), title_justify="left")
-    for column in ("Transcript", "Status", "Chunks", "LLM calls", "Output / reason"):
+    table = Table(title=escape(title), title_justify="left")
+    for column in columns:
         table.add_column(column, overflow="fold")
-    colours = {"ok": "green", "cached": "cyan", "failed": "red"}
-    for t in report.transcripts:
-        table.add_row(
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    Console().print(table)
+
+
+def _print_summary_table(report: Any, settings: Settings) -> None:
+    rows = [
+        (
             t.source,
-            f"[{colours[t.status]}]{t.status}[/]",
+            t.status,
             str(t.chunks),
             str(t.llm_calls),
             t.output if t.status != "failed" else t.error,
         )
-    console.print(table)
+        for t in report.transcripts
+    ]
+    columns = ("Transcript", "Status", "Chunks", "LLM calls", "Output / reason")
+    _print_table(report.headline(), columns, rows)
     usage = report.usage
-    console.print(
+    typer.echo(
         f"engine {report.engine} ({report.model}) · LLM calls {report.llm_calls} · "
         f"tokens {usage.prompt_tokens}+{usage.completion_tokens} · cost ${usage.cost_usd:.4f} · "
         f"{report.duration_s:.1f} s"
     )
-    console.print(
+    typer.echo(
         "Run history in the Prefect UI: `gristmill server`, then open http://127.0.0.1:4200/runs "
         "(this run is already in its database)"
         if not os.environ.get("PREFECT_API_URL")
@@ -263,7 +304,7 @@ def batch(
         typer.Option("--schema", help="JSON Schema file, or fields: 'category,priority:int'."),
     ] = None,
     id_column: Annotated[
-        str | None, typer.Option("--id-column", help="Column with row ids [default: hash].")
+        str | None, typer.Option("--id-column", help="Column with row ids.", show_default="hash")
     ] = None,
     text_column: Annotated[
         str, typer.Option("--text-column", help="Text column for --task.")
@@ -401,9 +442,8 @@ def serve(
         str | None,
         typer.Option(
             "--timezone",
-            help="IANA time zone of the schedules, e.g. Europe/Berlin "
-            "[default: GRISTMILL_SCHEDULE_TIMEZONE, else UTC].",
-            show_default=False,
+            help="IANA time zone of the schedules, e.g. Europe/Berlin.",
+            show_default="GRISTMILL_SCHEDULE_TIMEZONE, else UTC",
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
@@ -427,7 +467,13 @@ def serve(
         )
     from deployments.definitions import build_deployments, describe_schedule
 
-    deployments = build_deployments(timezone)
+    try:
+        deployments = build_deployments(
+            timezone,
+            {"summarize": settings.summarize_schedule, "ingest": settings.ingest_schedule},
+        )
+    except ValueError as exc:
+        fail(str(exc))
     typer.echo(f"Serving {len(deployments)} deployments (Ctrl-C stops):")
     for deployment in deployments:
         typer.echo(
@@ -440,19 +486,35 @@ def serve(
     prefect_serve(*deployments, print_starting_message=False)
 
 
-@app.command()
+server_app = typer.Typer(
+    help="A local Prefect server for run history and the UI.", no_args_is_help=False
+)
+app.add_typer(server_app, name="server")
+
+
+@server_app.callback(invoke_without_command=True)
 def server(
+    ctx: typer.Context,
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 4200,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on (loopback: this machine only).")
     ] = "127.0.0.1",
 ) -> None:
-    """Start a local Prefect server for run history and the UI (Ctrl-C stops)."""
+    """Start a local Prefect server for run history and the UI (Ctrl-C or `server stop` ends it)."""
+    if ctx.invoked_subcommand is not None:
+        return
     import socket
-    import subprocess
+
+    from pipelines import server as local_server
 
     settings = load_settings()
     home = prefect_home(settings)
+    other = local_server.running(home)
+    if other is not None:
+        fail(
+            f"a gristmill server already serves {home} at {other.url} (pid {other.pid}); "
+            "stop it with `gristmill server stop`"
+        )
     with socket.socket() as probe:
         try:
             probe.bind((host, port))
@@ -476,13 +538,23 @@ def server(
     typer.echo(f"Prefect server (database: {database}); UI at http://{shown}:{port}")
     typer.echo("Point flows, workers and `gristmill serve` at it from other shells with:")
     typer.echo(f"  export PREFECT_API_URL=http://{shown}:{port}/api")
+    typer.echo("Stop it with Ctrl-C, `kill`, or `gristmill server stop`.")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host]
-    process = subprocess.Popen([*command, "--port", str(port)], env=env)
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        code = process.wait()
-    raise typer.Exit(0 if code in (0, -2, 130) else code)
+    code = local_server.run([*command, "--port", str(port)], env, home, f"http://{shown}:{port}")
+    raise typer.Exit(0 if code in (0, -2, -15, 130, 143) else code)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the `gristmill server` started from this data folder, and wait until it has."""
+    from pipelines import server as local_server
+
+    home = prefect_home(load_settings())
+    stopped = local_server.stop(home)
+    if stopped is None:
+        typer.echo(f"No gristmill server is running for {home}.")
+    else:
+        typer.echo(f"Stopped the Prefect server at {stopped.url} (pid {stopped.pid}).")
 
 
 def _error_exit_code(exc: Exception) -> int:
@@ -498,10 +570,10 @@ def _error_exit_code(exc: Exception) -> int:
 def ingest(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Document files or folders [default: <data_dir>/documents]."),
+        typer.Argument(help="Document files or folders.", show_default="<data_dir>/documents"),
     ] = None,
     collection: Annotated[
-        str | None, typer.Option("--collection", help="Chroma collection [default: settings].")
+        str | None, typer.Option("--collection", help="Chroma collection.", show_default="settings")
     ] = None,
     cleanup: Annotated[
         str,
@@ -605,7 +677,7 @@ def _parse_where(pairs: list[str]) -> dict[str, Any] | None:
 def query(
     text: Annotated[str, typer.Argument(help="What to search for.")],
     collection: Annotated[
-        str | None, typer.Option("--collection", help="Chroma collection [default: settings].")
+        str | None, typer.Option("--collection", help="Chroma collection.", show_default="settings")
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=100, help="Chunks to return.")] = 5,
     where: Annotated[
@@ -649,30 +721,28 @@ def query(
     if not hits:
         typer.echo(f"no chunks in collection {settings.collection!r} match")
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{len(hits)} chunks for {text!r}", title_justify="left")
-    for column in ("#", "Score", "Source", "Heading", "Chunk", "Text"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for rank, hit in enumerate(hits, start=1):
         snippet = " ".join(hit.text.split())
-        table.add_row(
-            str(rank),
-            f"{hit.score:.3f}",
-            str(hit.metadata.get("source", "")),
-            str(hit.metadata.get("heading", "")),
-            str(hit.metadata.get("chunk_index", "")),
-            snippet[:300] + ("…" if len(snippet) > 300 else ""),
+        rows.append(
+            (
+                str(rank),
+                f"{hit.score:.3f}",
+                str(hit.metadata.get("source", "")),
+                str(hit.metadata.get("heading", "")),
+                str(hit.metadata.get("chunk_index", "")),
+                snippet[:300] + ("…" if len(snippet) > 300 else ""),
+            )
         )
-    Console().print(table)
+    columns = ("#", "Score", "Source", "Heading", "Chunk", "Text")
+    _print_table(f"{len(hits)} chunks for {text!r}", columns, rows)
 
 
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question to answer from the documents.")],
     collection: Annotated[
-        str | None, typer.Option("--collection", help="Chroma collection [default: settings].")
+        str | None, typer.Option("--collection", help="Chroma collection.", show_default="settings")
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=50, help="Chunks to answer from.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,

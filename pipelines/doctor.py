@@ -6,6 +6,8 @@ import json
 import os
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from tasks.settings import Settings
 
@@ -52,7 +54,11 @@ def run_checks(settings: Settings, *, echo: Echo) -> list[str]:
     except Exception as exc:
         check("token counter", False, str(exc), "reinstall with `make setup`")
 
-    check(*_check_prefect())
+    check(*_check_pins())
+    check(*_check_prefect(settings))
+    url = os.environ.get("PREFECT_API_URL")
+    if url and not any(p.startswith("Prefect API") for p in problems):
+        check(*_check_scheduler(url))
     check(*_check_chroma(settings))
     for folder in (settings.data_dir, settings.transcripts_dir):
         check(
@@ -85,21 +91,148 @@ def _check_openai(settings: Settings) -> tuple[str, bool, str, str]:
         )
 
 
-def _check_prefect() -> tuple[str, bool, str, str]:
+def _check_pins() -> tuple[str, bool, str, str]:
+    """Installed packages satisfy gristmill's own requirements (an unpinned upgrade, e.g.
+    SQLAlchemy 2.1 under Prefect 3.8, silently stops the scheduler)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        requires = metadata.requires("gristmill") or []
+    except metadata.PackageNotFoundError:
+        return ("installed packages", False, "gristmill is not installed", "run `make setup`")
+    wrong = []
+    for line in requires:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            wrong.append(f"{requirement.name} missing (needs {requirement.specifier or 'any'})")
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            wrong.append(f"{requirement.name} {installed} (needs {requirement.specifier})")
+    if not wrong:
+        return ("installed packages", True, f"{len(requires)} requirements satisfied", "")
+    return (
+        "installed packages",
+        False,
+        "; ".join(wrong),
+        "reinstall with `make setup` (or `pip install .`) to get the pinned versions",
+    )
+
+
+def _check_prefect(settings: Settings) -> tuple[str, bool, str, str]:
+    from pipelines.cli import prefect_home
+    from pipelines.server import running
+
     url = os.environ.get("PREFECT_API_URL")
+    home = prefect_home(settings)
     if not url:
+        local = running(home)
+        serving = (
+            f"; a gristmill server serves it at {local.url}: "
+            f"export PREFECT_API_URL={local.url}/api to report there"
+            if local
+            else "; `gristmill server` shows it in the UI"
+        )
         return (
             "Prefect API",
             True,
-            "not set: each run starts a temporary local server (history kept in ~/.prefect)",
+            "PREFECT_API_URL not set: each run starts a temporary local server; run history is "
+            f"kept in {home / 'prefect.db'}{serving}",
             "",
         )
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=5) as response:
             healthy = json.loads(response.read() or b"false") is True
-        return ("Prefect API", healthy, f"{url} healthy", "")
+        return ("Prefect API", healthy, f"{url} healthy (run history is kept by that server)", "")
     except Exception as exc:
         return ("Prefect API", False, f"{url} unreachable ({exc})", "start `gristmill server`")
+
+
+# The scheduler looks every 60 s by default and fills at least the next hour: a deployment this
+# old whose schedule is due within the hour, yet without one run from it, has a failing scheduler.
+SCHEDULER_GRACE_SECONDS = 180
+SCHEDULER_HORIZON_SECONDS = 3600
+
+
+def _due_soon(schedule: dict[str, Any], since: datetime, until: datetime) -> bool:
+    """Whether the schedule (Prefect's JSON) fires between `since` and `until`."""
+    import asyncio
+
+    from prefect.server.schemas.schedules import SCHEDULE_TYPES
+    from pydantic import TypeAdapter
+
+    parsed = TypeAdapter(SCHEDULE_TYPES).validate_python(schedule)
+    return bool(asyncio.run(parsed.get_dates(n=1, start=since, end=until)))
+
+
+def _check_scheduler(
+    url: str, grace_seconds: float = SCHEDULER_GRACE_SECONDS
+) -> tuple[str, bool, str, str]:
+    """Every deployment with an active schedule has runs the server's scheduler created."""
+
+    def post(path: str, body: dict[str, object]) -> list[dict[str, Any]]:
+        request = urllib.request.Request(
+            f"{url.rstrip('/')}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            result: list[dict[str, Any]] = json.loads(response.read())
+            return result
+
+    try:
+        deployments = post("/deployments/filter", {"limit": 200})
+        now = datetime.now(UTC)
+        starved = []
+        scheduled = 0
+        for deployment in deployments:
+            schedules = deployment.get("schedules") or []
+            active = [s for s in schedules if isinstance(s, dict) and s.get("active")]
+            if deployment.get("paused") or not active:
+                continue
+            scheduled += 1
+            created = datetime.fromisoformat(str(deployment["created"]))
+            if (now - created).total_seconds() < grace_seconds:
+                continue
+            horizon = now + timedelta(seconds=SCHEDULER_HORIZON_SECONDS)
+            if not any(_due_soon(s["schedule"], created, horizon) for s in active):
+                continue
+            runs = post(
+                "/flow_runs/filter",
+                {
+                    "flow_runs": {"deployment_id": {"any_": [deployment["id"]]}},
+                    "sort": "EXPECTED_START_TIME_DESC",  # the scheduler's runs lie ahead
+                    "limit": 20,
+                },
+            )
+            if not any(run.get("auto_scheduled") for run in runs):
+                starved.append(str(deployment["name"]))
+    except Exception as exc:
+        return ("Prefect scheduler", False, f"cannot list deployments at {url} ({exc})", "")
+    if starved:
+        return (
+            "Prefect scheduler",
+            False,
+            f"the server created no scheduled runs for {', '.join(sorted(starved))}: its "
+            "scheduler service is failing (see the server's log)",
+            "run the server from an install with gristmill's pins (`gristmill doctor` there "
+            "shows `installed packages` ok; SQLAlchemy 2.1 breaks Prefect 3.8's scheduler), "
+            "then restart it",
+        )
+    return (
+        "Prefect scheduler",
+        True,
+        f"{scheduled} scheduled deployment(s), each with runs from the server's scheduler"
+        if scheduled
+        else "no scheduled deployments (start `gristmill serve` to register them)",
+        "",
+    )
 
 
 def _check_chroma(settings: Settings) -> tuple[str, bool, str, str]:

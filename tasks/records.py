@@ -55,6 +55,7 @@ from pydantic import BaseModel, Field, SecretStr
 from tasks.errors import ConfigurationError, LLMError, UsageError
 from tasks.llm import PERMANENT_STATUS, REPAIR_PROMPT, Usage, openai_client
 from tasks.redaction import redact
+from tasks.reporting import file_mode
 
 if TYPE_CHECKING:
     import jinja2
@@ -1563,6 +1564,7 @@ class RecordWriter:
     def _temp(path: Path) -> Path:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
+        os.chmod(name, file_mode())  # outputs honour the umask like any other tool's
         return Path(name)
 
     def _arrow_schema(self, input_schema: pa.Schema | None) -> pa.Schema:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -19,15 +20,27 @@ logger = logging.getLogger(__name__)
 
 
 class _OwnErrorsInWords(logging.Filter):
-    """Drops the traceback of gristmill's own errors (a bad input file, a refused request, ...)
-    from a terminal handler: their message says what is wrong, and a traceback under it reads
-    like a crash. Handlers of the run loggers (the Prefect API, so the UI) run before the root's
-    console handler and still get it."""
+    """Drops the traceback of gristmill's own errors (a bad input file, a refused request, ...),
+    and the task-run lines of items the report lists, from a terminal handler: their message
+    says what is wrong, and a traceback under it reads like a crash. Handlers of the run loggers
+    (the Prefect API, so the UI) run before the root's console handler and still get it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from tasks.errors import GristmillError
 
-        if record.exc_info and isinstance(record.exc_info[1], GristmillError):
+        error = record.exc_info[1] if record.exc_info else None
+        ours = isinstance(error, GristmillError)
+        # A task that failed on one item (a bad file, a refused row) is a row of the run's
+        # report table: say it once there, in words, not also in two log lines. Its "Finished
+        # in state Failed" line follows the exception's line, which still shows when the error
+        # is not ours.
+        if (
+            record.name == "prefect.task_runs"
+            and record.levelno >= logging.ERROR
+            and (ours or record.getMessage().startswith("Finished in state Failed"))
+        ):
+            return False
+        if ours:
             record.exc_info = None
             record.exc_text = None
         return True
@@ -157,6 +170,15 @@ def summarize_report_markdown(report: SummarizeReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+@functools.cache
+def file_mode() -> int:
+    """The mode `open()` would give a new file (0o666 less the umask): mkstemp's 0o600 is for
+    temporary files, not for summaries and tables people share."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write `text` to `path` so readers see the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +188,7 @@ def write_atomically(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,11 +7,38 @@ below a flow receives the values (or the engines built from them) as arguments.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_EVERY = re.compile(r"^every\s+(\d+)\s*([smhd])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#L-]+$")
+
+
+def schedule_spec(text: str) -> tuple[Literal["none", "interval", "cron"], str | int]:
+    """A schedule in words, checked without importing Prefect: `("interval", seconds)` for
+    `every 30s|15m|1h|1d`, `("cron", line)` for a five-field cron line, `("none", "")` for
+    `none`/`off`. Raises ValueError naming what is wrong (Prefect checks a cron line fully)."""
+    spoken = " ".join(text.strip().lower().split())
+    if spoken in ("", "none", "off"):
+        return ("none", "")
+    every = _EVERY.match(spoken)
+    if every:
+        seconds = int(every.group(1)) * _SECONDS[every.group(2)]
+        if seconds < 1:
+            raise ValueError(f"schedule {text!r}: the interval must be at least 1 second")
+        return ("interval", seconds)
+    fields = text.split()
+    if len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields):
+        return ("cron", " ".join(fields))
+    raise ValueError(
+        f"schedule {text!r} is neither a cron line ('0 2 * * *'), an interval ('every 15m') "
+        "nor 'none'"
+    )
 
 
 class ModelPrice(BaseModel):
@@ -125,6 +152,16 @@ class Settings(BaseSettings):
         description="IANA time zone of the deployments' schedules (`gristmill serve`), "
         "e.g. Europe/Berlin.",
     )
+    summarize_schedule: str = Field(
+        "0 2 * * *",
+        description="When `summarize-transcripts/nightly` runs under `gristmill serve`: a cron "
+        "line, an interval (`every 30s`, `every 15m`, `every 1h`, `every 1d`) or `none`.",
+    )
+    ingest_schedule: str = Field(
+        "every 1h",
+        description="When `ingest-documents/hourly` runs under `gristmill serve`: a cron line, "
+        "an interval (`every 15m`) or `none`.",
+    )
 
     batch_concurrency: int = Field(16, ge=1, description="Batch requests in flight at once.")
     batch_rpm: int | None = Field(None, ge=1, description="Batch requests per minute limit.")
@@ -168,6 +205,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{value!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)"
             ) from None
+        return value
+
+    @field_validator("summarize_schedule", "ingest_schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        schedule_spec(value)
         return value
 
     @property

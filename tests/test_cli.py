@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_a_bad_transcript_is_its_reason_on_the_terminal_not_a_traceback(tmp_path
     result = run_cli("summarize", str(tmp_path / "bin.txt"), "--json", data_dir=tmp_path / "data")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert "NUL byte at offset 0" in result.stderr  # Prefect's task-run line, in words
+    assert "NUL byte" not in result.stderr  # said once, in the report, not in log lines too
     report = json.loads(result.stdout)
     assert report["transcripts"][0]["error"].startswith("binary content: NUL byte")
 
@@ -161,3 +162,57 @@ def test_own_errors_lose_their_traceback_only_on_the_terminal() -> None:
     assert all("Traceback" in text for text in api.texts)  # the UI keeps the details
     assert "Traceback" not in terminal.texts[0]  # our error: its words only
     assert "Traceback" in terminal.texts[1]  # anything else is a bug: keep the traceback
+
+
+def test_a_failed_item_is_printed_once_in_words_and_piped_tables_are_plain_lines(
+    tmp_path: Path,
+) -> None:
+    long_folder = tmp_path / ("a-folder-with-a-name-long-enough-to-wrap-an-80-column-table" * 2)
+    long_folder.mkdir()
+    (long_folder / "empty.txt").write_bytes(b"")
+    shutil.copy(REPO / "data" / "transcripts" / "weekly-standup.txt", long_folder)
+    result = run_cli("summarize", str(long_folder), data_dir=tmp_path / "data")
+    assert result.returncode == 1, result.stderr
+    both = result.stdout + result.stderr
+    assert both.count("file is empty (0 bytes)") == 1, both
+    assert "ERROR" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "2 transcripts: 1 summarised, 0 unchanged, 1 failed"
+    assert lines[1].split("\t") == [
+        "Transcript",
+        "Status",
+        "Chunks",
+        "LLM calls",
+        "Output / reason",
+    ]
+    [failed] = [line.split("\t") for line in lines if line.endswith("file is empty (0 bytes)")]
+    assert failed[0].endswith("empty.txt") and failed[1] == "failed"
+    assert not any(c in result.stdout for c in "│┃━")  # no box drawing in a CI log
+
+
+def test_outputs_honour_the_umask(tmp_path: Path) -> None:
+    from tasks.reporting import file_mode, write_atomically
+
+    file_mode.cache_clear()
+    previous = os.umask(0o027)
+    try:
+        write_atomically(tmp_path / "summary.md", "text")
+        assert (tmp_path / "summary.md").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(previous)
+        file_mode.cache_clear()
+    write_atomically(tmp_path / "other.md", "text")
+    assert (tmp_path / "other.md").stat().st_mode & 0o777 == 0o666 & ~previous
+
+
+def test_help_keeps_its_defaults_and_there_is_a_version_and_completion(tmp_path: Path) -> None:
+    summarize = run_cli("summarize", "--help", data_dir=tmp_path, COLUMNS="200")
+    assert summarize.returncode == 0
+    assert "<data_dir>/transcripts" in summarize.stdout
+    assert "Transcript files or folders." in summarize.stdout
+    version = run_cli("--version", data_dir=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("gristmill 0.")
+    top = run_cli("--help", data_dir=tmp_path, COLUMNS="200")
+    assert "--install-completion" in top.stdout
+    stop = run_cli("server", "--help", data_dir=tmp_path, COLUMNS="200")
+    assert "stop" in stop.stdout and "--port" in stop.stdout

@@ -17,6 +17,7 @@ from deployments.definitions import (
     build_deployments,
     describe_schedule,
     ingest_deployment,
+    parse_schedule,
     summarize_deployment,
 )
 from tests.conftest import REPO
@@ -71,7 +72,7 @@ def test_hourly_ingestion_runs_every_hour() -> None:
 
 def test_batch_runs_on_demand_only() -> None:
     deployment = batch_deployment("UTC")
-    assert batch_deployment in DEPLOYMENT_BUILDERS
+    assert batch_deployment in DEPLOYMENT_BUILDERS.values()
     assert (deployment.flow_name, deployment.name) == ("process-records", "on-demand")
     assert deployment.entrypoint == "pipelines/batch.py:process_records"
     assert deployment.schedules == []
@@ -120,3 +121,38 @@ def test_prefect_yaml_matches_the_deployments_as_code() -> None:
         assert {k: v for k, v in deployment.parameters.items() if v is not None} == entry.get(
             "parameters", {}
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("every 30s", timedelta(seconds=30)),
+        ("every 15m", timedelta(minutes=15)),
+        ("Every 2 h", timedelta(hours=2)),
+        ("every 1d", timedelta(days=1)),
+    ],
+)
+def test_schedules_in_words_become_intervals(text: str, expected: timedelta) -> None:
+    [schedule] = parse_schedule(text, "Europe/Berlin")
+    assert schedule.interval == expected and schedule.timezone == "Europe/Berlin"
+
+
+def test_a_cron_line_and_none_are_schedules_too() -> None:
+    [schedule] = parse_schedule("30 1 * * 1-5")
+    assert schedule.cron == "30 1 * * 1-5"
+    assert parse_schedule("none") == [] and parse_schedule("off") == []
+
+
+@pytest.mark.parametrize("text", ["every 0s", "every week", "0 2 * *", "99 2 * * *", "hourly"])
+def test_a_bad_schedule_is_refused_in_words(text: str) -> None:
+    with pytest.raises(ValueError, match="schedule"):
+        parse_schedule(text)
+
+
+def test_serve_takes_the_schedules_from_settings() -> None:
+    summarize, ingest, _ = build_deployments("UTC", {"summarize": "every 15s", "ingest": "none"})
+    [entry] = summarize.schedules or []
+    assert isinstance(entry.schedule, IntervalSchedule)
+    assert entry.schedule.interval == timedelta(seconds=15)
+    assert ingest.schedules == []
+    assert describe_schedule(ingest) == "on demand"

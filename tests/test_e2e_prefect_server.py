@@ -46,7 +46,10 @@ MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 NEEDS_MODEL = pytest.mark.skipif(
     bool(missing_files(MODEL_DIR)), reason="local model files not provisioned (make setup)"
 )
-SCREENSHOTS = REPO / "docs" / "img"
+# Screenshots go to a temp dir unless asked for: `make screenshots` refreshes docs/img.
+SCREENSHOTS = Path(os.environ.get("GRISTMILL_SCREENSHOTS") or tempfile.mkdtemp(prefix="shots-"))
+SCHEDULED_POOL = "scheduled"
+WORKER_SCHEDULED = "summarize-transcripts/every-15s"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 CHROMIUM_FLAGS = (
     "--headless",
@@ -178,6 +181,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         "PREFECT_LOCAL_STORAGE_PATH": str(root / "results"),
         # The UI asks this address for data; it defaults to port 4200 whatever --port says.
         "PREFECT_UI_API_URL": f"{url}/api",
+        # The scheduler looks for deployments to schedule every second, not every 60 s.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
     }
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     server = start([*command, "--port", str(port)], env, logs / "server.log")
@@ -422,7 +427,8 @@ def test_failed_run_page_says_which_transcript_failed_and_why(
 
 
 def screenshot(chromium: str, url: str, name: str) -> None:
-    """Save `url` as docs/img/`name` (linked from docs/watching-runs.md)."""
+    """Save `url` as SCREENSHOTS/`name` (docs/img, linked from docs/watching-runs.md, with
+    `make screenshots`)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     target = SCREENSHOTS / name
     target.unlink(missing_ok=True)
@@ -475,3 +481,109 @@ def test_gristmill_serve_runs_a_deployment_on_demand(
         assert (data / "summaries" / "weekly-standup.json").is_file()
     finally:
         stop(serving)
+
+
+@pytest.fixture(scope="module")
+def scheduled_runs(
+    finished_runs: FinishedRuns, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, dict[str, Any]]]:
+    """The promise of a schedule, kept: the server's scheduler creates runs of two deployments
+    with a 15 s interval; `gristmill serve` runs one, a process worker the other, to Completed.
+    After the on-demand tests: it takes over the nightly deployment."""
+    server = finished_runs.server
+    data = tmp_path_factory.mktemp("scheduled")
+    (data / "transcripts").mkdir()
+    shutil.copy(SAMPLE_TRANSCRIPTS / "weekly-standup.txt", data / "transcripts")
+    env = {
+        **server.env,
+        "GRISTMILL_DATA_DIR": str(data),
+        "GRISTMILL_MODEL_DIR": str(MODEL_DIR),
+        "GRISTMILL_ENGINE": "offline",
+    }
+    log = server.logs / "scheduled.log"
+    prefect_cli("work-pool", "create", SCHEDULED_POOL, "--type", "process", env=env, log=log)
+    prefect_cli(
+        "deploy",
+        "pipelines/summarize.py:summarize_transcripts",
+        *("--name", WORKER_SCHEDULED.split("/")[1], "--pool", SCHEDULED_POOL),
+        *("--interval", "15"),
+        env=env,
+        log=log,
+    )
+    found = server.request("GET", f"/deployments/name/{DEPLOYMENT}")
+    if found.status_code == 200:
+        server.request("DELETE", f"/deployments/{found.json()['id']}").raise_for_status()
+    worker = start(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", SCHEDULED_POOL],
+        {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
+        server.logs / "scheduled-worker.log",
+    )
+    serve_env = {
+        **env,
+        "GRISTMILL_SUMMARIZE_SCHEDULE": "every 15s",
+        "GRISTMILL_INGEST_SCHEDULE": "none",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    serving = start(
+        [sys.executable, "-m", "pipelines.cli", "serve"], serve_env, server.logs / "serve-2.log"
+    )
+
+    def scheduled_and_completed(name: str) -> dict[str, Any] | None:
+        for process, log_name in ((worker, "scheduled-worker.log"), (serving, "serve-2.log")):
+            assert process.poll() is None, f"{log_name} exited:\n{tail(server.logs / log_name)}"
+        found = server.request("GET", f"/deployments/name/{name}")
+        if found.status_code != 200:
+            return None
+        runs = server.post(
+            "/flow_runs/filter",
+            {"flow_runs": {"deployment_id": {"any_": [found.json()["id"]]}}},
+        )
+        done = [r for r in runs if r["auto_scheduled"] and r["state"]["type"] == "COMPLETED"]
+        failed = [r for r in runs if r["state"]["type"] in TERMINAL - {"COMPLETED"}]
+        assert not failed, failed[0]["state"]
+        return dict(done[0]) if done else None
+
+    def why() -> str:
+        return "\n".join(
+            f"--- {name}\n{tail(server.logs / name)}"
+            for name in ("server.log", "scheduled-worker.log", "serve-2.log")
+        )
+
+    try:
+        yield {
+            "worker": wait_for(
+                "a scheduled run picked up by the worker",
+                lambda: scheduled_and_completed(WORKER_SCHEDULED),
+                240,
+                why,
+            ),
+            "serve": wait_for(
+                "a scheduled run picked up by gristmill serve",
+                lambda: scheduled_and_completed(DEPLOYMENT),
+                240,
+                why,
+            ),
+        }
+    finally:
+        stop(serving)
+        stop(worker)
+
+
+def test_scheduled_runs_are_created_by_the_server_and_run_to_completion(
+    scheduled_runs: dict[str, dict[str, Any]],
+) -> None:
+    for run in scheduled_runs.values():
+        assert run["auto_scheduled"] is True
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+        assert run["state"]["message"].startswith("1 transcripts: "), run["state"]
+
+
+def test_runs_page_shows_the_scheduled_runs(
+    finished_runs: FinishedRuns, scheduled_runs: dict[str, dict[str, Any]], chromium: str
+) -> None:
+    server = finished_runs.server
+    dom = browse(chromium, f"{server.url}/runs", "--dump-dom")
+    assert WORKER_SCHEDULED.split("/")[1] in dom, dom[-3000:]
+    for run in scheduled_runs.values():
+        page = browse(chromium, f"{server.url}/runs/flow-run/{run['id']}", "--dump-dom")
+        assert "Completed" in page and run["name"] in page, page[-3000:]
