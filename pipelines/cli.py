@@ -134,8 +134,14 @@ def summarize(
     if engine not in (None, "offline", "openai"):
         fail(f"--engine must be offline or openai, not {engine!r}")
     settings = load_settings(engine=engine)
-    prepare_prefect(settings, verbose=verbose)
+    prepare_prefect(settings, verbose=verbose)  # before anything imports prefect
     from tasks.errors import GristmillError
+    from tasks.transcripts import check_output_folder
+
+    try:
+        check_output_folder(paths or [settings.transcripts_dir], out or settings.summaries_dir)
+    except GristmillError as exc:
+        fail(str(exc))
     from tasks.summaries import build_summarizer
 
     try:
@@ -156,14 +162,15 @@ def summarize(
     from tasks.reporting import SummarizeReport, state_report
 
     report = state_report(state)
-
+    if isinstance(report, GristmillError):
+        fail(str(report), report.exit_code)
     if not isinstance(report, SummarizeReport):
         fail(f"the run did not finish: {state.message or report}", EXIT_ITEMS_FAILED)  # type: ignore[union-attr]
     if as_json:
         print_json(
             {
                 "transcripts": [
-                    t.model_dump(include={"source", "status", "output", "error"})
+                    t.model_dump(include={"source", "status", "output", "error", "warnings"})
                     for t in report.transcripts
                 ],
                 "llm_calls": report.llm_calls,
@@ -255,7 +262,10 @@ def _print_summary_table(report: Any, settings: Settings) -> None:
             t.status,
             str(t.chunks),
             str(t.llm_calls),
-            t.output if t.status != "failed" else t.error,
+            "\n".join(
+                [(t.output if t.status != "failed" else t.error) or ""]
+                + [f"warning: {w}" for w in t.warnings]
+            ),
         )
         for t in report.transcripts
     ]

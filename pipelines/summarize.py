@@ -3,7 +3,8 @@
 discover -> parse + check utterances -> chunk + check chunks -> summarise chunks (one task per
 transcript, its chunks concurrent; calls in flight capped run-wide by `llm_concurrency`)
 -> combine (more reduce passes while the notes exceed the budget) -> check the summary
--> write `<out>/<stem>.json` and `<out>/<stem>.md` atomically.
+-> write `<out>/<name>.json` and `<out>/<name>.md` atomically, where `<name>` is the
+transcript's path under its input folder without the extension (see `output_names`).
 
 Every transcript ends as `ok`, `cached` (unchanged since its summary was written) or `failed`
 with its reason; one bad transcript never stops the others.
@@ -12,6 +13,7 @@ with its reason; one bad transcript never stops the others.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from prefect import Flow, flow, get_run_logger
@@ -22,7 +24,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.chunking import Chunk
-from tasks.errors import GristmillError, RunFailed
+from tasks.errors import GristmillError, InputError, RunFailed
 from tasks.llm import Usage
 from tasks.reporting import ItemOutcome, SummarizeReport, summarize_report_markdown, tag_flow_run
 from tasks.settings import Settings
@@ -36,12 +38,17 @@ from tasks.summaries import (
     chunk_transcript,
     combine_notes,
     existing_summary,
-    output_stem,
+    output_names,
     plan_reduce_groups,
     summarize_chunks,
     write_summary,
 )
-from tasks.transcripts import Transcript, discover_transcripts, load_transcript
+from tasks.transcripts import (
+    Transcript,
+    check_output_folder,
+    discover_transcripts,
+    load_transcript,
+)
 
 REPORT_ARTIFACT_KEY = "summarize-transcripts-report"
 
@@ -80,7 +87,8 @@ def summarize_transcripts(
     out = Path(out_dir) if out_dir else settings.summaries_dir
     outcomes: dict[str, ItemOutcome] = {}
 
-    files, problems = discover_transcripts(inputs)
+    check_output_folder(inputs, out)
+    files, problems = discover_transcripts(inputs, skip=out)
     for source, reason in problems:
         outcomes[source] = ItemOutcome(source=source, status="failed", error=reason)
     logger.info(
@@ -93,22 +101,32 @@ def summarize_transcripts(
     # calls in flight run-wide at `llm_concurrency`, see summarize_chunks).
     transcripts: dict[str, tuple[Transcript, str, list[Chunk], list[str]]] = {}
     pending: dict[str, PrefectFuture[list[NotesResult]]] = {}
-    loaded = [(f, load_transcript.submit(f, source=str(f))) for f in files]
-    for path, future in loaded:
-        source, stem = str(path), output_stem(path, files)
+    names = output_names(files)
+    shared = {n for n, count in Counter(n.casefold() for n in names).items() if count > 1}
+    loaded = [(f.path, load_transcript.submit(f.path, source=str(f.path))) for f in files]
+    for (path, future), stem in zip(loaded, names, strict=True):
+        source = str(path)
+        warnings: list[str] = []
         try:
+            if stem.casefold() in shared:  # output_names avoids this unless a name mimics a hash
+                raise InputError(f"output name {stem!r} is another input's too; rename one")
             transcript, utterance_check = future.result()
+            warnings = transcript.warnings
             done = (
                 None if force else existing_summary(out, stem, transcript.content_hash, summarizer)
             )
             if done is not None:
-                outcomes[source] = ItemOutcome(source=source, status="cached", output=str(done))
+                outcomes[source] = ItemOutcome(
+                    source=source, status="cached", output=str(done), warnings=warnings
+                )
                 continue
             chunks, chunk_check = chunk_transcript(
                 transcript, settings.chunk_tokens, settings.chunk_overlap_tokens
             )
         except Exception as exc:
-            outcomes[source] = ItemOutcome(source=source, status="failed", error=_reason(exc))
+            outcomes[source] = ItemOutcome(
+                source=source, status="failed", error=_reason(exc), warnings=warnings
+            )
             continue
         quality = [utterance_check.summary_line(), chunk_check.summary_line()]
         transcripts[source] = (transcript, stem, chunks, quality)
@@ -143,6 +161,7 @@ def summarize_transcripts(
                 error=_reason(exc),
                 chunks=len(chunks),
                 quality=quality,
+                warnings=transcript.warnings,
             )
             continue
         outcomes[source] = ItemOutcome(
@@ -153,6 +172,7 @@ def summarize_transcripts(
             llm_calls=usage.calls,
             usage=usage,
             quality=[*quality, summary_check.summary_line()],
+            warnings=transcript.warnings,
         )
 
     ordered = [outcomes[s] for s in sorted(outcomes)]

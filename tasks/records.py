@@ -249,7 +249,8 @@ def content_hash(values: dict[str, Any]) -> str:
 
 
 class RowIds:
-    """Assigns row ids: the id column's value, or the content hash (`-2`, `-3` for repeats).
+    """Assigns row ids: the id column's value, or the content hash (`-2`, `-3` for repeats);
+    `missing-row-<number>` for a row that could not be read at all.
 
     Remembers every id of the run (a set of short strings) to catch duplicates across chunks.
     """
@@ -258,7 +259,11 @@ class RowIds:
         self.id_column = id_column
         self._seen: dict[str, int] = {}
 
-    def assign(self, values: dict[str, Any], problem: str | None) -> tuple[str, str | None]:
+    def assign(
+        self, values: dict[str, Any], problem: str | None, number: int
+    ) -> tuple[str, str | None]:
+        if problem is not None and not values:  # unreadable: nothing to take an id from
+            return f"missing-row-{number}", problem
         if self.id_column is None:
             base = content_hash(values)
             count = self._seen.get(base, 0) + 1
@@ -517,7 +522,7 @@ def screen_rows(
 
     rows = []
     for number, values, problem in raw:
-        row_id, problem = ids.assign(values, problem)
+        row_id, problem = ids.assign(values, problem, number)
         row = Row(number=number, row_id=row_id, values=values, problem=problem)
         if row.problem is None:
             try:
@@ -1666,7 +1671,8 @@ class PreviousOutput:
 
     Output rows are in input order, one per input row, so the i-th output row belongs to the
     i-th input row: nothing is held in memory beyond the current row. Rows that ended `ok`
-    are kept as they were; the others are processed again.
+    are kept as they were; the others are processed again. An `invalid_input` row may come back
+    with another id: the user fixed it.
     """
 
     def __init__(self, path: Path) -> None:
@@ -1684,7 +1690,7 @@ class PreviousOutput:
         previous = next(self._rows, None)
         if previous is None:
             raise UsageError(f"--retry-failed: {self.path} has fewer rows than the input")
-        if str(previous.get("row_id")) != row.row_id:
+        if str(previous.get("row_id")) != row.row_id and previous.get("status") != "invalid_input":
             raise UsageError(
                 f"--retry-failed: row {row.number} of {self.path} has id "
                 f"{previous.get('row_id')!r}, the input has {row.row_id!r}",

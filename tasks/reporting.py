@@ -101,6 +101,9 @@ class ItemOutcome(BaseModel):
     llm_calls: int = 0
     usage: Usage = Field(default_factory=Usage)
     quality: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list, description="Read with care, e.g. malformed cues kept by line."
+    )
 
 
 class SummarizeReport(BaseModel):
@@ -122,9 +125,11 @@ class SummarizeReport(BaseModel):
         counts = {
             s: sum(t.status == s for t in self.transcripts) for s in ("ok", "cached", "failed")
         }
+        warned = sum(bool(t.warnings) for t in self.transcripts)
         return (
             f"{len(self.transcripts)} transcripts: {counts['ok']} summarised, "
             f"{counts['cached']} unchanged, {counts['failed']} failed"
+            + (f" ({warned} with warnings)" if warned else "")
         )
 
 
@@ -145,8 +150,8 @@ def summarize_report_markdown(report: SummarizeReport) -> str:
         f"completion tokens: {usage.completion_tokens} · estimated cost: ${usage.cost_usd:.4f}",
         "",
         "| Transcript | Status | Chunks | LLM calls | Tokens | Cost (USD) | Output / reason "
-        "| Data quality |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| Data quality | Warnings |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for t in report.transcripts:
         tokens = t.usage.prompt_tokens + t.usage.completion_tokens
@@ -163,6 +168,7 @@ def summarize_report_markdown(report: SummarizeReport) -> str:
                     f"{t.usage.cost_usd:.4f}",
                     t.output if t.status != "failed" else t.error,
                     "; ".join(t.quality) or "-",
+                    "; ".join(t.warnings) or "-",
                 )
             )
             + " |"

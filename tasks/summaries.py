@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from tasks.llm import LLM, OpenAILLM, Usage, dumps_for_prompt, generate_structur
 from tasks.quality import QualityReport, chunk_expectations, summary_expectations, validate_table
 from tasks.reporting import write_atomically
 from tasks.tokens import count_tokens
-from tasks.transcripts import Transcript
+from tasks.transcripts import FoundTranscript, Transcript
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -238,10 +239,33 @@ def build_summarizer(settings: Settings) -> Summarizer:
     return ExtractiveSummarizer()
 
 
-def output_stem(path: Path, all_paths: list[Path]) -> str:
-    """`<stem>` for outputs; the full file name when two inputs share a stem."""
-    same_stem = [p for p in all_paths if p.stem == path.stem]
-    return path.stem if len(same_stem) <= 1 else path.name.replace(".", "_")
+def output_names(found: list[FoundTranscript]) -> list[str]:
+    """A unique output name (no extension) for each transcript, the same on every run.
+
+    The path under its input without the extension (`sub/notes` for `<input>/sub/notes.txt`),
+    so folders are mirrored under the output folder. Inputs that would share a name (`notes.txt`
+    and `notes.md`; names differing only in case count as one, as on case-insensitive disks)
+    keep their extension instead (`notes_txt`); any still shared (one file name under two inputs)
+    add a short hash of the file's absolute path. Argument order never changes a name.
+    """
+    names = [(f.relative.parent / f.relative.stem).as_posix() for f in found]
+    names = _unshare(
+        names, [(f.relative.parent / f.relative.name.replace(".", "_")).as_posix() for f in found]
+    )
+    hashed = [
+        f"{name}-{hash_text(str(f.path.resolve()))[:8]}"
+        for name, f in zip(names, found, strict=True)
+    ]
+    return _unshare(names, hashed)
+
+
+def _unshare(names: list[str], alternatives: list[str]) -> list[str]:
+    """`names`, with the alternative taken wherever a name is not unique (ignoring case)."""
+    counts = Counter(name.casefold() for name in names)
+    return [
+        alternative if counts[name.casefold()] > 1 else name
+        for name, alternative in zip(names, alternatives, strict=True)
+    ]
 
 
 def existing_summary(

@@ -16,11 +16,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks.errors import InputError
+from tasks.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,10 +42,13 @@ class Transcript(BaseModel):
     """A parsed transcript: where it came from, its content hash and its utterances."""
 
     source: str = Field(description="Path as given (or relative to the input folder).")
-    name: str = Field(description="File stem, used for output names and task-run names.")
+    name: str = Field(description="File stem: the meeting's title in prompts and task-run names.")
     format: str = Field(description="Detected format: text, speaker, markdown, vtt, srt, ...")
     content_hash: str = Field(description="sha256 of the raw bytes.")
     utterances: list[Utterance]
+    warnings: list[str] = Field(
+        default_factory=list, description="What was read with care (malformed cues), by line."
+    )
 
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
@@ -61,6 +64,8 @@ LONG_UTTERANCE_CHARS = 10_000
 """Utterances longer than this are split into sentence groups of about `GROUP_CHARS`."""
 GROUP_CHARS = 1_000
 """Target size of a sentence group, and the limit for merging consecutive captions."""
+MAX_WARNINGS = 20
+"""Problems listed for one file; more are counted in one last line."""
 
 # Keys under which a JSON object holds its list of turns, in the order they are looked for;
 # the fields of a turn that hold its speaker and its text (tasks/documents.py reuses them).
@@ -115,6 +120,8 @@ _MD_PREFIX = re.compile(r"^(?:(?:>\s?)+|(?:[-*+]|\d+[.)])\s+)")
 _CUE_TS = r"(?:\d+:)?\d{1,2}:\d{2}(?:[.,]\d{1,3})?"
 _TIMING = re.compile(rf"(?P<start>{_CUE_TS})\s*-->\s*(?P<end>{_CUE_TS})(?:\s.*)?")
 _VTT_BLOCK = re.compile(r"(?:WEBVTT|NOTE|STYLE|REGION)(?:\s|$)")
+_ARROW = re.compile(r"\s*(?:-{1,3}\s?>|=+>|[–—]+>?|-{2,3})\s*")
+_TS_LIKE = re.compile(r"\d\w*(?:[:;.,]\w+)+")
 _SRT_START = re.compile(rf"\s*\d+[ \t]*\n[ \t]*{_CUE_TS}\s*-->")
 _VOICE = re.compile(r"<v(?:\.[^\s>]*)?(?:\s+(?P<name>[^>]*))?>|</v\s*>")
 _CAPTION_TAG = re.compile(r"</?(?:[A-Za-z][^<>\n]*|\d[\d:.]*)>|\{\\[^}]*\}")
@@ -142,25 +149,40 @@ class _Label(NamedTuple):
     start: float | None
 
 
-def discover_transcripts(paths: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand folders into supported transcript files; report unusable paths instead of raising."""
-    files: list[Path] = []
+class FoundTranscript(NamedTuple):
+    """A transcript file and its path under the input it was found in (outputs mirror it)."""
+
+    path: Path
+    relative: Path
+    """Path under the folder given as input; just the file name for a file given directly."""
+
+
+def discover_transcripts(
+    paths: list[Path], *, skip: Path | None = None
+) -> tuple[list[FoundTranscript], list[tuple[str, str]]]:
+    """Expand folders into supported transcript files; report unusable paths instead of raising.
+
+    The folder `skip` (the output folder, when it lies inside an input folder) is not read:
+    summaries are not transcripts.
+    """
+    skip = skip.resolve() if skip is not None else None
+    files: list[FoundTranscript] = []
     problems: list[tuple[str, str]] = []
     seen: set[Path] = set()
 
-    def add(file: Path) -> None:
+    def add(file: Path, root: Path) -> None:
         key = file.resolve()
         if key not in seen:
             seen.add(key)
-            files.append(file)
+            files.append(FoundTranscript(file, file.relative_to(root)))
 
     for path in paths:
         if path.is_dir():
-            for file in _walk(path):
-                add(file)
+            for file in _walk(path, skip):
+                add(file, path)
         elif path.is_file():
             if path.suffix.lower() in SUPPORTED_SUFFIXES:
-                add(path)
+                add(path, path.parent)
             else:
                 problems.append((str(path), _unsupported_suffix_message(path)))
         elif path.exists():
@@ -170,11 +192,28 @@ def discover_transcripts(paths: list[Path]) -> tuple[list[Path], list[tuple[str,
     return files, problems
 
 
-def _walk(root: Path) -> list[Path]:
-    """Supported, non-hidden files under `root`, in sorted order."""
+def check_output_folder(paths: list[Path], out: Path) -> None:
+    """Refuse an output folder that is an input or holds one: the next run would read its
+    summaries as transcripts, and a Markdown summary could replace a Markdown transcript."""
+    target = out.resolve()
+    for path in paths:
+        where = path.resolve()
+        if where == target or target in where.parents:
+            raise UsageError(
+                f"the output folder {out} {'is' if where == target else 'holds'} the input {path};"
+                " write summaries to a folder of their own (it may lie inside the input folder)"
+            )
+
+
+def _walk(root: Path, skip: Path | None = None) -> list[Path]:
+    """Supported, non-hidden files under `root`, in sorted order, outside the folder `skip`."""
     found: list[Path] = []
     for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+        dirnames[:] = [
+            name
+            for name in dirnames
+            if not name.startswith(".") and (skip is None or Path(folder, name).resolve() != skip)
+        ]
         for name in filenames:
             file = Path(folder, name)
             if (
@@ -201,7 +240,7 @@ def parse_transcript(
     try:
         data = _read_bytes(path, max_bytes)
         text = _decode(data)
-        fmt, utterances = _parse(text, _initial_format(path.suffix.lower(), text))
+        fmt, utterances, warnings = _parse(text, _initial_format(path.suffix.lower(), text))
     except InputError as exc:
         exc.source = source
         raise
@@ -211,6 +250,7 @@ def parse_transcript(
         format=fmt,
         content_hash=hashlib.sha256(data).hexdigest(),
         utterances=utterances,
+        warnings=warnings,
     )
 
 
@@ -296,13 +336,15 @@ def _initial_format(suffix: str, text: str) -> str:
     return "markdown" if suffix in (".md", ".markdown") else "text"
 
 
-def _parse(text: str, fmt: str) -> tuple[str, list[Utterance]]:
-    """Parse `text` as `fmt`; return the refined format and the indexed utterances."""
+def _parse(text: str, fmt: str) -> tuple[str, list[Utterance], list[str]]:
+    """Parse `text` as `fmt`; return the refined format, the indexed utterances and warnings."""
+    warnings: list[str] = []
     if fmt in ("json", "whisper"):
         fmt, turns = _json_turns(text)
     elif fmt in ("vtt", "srt"):
         _check_long_lines(text)
-        turns = _caption_turns(_read_cues(text))
+        cues, warnings = _read_cues(text)
+        turns = _caption_turns(cues)
     elif fmt in ("text", "speaker", "markdown"):
         _check_long_lines(text)
         has_speakers, turns = _line_turns(
@@ -314,8 +356,9 @@ def _parse(text: str, fmt: str) -> tuple[str, list[Utterance]]:
         raise ValueError(f"unknown transcript format {fmt!r}; expected one of {sorted(FORMATS)}")
     utterances = _to_utterances(turns)
     if not utterances:
-        raise InputError(f"no utterances found in this {fmt} transcript")
-    return fmt, utterances
+        problems = f" ({len(warnings)} problems, first {warnings[0]})" if warnings else ""
+        raise InputError(f"no utterances found in this {fmt} transcript{problems}")
+    return fmt, utterances, warnings
 
 
 def _collapse(text: str) -> str:
@@ -545,29 +588,46 @@ class _Cue:
     lines: list[str] = field(default_factory=list)
 
 
-def _read_cues(text: str) -> list[_Cue]:
-    """WebVTT or SRT cues: skip headers, NOTE/STYLE/REGION blocks, cue ids and cue settings."""
+def _read_cues(text: str) -> tuple[list[_Cue], list[str]]:
+    """WebVTT or SRT cues: skip headers, NOTE/STYLE/REGION blocks, cue ids and cue settings.
+
+    A malformed cue keeps its own text, with the times that can still be read, and is reported
+    with its line number: a cue with a broken timing line, a numbered cue with none, text before
+    the first cue. Without this its text was dropped or glued to the cue before.
+    """
     cues: list[_Cue] = []
+    warnings: list[str] = []
     current: _Cue | None = None
-    pending: list[str] = []
+    pending: list[tuple[int, str]] = []
     skipping = False
 
     def flush_pending() -> None:
+        if len(pending) > 1 and pending[0][1].isdigit():
+            number, cue_id = pending[0]
+            warnings.append(f"line {number}: cue {cue_id} has no timing line; text kept")
+            cues.append(_Cue(None, None, len(cues) + 1, [line for _, line in pending[1:]]))
+            pending.clear()
+            return
         # text after a blank line inside a cue (common in hand-made SRT) belongs to that cue
-        orphans = [line for line in pending if not line.isdigit()]
+        orphans = [(number, line) for number, line in pending if not line.isdigit()]
         if orphans and cues:
-            cues[-1].lines.extend(orphans)
+            cues[-1].lines.extend(line for _, line in orphans)
+        elif orphans:
+            warnings.append(f"line {orphans[0][0]}: text before the first cue; dropped")
         pending.clear()
 
-    for raw in text.split("\n"):
+    for number, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
-        timing = _TIMING.fullmatch(line)
-        if timing:
+        times = _cue_times(line)
+        if times is not None:
+            start, end, problem = times
+            if problem:
+                warnings.append(f"line {number}: malformed cue timing {line!r}; {problem}")
             if current is not None and current.lines and current.lines[-1].isdigit():
                 current.lines.pop()
             pending.clear()
             skipping = False
-            current = _Cue(_seconds(timing["start"]), _seconds(timing["end"]), len(cues) + 1)
+            current = _Cue(start, end, len(cues) + 1)
             cues.append(current)
         elif not line:
             if not skipping:
@@ -578,10 +638,45 @@ def _read_cues(text: str) -> list[_Cue]:
         elif not skipping and not pending and _VTT_BLOCK.match(line):
             skipping = True
         elif not skipping:
-            pending.append(line)
+            pending.append((number, line))
     if not skipping:
         flush_pending()
-    return cues
+    if len(warnings) > MAX_WARNINGS:
+        warnings[MAX_WARNINGS:] = [f"{len(warnings) - MAX_WARNINGS} more problems like these"]
+    return cues, warnings
+
+
+def _cue_times(line: str) -> tuple[float | None, float | None, str | None] | None:
+    """Start, end and what is wrong (None if nothing) for a cue timing line; None for others."""
+    if timing := _TIMING.fullmatch(line):
+        return _seconds(timing["start"]), _seconds(timing["end"]), None
+    return _broken_timing(line)
+
+
+def _broken_timing(line: str) -> tuple[float | None, float | None, str] | None:
+    """Start, end (None where unreadable) and what is wrong, for a line meant as a cue timing
+    that does not parse; None for any other line.
+
+    A line is meant as a timing when an arrow ("-->", or a near miss such as "->" or "=>")
+    has a timestamp-like token on one side ("-->") or on every side that has one (near misses).
+    """
+    arrow = _ARROW.search(line)
+    if arrow is None:
+        return None
+    left, right = line[: arrow.start()].strip(), line[arrow.end() :].split()
+    first = right[0] if right else ""
+    left_ok, first_ok = bool(_TS_LIKE.fullmatch(left)), bool(_TS_LIKE.fullmatch(first))
+    exact = arrow.group().strip() == "-->"
+    if not (left_ok or first_ok):
+        return None
+    if not exact and not ((left_ok or not left) and (first_ok or not first)):
+        return None
+    start = _seconds(left) if left_ok else None
+    end = _seconds(first) if first_ok else None
+    unreadable = [name for name, value in (("start", start), ("end", end)) if value is None]
+    if unreadable:
+        return start, end, f"no {' or '.join(unreadable)} time; text kept"
+    return start, end, f"read as {left} --> {first}"
 
 
 def _voice_chunks(text: str) -> list[tuple[str | None, str]]:
@@ -787,5 +882,7 @@ def load_transcript(path: Path, source: str) -> tuple[Transcript, QualityReport]
     from tasks.quality import utterance_expectations, validate_table
 
     transcript = parse_transcript(path, source=source)
+    if transcript.warnings:
+        get_run_logger().warning("%s: %s", source, "; ".join(transcript.warnings))
     report = validate_table(utterances_frame(transcript), "utterances", utterance_expectations())
     return transcript, report.raise_for_errors()

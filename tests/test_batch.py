@@ -636,3 +636,33 @@ def test_a_users_input_suite_makes_failing_rows_invalid_before_any_llm_call(
     )  # fmt: skip
     assert state.is_failed()
     assert (state.message or "").startswith(f"--input-expectations {suite}: not a GX")
+
+
+def test_unreadable_jsonl_lines_get_their_own_ids_and_may_be_fixed_for_retry_failed(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    good = [
+        {"id": str(i), "text": f"Ticket {i}: the printer on floor {i} is jammed again."}
+        for i in range(3)
+    ]
+    lines = [json.dumps(good[0]), "{not json", json.dumps(good[1]), "[1, 2]", json.dumps(good[2])]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    parameters = {"task": "summarize", "id_column": "id", "text_column": "text"}
+    state, report = run_flow(src, out, **parameters)
+    assert (report.ok, report.invalid_input) == (3, 2)
+    rows = [json.loads(line) for line in out.open()]
+    ids = [row["row_id"] for row in rows]
+    assert len(set(ids)) == 5 and ids[1] != ids[3]
+
+    fixed = [
+        {"id": "a", "text": "Ticket a: the coffee machine leaks."},
+        {"id": "b", "text": "Ticket b: no heating."},
+    ]
+    lines[1], lines[3] = json.dumps(fixed[0]), json.dumps(fixed[1])
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    state, report = run_flow(src, out, retry_failed=True, **parameters)
+    assert state.is_completed(), state.message
+    assert (report.ok, report.invalid_input, report.reused) == (5, 0, 3)
+    assert [json.loads(line)["row_id"] for line in out.open()] == ["0", "a", "1", "b", "2"]

@@ -216,3 +216,19 @@ def test_help_keeps_its_defaults_and_there_is_a_version_and_completion(tmp_path:
     assert "--install-completion" in top.stdout
     stop = run_cli("server", "--help", data_dir=tmp_path, COLUMNS="200")
     assert "stop" in stop.stdout and "--port" in stop.stdout
+
+
+def test_an_output_folder_that_is_the_input_folder_is_one_line_before_any_work(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "meetings"
+    folder.mkdir()
+    (folder / "notes.md").write_text("Alice: We ship on Friday.\nBob: I write the notes.\n")
+    result = run_cli("summarize", str(folder), "--out", str(folder), data_dir=tmp_path / "data")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.splitlines()[-1] == (
+        f"gristmill: error: the output folder {folder} is the input {folder}; write summaries"
+        " to a folder of their own (it may lie inside the input folder)"
+    )
+    assert [p.name for p in folder.iterdir()] == ["notes.md"]

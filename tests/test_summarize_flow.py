@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from pydantic import SecretStr
 
 from pipelines.summarize import summarize_flow_for
-from tasks.errors import RunFailed
+from tasks.errors import RunFailed, UsageError
 from tasks.reporting import SummarizeReport, state_report
 from tasks.settings import Settings
 from tasks.summaries import build_summarizer
@@ -33,9 +33,12 @@ REQUIRED_FIELDS = {
 }  # fmt: skip
 
 
-def run(settings: Settings, paths: list[Path], force: bool = False) -> tuple[Any, SummarizeReport]:
+def run(
+    settings: Settings, paths: list[Path], force: bool = False, out: Path | None = None
+) -> tuple[Any, SummarizeReport]:
     state = summarize_flow_for(settings)(
         paths=[str(p) for p in paths],
+        out_dir=str(out) if out else None,
         force=force,
         settings=settings,
         summarizer=build_summarizer(settings),
@@ -223,3 +226,77 @@ def test_calls_in_flight_stay_under_the_cap_across_transcripts(data_dir: Path) -
         assert [t.status for t in report.transcripts] == ["ok", "ok"]
         # two transcripts map at once, each with its own pool, yet the run-wide cap holds
         assert fake.max_concurrency == 2
+
+
+def test_same_file_names_in_sub_folders_get_their_own_summaries(data_dir: Path) -> None:
+    folder = data_dir / "transcripts"
+    for sub, who in (("a", "Alice"), ("b", "Bob")):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "notes.txt").write_text(
+            f"{who}: We agreed that {who} ships the {sub} release on Friday.\n"
+            f"Carol: {who} will also write the {sub} changelog.\n"
+        )
+    shutil.copy(SAMPLE_TRANSCRIPTS / "weekly-standup.txt", folder / "weekly-standup.txt")
+    settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
+    out = data_dir / "summaries"
+    for expected in ("ok", "cached"):
+        state, report = run(settings, [folder])
+        assert state.is_completed(), state.message
+        assert {t.source: (t.status, t.output) for t in report.transcripts} == {
+            str(folder / "a" / "notes.txt"): (expected, str(out / "a" / "notes.json")),
+            str(folder / "b" / "notes.txt"): (expected, str(out / "b" / "notes.json")),
+            str(folder / "weekly-standup.txt"): (expected, str(out / "weekly-standup.json")),
+        }
+        for sub in ("a", "b"):
+            data = json.loads((out / sub / "notes.json").read_text())
+            assert data["source"] == str(folder / sub / "notes.txt")
+            assert (out / sub / "notes.md").exists()
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back(data_dir: Path) -> None:
+    folder = copy_samples(data_dir, "weekly-standup.txt", "incident-retro.md")
+    out = folder / "summaries"
+    settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
+    for expected in ("ok", "cached"):
+        state, report = run(settings, [folder], out=out)
+        assert state.is_completed(), state.message
+        assert {t.source: t.status for t in report.transcripts} == {
+            str(folder / "weekly-standup.txt"): expected,
+            str(folder / "incident-retro.md"): expected,
+        }
+    assert sorted(p.name for p in out.iterdir()) == [
+        "incident-retro.json", "incident-retro.md", "weekly-standup.json", "weekly-standup.md",
+    ]  # fmt: skip
+
+    # an output folder that is the input, or holds it, is refused before anything is read
+    for bad in (folder, data_dir):
+        state = summarize_flow_for(settings)(
+            paths=[str(folder)], out_dir=str(bad), settings=settings, return_state=True
+        )
+        error = state_report(state)
+        assert state.is_failed() and isinstance(error, UsageError)
+        assert str(error).startswith(f"the output folder {bad} ")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "incident-retro.md", "summaries", "weekly-standup.txt",
+    ]  # fmt: skip
+
+
+def test_malformed_cues_are_warnings_in_the_report_not_lost_text(data_dir: Path) -> None:
+    folder = data_dir / "transcripts"
+    folder.mkdir()
+    (folder / "call.vtt").write_text(
+        "WEBVTT\n\n"
+        "00:00:01.000 --> 00:00:0x.000\n<v Alice>We agreed to ship the release on Friday.\n\n"
+        "00:00:03.000 --> 00:00:04.000\n<v Bob>I will write the changelog by Thursday.\n"
+    )
+    settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
+    state, report = run(settings, [folder])
+    assert state.is_completed(), state.message
+    [outcome] = report.transcripts
+    assert outcome.status == "ok"
+    assert outcome.warnings == [
+        "line 3: malformed cue timing '00:00:01.000 --> 00:00:0x.000'; no end time; text kept"
+    ]
+    assert report.headline().endswith("(1 with warnings)")
+    data = json.loads(Path(outcome.output or "").read_text())
+    assert data["participants"] == ["Alice", "Bob"]

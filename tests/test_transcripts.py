@@ -244,6 +244,68 @@ def test_srt_numbers_labels_tags_and_sloppy_blocks(tmp_path: Path) -> None:
     assert transcript.utterances[2].start == 3600.0
 
 
+def timed(utterances: list[Utterance]) -> list[tuple[str | None, str, float | None, float | None]]:
+    return [(u.speaker, u.text, u.start, u.end) for u in utterances]
+
+
+def test_vtt_malformed_timings_keep_their_text_and_are_reported_by_line(tmp_path: Path) -> None:
+    content = (
+        "WEBVTT\n\n"
+        "00:00:0x.000 --> 00:00:01.000\n<v Dan>Before the first good cue.\n\n"
+        "00:00:01.000 --> 00:00:02.000\n<v Alice>First from Alice.\n\n"
+        "b2\n00:00:03.000 --> 00:00:0x.000\n<v Bob>Bob's own words.\n\n"
+        "00:00:05.000 --> 00:00:06.000\n<v Carol>Carol's words.\n"
+    )
+    transcript = parse_transcript(write(tmp_path, "call.vtt", content))
+    assert timed(transcript.utterances) == [
+        ("Dan", "Before the first good cue.", None, 1.0),
+        ("Alice", "First from Alice.", 1.0, 2.0),
+        ("Bob", "Bob's own words.", 3.0, None),
+        ("Carol", "Carol's words.", 5.0, 6.0),
+    ]
+    assert transcript.warnings == [
+        "line 3: malformed cue timing '00:00:0x.000 --> 00:00:01.000'; no start time; text kept",
+        "line 10: malformed cue timing '00:00:03.000 --> 00:00:0x.000'; no end time; text kept",
+    ]
+
+
+def test_srt_malformed_cues_keep_their_text_and_are_reported_by_line(tmp_path: Path) -> None:
+    content = (
+        "1\n00:00:01,000 --> 00:00:02,000\nALICE: Hi.\n\n"
+        "2\n00:00:03,000 -> 00:00:04,000\nBOB: Arrow typo.\n\n"
+        "3\n00:00:05;000 --> 00:00:06,000\nALICE: Semicolon.\n\n"
+        "4\nCAROL: No timing line at all.\n\n"
+        "5\n00:00:09,000 --> 00:00:10,000\nBOB: Bye.\n"
+    )
+    transcript = parse_transcript(write(tmp_path, "talk.srt", content))
+    assert timed(transcript.utterances) == [
+        ("ALICE", "Hi.", 1.0, 2.0),
+        ("BOB", "Arrow typo.", 3.0, 4.0),
+        ("ALICE", "Semicolon.", None, 6.0),
+        ("CAROL", "No timing line at all.", None, None),
+        ("BOB", "Bye.", 9.0, 10.0),
+    ]
+    assert transcript.warnings == [
+        "line 6: malformed cue timing '00:00:03,000 -> 00:00:04,000';"
+        " read as 00:00:03,000 --> 00:00:04,000",
+        "line 10: malformed cue timing '00:00:05;000 --> 00:00:06,000'; no start time; text kept",
+        "line 13: cue 4 has no timing line; text kept",
+    ]
+
+
+def test_caption_text_with_arrows_or_dashes_is_not_a_timing() -> None:
+    content = "WEBVTT\n\n00:01.000 --> 00:02.000\nClick File --> Save\nat 10:30 -- or later\n"
+    assert turns(parse_transcript_text(content, "vtt")) == [
+        (None, "Click File --> Save at 10:30 -- or later")
+    ]
+
+
+def test_captions_with_no_usable_cue_fail_with_the_malformed_lines(tmp_path: Path) -> None:
+    content = "WEBVTT\n\n00:00:0x.000 --> 00:00:01.000\n\n"
+    error = _raises(write(tmp_path, "empty.vtt", content), "no utterances found")
+    assert "line 3: malformed cue timing" in error.message
+
+
 @pytest.mark.parametrize(
     ("content", "fmt"),
     [
@@ -474,11 +536,11 @@ def test_discover_transcripts(tmp_path: Path) -> None:
     )
 
     assert files == [
-        tmp_path / "a.vtt",
-        tmp_path / "b.txt",
-        tmp_path / "elsewhere" / "g.md",
-        tmp_path / "sub" / "c.SRT",
-        tmp_path / "sub" / "deeper" / "d.json",
+        (tmp_path / "a.vtt", Path("a.vtt")),
+        (tmp_path / "b.txt", Path("b.txt")),
+        (tmp_path / "elsewhere" / "g.md", Path("elsewhere/g.md")),  # found in tmp_path first
+        (tmp_path / "sub" / "c.SRT", Path("sub/c.SRT")),
+        (tmp_path / "sub" / "deeper" / "d.json", Path("sub/deeper/d.json")),
     ]
     assert [source for source, _ in problems] == [str(missing), str(unknown)]
     assert problems[0][1] == "no such file or folder"
