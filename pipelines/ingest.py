@@ -26,6 +26,7 @@ from tasks.ingestion import (
     ingest_files,
     ingest_report_markdown,
 )
+from tasks.lexical import open_lexical
 from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, open_chroma, server_errors, writer_lock
@@ -107,7 +108,14 @@ def _ingest(
 
     tag_flow_run("pipeline:ingest", f"collection:{name}", f"embedder:{embedder.name}")
     with writer_lock(settings), server_errors():
-        store = ChunkStore(open_chroma(settings), name, embedder.name, embedder.dimension)
+        store = ChunkStore(
+            open_chroma(settings),
+            name,
+            embedder.name,
+            embedder.dimension,
+            lexical=open_lexical(settings, name),
+        )
+        store.sync_lexical()  # a crash or an older gristmill may have left it behind
         report = ingest_files(
             files,
             store,

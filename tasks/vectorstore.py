@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
+    from tasks.lexical import LexicalIndex
     from tasks.settings import Settings
 
 Metadata = Mapping[str, str | int | float | bool | None]
@@ -259,10 +260,14 @@ class ChunkStore:
         *,
         max_batch_size: int | None = None,
         create: bool = True,
+        lexical: LexicalIndex | None = None,
     ) -> None:
         """`create=False` (for reading: query, ask) fails on a collection that does not exist
-        instead of creating an empty one, so a misspelt name is an error, not "no results"."""
+        instead of creating an empty one, so a misspelt name is an error, not "no results".
+        `lexical`: the collection's full-text index (`tasks.lexical`), written with every
+        upsert and delete."""
         self.client = client
+        self.lexical = lexical
         self.name = collection_name
         self.embedding_name = embedding_name
         self.dimension = dimension
@@ -347,15 +352,75 @@ class ChunkStore:
             )
         if len(set(ids)) != len(ids):
             raise ValueError("upsert got duplicate ids in one call")
-        for start in range(0, len(ids), self.batch_size):
-            end = start + self.batch_size
-            self.collection.upsert(
-                ids=list(ids[start:end]),
-                embeddings=vectors[start:end],
-                documents=list(documents[start:end]),
-                metadatas=[_clean_metadata(m) for m in metadatas[start:end]],
-            )
+        with self._lexical_writing():
+            for start in range(0, len(ids), self.batch_size):
+                end = start + self.batch_size
+                self.collection.upsert(
+                    ids=list(ids[start:end]),
+                    embeddings=vectors[start:end],
+                    documents=list(documents[start:end]),
+                    metadatas=[_clean_metadata(m) for m in metadatas[start:end]],
+                )
+            if self.lexical is not None:
+                sources = [str(m.get("source") or "") for m in metadatas]
+                self.lexical.upsert(ids, sources, documents)
         return len(ids)
+
+    @contextlib.contextmanager
+    def _lexical_writing(self) -> Iterator[None]:
+        if self.lexical is None:
+            yield
+        else:
+            with self.lexical.writing():
+                yield
+
+    def sync_lexical(self) -> int:
+        """Repair the lexical index from the collection when it may be behind (a crash between
+        the two writes, another writer on a Chroma server); returns the chunks it changed."""
+        return 0 if self.lexical is None else self.lexical.sync(self)
+
+    def all_ids(self) -> set[str]:
+        return {i for page in self._pages(None, []) for i in page["ids"]}
+
+    def texts(self, ids: Sequence[str]) -> Iterator[tuple[str, str, str]]:
+        """(id, source, text) of each of `ids` that exists."""
+        for start in range(0, len(ids), PAGE_SIZE):
+            page = self.collection.get(
+                ids=list(ids[start : start + PAGE_SIZE]), include=["metadatas", "documents"]
+            )
+            for chunk_id, metadata, text in zip(
+                page["ids"], page["metadatas"] or [], page["documents"] or [], strict=True
+            ):
+                yield chunk_id, str((metadata or {}).get("source") or ""), text or ""
+
+    def hits(
+        self, ids: Sequence[str], embedding: np.ndarray, *, include_embeddings: bool = False
+    ) -> dict[str, Hit]:
+        """{id: Hit} for the ids that exist, scored by cosine similarity to `embedding`."""
+        query = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        query = query / (float(np.linalg.norm(query)) or 1.0)
+        found: dict[str, Hit] = {}
+        for start in range(0, len(ids), PAGE_SIZE):
+            page = self.collection.get(
+                ids=list(ids[start : start + PAGE_SIZE]),
+                include=["metadatas", "documents", "embeddings"],
+            )
+            vectors = page.get("embeddings")
+            for i, chunk_id in enumerate(page["ids"]):
+                vector = np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None
+                score = 0.0
+                if vector is not None:
+                    score = float(vector @ query) / (float(np.linalg.norm(vector)) or 1.0)
+                found[chunk_id] = Hit(
+                    id=chunk_id,
+                    text=(page["documents"] or [])[i] or "",
+                    metadata=dict((page["metadatas"] or [])[i] or {}),
+                    score=score,
+                    embedding=vector.tolist()
+                    if include_embeddings and vector is not None
+                    else None,
+                )
+        return found
 
     def _pages(self, where: dict[str, Any] | None, include: list[str]) -> Iterator[dict[str, Any]]:
         offset = 0
@@ -379,8 +444,11 @@ class ChunkStore:
 
     def delete_ids(self, ids: Sequence[str]) -> int:
         """Delete chunks by id (missing ids are ignored); returns how many were asked for."""
-        for start in range(0, len(ids), self.batch_size):
-            self.collection.delete(ids=list(ids[start : start + self.batch_size]))
+        with self._lexical_writing():
+            for start in range(0, len(ids), self.batch_size):
+                self.collection.delete(ids=list(ids[start : start + self.batch_size]))
+            if self.lexical is not None:
+                self.lexical.delete(ids)
         return len(ids)
 
     def delete_source(self, source: str) -> int:

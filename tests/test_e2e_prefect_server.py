@@ -149,7 +149,7 @@ class PrefectServer:
                 return None
             return response
 
-        return wait_for(f"{method} {path}", answer, 60, lambda: tail(self.logs / "server.log"))
+        return wait_for(f"{method} {path}", answer, 150, lambda: tail(self.logs / "server.log"))
 
     def get(self, path: str) -> Any:
         return self.request("GET", path).raise_for_status().json()
@@ -185,13 +185,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         "PREFECT_LOCAL_STORAGE_PATH": str(root / "results"),
         # The UI asks this address for data; it defaults to port 4200 whatever --port says.
         "PREFECT_UI_API_URL": f"{url}/api",
-        # The scheduler looks for deployments to schedule every second, not every 60 s, and
+        # The scheduler looks for deployments to schedule every 2 s, not every 60 s, and
         # schedules a few runs ahead, not 100 (a 15 s interval would fill an hour: 100 inserts
         # per deployment into SQLite while the flows run, which timed out requests in CI).
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "3",
         "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": "1",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": "60",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": "PT60S",
     }
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     server = start([*command, "--port", str(port)], env, logs / "server.log")
@@ -459,7 +459,7 @@ def test_gristmill_serve_runs_a_deployment_on_demand(
         "GRISTMILL_DATA_DIR": str(data),
         "GRISTMILL_MODEL_DIR": str(MODEL_DIR),
         "GRISTMILL_ENGINE": "offline",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
     }
 
     log = server.logs / "serve.log"
@@ -524,14 +524,14 @@ def scheduled_runs(
         server.request("DELETE", f"/deployments/{found.json()['id']}").raise_for_status()
     worker = start(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", SCHEDULED_POOL],
-        {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
+        {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"},
         server.logs / "scheduled-worker.log",
     )
     serve_env = {
         **env,
         "GRISTMILL_SUMMARIZE_SCHEDULE": "every 15s",
         "GRISTMILL_INGEST_SCHEDULE": "none",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
     }
     serving = start(
         [sys.executable, "-m", "pipelines.cli", "serve"], serve_env, server.logs / "serve-2.log"

@@ -1,0 +1,296 @@
+"""Whole-collection retrieval on QMSum validation: what a user searching everything gets.
+
+    python -m benchmarks.retrieval_collection [DATA_DIR] [--json]
+
+All 35 meetings go into ONE collection, ingested the way `gristmill ingest` does it (the flow's
+steps, on-disk Chroma, the local embedder, the collection's lexical index), twice: once from
+plain "Speaker: text" files (`<meeting>.txt`) and once from JSON turn lists (`<meeting>.json`).
+Every specific query is run against the whole collection, with no source filter, through
+`query_chunks` exactly as `gristmill query` runs it.
+
+A hit at k: one of the top k chunks comes from the query's own meeting and holds >= 80 % of the
+distinct words of one of its relevant turns (turns of at least MIN_TURN_WORDS words; a query
+whose relevant turns are all shorter uses its longest one). The rule reads only chunk text, so
+both file formats are scored alike. recall@k is the share of queries hit. In the same run, on
+the same chunks:
+- `gristmill`: `query_chunks` (the embedder's 100 nearest and the lexical index's 100 best over
+  the whole collection, fused by reciprocal rank);
+- `candidates-only`: the previous hybrid (the embedder's nearest re-ranked by BM25 among
+  themselves), i.e. `query_chunks` without the lexical index;
+- `MiniLM`: the embedder alone (k nearest);
+- `BM25 (FTS5)`: the lexical index alone; `BM25 (bm25s)`: bm25s over the whole collection
+  (Snowball stems, English stop words), the alternative index that was measured against it;
+- `random`: k chunks drawn at random, scored by its exact expectation.
+Margins over each baseline come with 95 % paired-bootstrap intervals. The per-meeting figure
+(each query searched only among its own meeting's chunks, `{"source": ...}` filter) is the
+second line, as benchmarks/retrieval_quality.py used to report it.
+
+DATA_DIR defaults to ../shared/datasets/qmsum-val next to the repository; when it is absent the
+benchmark says so and exits 0. Nothing is written into the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "qmsum-val"
+MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+KS = (5, 10)
+COVERAGE = 0.8
+MIN_TURN_WORDS = 5
+_MARKER = re.compile(r"\{\w+\}")
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+SYSTEMS = {
+    "gristmill": "gristmill (`query_chunks`: MiniLM 100 + whole-collection BM25 100, fused)",
+    "candidates": "candidates-only hybrid (MiniLM nearest re-ranked by BM25 among them)",
+    "dense": "MiniLM alone",
+    "fts5": "BM25 over the whole collection (SQLite FTS5, the index gristmill keeps)",
+    "bm25s": "BM25 over the whole collection (bm25s, the alternative measured)",
+    "random": "random chunks (expected)",
+    "per_meeting": "gristmill within the query's own meeting (source filter)",
+}
+
+
+def words(text: str) -> set[str]:
+    return set(_WORD.findall(_MARKER.sub(" ", text.lower())))
+
+
+def relevant_turns(query: dict[str, Any], turns: list[dict[str, Any]]) -> list[set[str]]:
+    """The word sets of the query's relevant turns that are long enough to identify a chunk."""
+    found = []
+    for first, last in query["relevant_text_span"]:
+        for t in range(int(first), min(int(last), len(turns) - 1) + 1):
+            turn_words = words(str(turns[t].get("content") or ""))
+            if turn_words:
+                found.append(turn_words)
+    long_enough = [w for w in found if len(w) >= MIN_TURN_WORDS]
+    return long_enough or sorted(found, key=len)[-1:]
+
+
+def is_hit(source: str, text: str, meeting: str, turns: list[set[str]]) -> bool:
+    if Path(source).stem != meeting:
+        return False
+    chunk = words(text)
+    return any(len(turn & chunk) >= COVERAGE * len(turn) for turn in turns)
+
+
+def random_hit(n: int, relevant: int, k: int) -> float:
+    if relevant == 0:
+        return 0.0
+    if n - relevant < k:
+        return 1.0
+    return 1.0 - math.comb(n - relevant, k) / math.comb(n, k)
+
+
+def write_meetings(folder: Path, meetings: dict[str, Any], fmt: str) -> None:
+    folder.mkdir(parents=True)
+    for stem, meeting in meetings.items():
+        turns = meeting["meeting_transcripts"]
+        if fmt == "json":
+            text = json.dumps(turns, ensure_ascii=False)
+        else:
+            text = "\n".join(
+                f"{turn['speaker']}: {turn['content']}" for turn in turns if turn.get("content")
+            )
+        (folder / f"{stem}.{fmt}").write_text(text, "utf-8")
+
+
+def bm25s_ranker(chunks: dict[str, tuple[str, str]]) -> Callable[[str, int], list[str]]:
+    import bm25s
+    import Stemmer
+
+    ids = list(chunks)
+    stemmer = Stemmer.Stemmer("english")
+    corpus = bm25s.tokenize(
+        [chunks[i][1] for i in ids], stopwords="en", stemmer=stemmer, show_progress=False
+    )
+    retriever = bm25s.BM25(k1=1.2, b=0.75)
+    retriever.index(corpus, show_progress=False)
+
+    def rank(text: str, k: int) -> list[str]:
+        query = bm25s.tokenize(
+            [text], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
+        )
+        known = [token for token in query[0] if token in corpus.vocab]
+        if not known:
+            return []
+        scores = retriever.get_scores(known)
+        order = sorted(range(len(ids)), key=lambda i: -scores[i])[:k]
+        return [ids[i] for i in order if scores[i] > 0]
+
+    return rank
+
+
+def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from pipelines.ask import query_chunks
+    from tasks.documents import discover_documents
+    from tasks.embeddings import LocalOnnxEmbedder
+    from tasks.ingestion import ingest_files
+    from tasks.lexical import open_lexical
+    from tasks.settings import Settings
+    from tasks.vectorstore import ChunkStore, open_chroma
+
+    folder = tmp / fmt / "meetings"
+    write_meetings(folder, meetings, fmt)
+    settings = Settings(_env_file=None, data_dir=tmp / fmt / "data", model_dir=MODEL_DIR)
+    embedder = LocalOnnxEmbedder(MODEL_DIR)
+    name = "qmsum-val"
+    store = ChunkStore(
+        open_chroma(settings),
+        name,
+        embedder.name,
+        embedder.dimension,
+        lexical=open_lexical(settings, name),
+    )
+    started = time.perf_counter()
+    report = ingest_files(discover_documents([folder]), store, embedder, settings)
+    ingest_s = time.perf_counter() - started
+    if report.quarantined:
+        raise SystemExit(f"quarantined: {report.quarantine}")
+    lexical = store.lexical
+    assert lexical is not None and lexical.count() == store.count(), "index out of step"
+    chunks = {chunk_id: (source, text) for chunk_id, source, text in store.texts(
+        sorted(store.all_ids()))}  # fmt: skip
+    by_meeting: dict[str, int] = {}
+    for source, _ in chunks.values():
+        by_meeting[Path(source).stem] = by_meeting.get(Path(source).stem, 0) + 1
+    bm25s_rank = bm25s_ranker(chunks)
+    candidates_only = ChunkStore(
+        open_chroma(settings), name, embedder.name, embedder.dimension, create=False
+    )
+
+    rows: list[dict[str, Any]] = []
+    seconds: list[float] = []
+    top = max(KS)
+    for stem, meeting in meetings.items():
+        turns = meeting["meeting_transcripts"]
+        source = next(s for s, _ in chunks.values() if Path(s).stem == stem)
+        for query in meeting["specific_query_list"]:
+            wanted = relevant_turns(query, turns)
+            if not wanted:
+                continue
+            text = query["query"]
+
+            def hits_of(ids: list[str], meeting: str = stem, wanted: list = wanted) -> list[bool]:
+                return [is_hit(*chunks[i], meeting, wanted) for i in ids]
+
+            began = time.perf_counter()
+            ours = [hit.id for hit in query_chunks(text, store, embedder, top)]
+            seconds.append(time.perf_counter() - began)
+            vector = np.asarray(embedder.embed([text]), dtype=np.float32)[0]
+            ranked = {
+                "gristmill": ours,
+                "candidates": [h.id for h in query_chunks(text, candidates_only, embedder, top)],
+                "dense": [h.id for h in store.query(vector, k=top)],
+                "fts5": [chunk_id for chunk_id, _ in lexical.search(text, top)],
+                "bm25s": bm25s_rank(text, top),
+                "per_meeting": [
+                    h.id for h in query_chunks(text, store, embedder, top, {"source": source})
+                ],
+            }
+            relevant = sum(is_hit(s, t, stem, wanted) for s, t in chunks.values())
+            row: dict[str, Any] = {"meeting": stem}
+            for system, ids in ranked.items():
+                found = hits_of(ids)
+                for k in KS:
+                    row[f"{system}@{k}"] = float(any(found[:k]))
+            for k in KS:
+                row[f"random@{k}"] = random_hit(len(chunks), relevant, k)
+            rows.append(row)
+    return {
+        "format": fmt,
+        "chunks": len(chunks),
+        "queries": len(rows),
+        "ingest_s": round(ingest_s, 1),
+        "query_ms_median": round(1000 * statistics.median(seconds), 1),
+        "query_ms_p95": round(1000 * sorted(seconds)[int(0.95 * (len(seconds) - 1))], 1),
+        "recall": {
+            f"{s}@{k}": round(statistics.fmean(r[f"{s}@{k}"] for r in rows), 3)
+            for s in SYSTEMS
+            for k in KS
+        },
+        "margin_ci95": {
+            f"gristmill-{base}@{k}": bootstrap_ci(
+                [r[f"gristmill@{k}"] - r[f"{base}@{k}"] for r in rows]
+            )
+            for base in ("candidates", "dense", "fts5", "bm25s", "random")
+            for k in KS
+        },
+    }
+
+
+def bootstrap_ci(diffs: list[float], seed: int = 0, resamples: int = 2000) -> list[float]:
+    """95 % paired-bootstrap interval of the mean per-query difference."""
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+    return [round(means[int(0.025 * resamples)], 3), round(means[int(0.975 * resamples) - 1], 3)]
+
+
+def print_report(report: dict[str, Any]) -> None:
+    recall = report["recall"]
+    print(
+        f"\n{report['format']} files: {report['chunks']} chunks in one collection, "
+        f"{report['queries']} queries; ingest {report['ingest_s']} s; gristmill query "
+        f"{report['query_ms_median']} ms median, {report['query_ms_p95']} ms p95 (warm)\n"
+    )
+    print("| retriever | recall@5 | recall@10 |")
+    print("| --- | --- | --- |")
+    for system, label in SYSTEMS.items():
+        print(f"| {label} | {recall[f'{system}@5']:.3f} | {recall[f'{system}@10']:.3f} |")
+    for base in ("candidates", "dense", "fts5", "bm25s", "random"):
+        cells = []
+        for k in KS:
+            margin = recall[f"gristmill@{k}"] - recall[f"{base}@{k}"]
+            low, high = report["margin_ci95"][f"gristmill-{base}@{k}"]
+            cells.append(f"{margin:+.3f} [{low:+.3f}, {high:+.3f}]")
+        print(f"| gristmill minus {base} (95 % paired bootstrap) | {cells[0]} | {cells[1]} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("data_dir", nargs="?", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--formats", default="txt,json", help="comma-separated: txt, json")
+    args = parser.parse_args()
+    if not args.data_dir.is_dir() or not any(args.data_dir.glob("*.json")):
+        print(f"QMSum data not found at {args.data_dir}: skipping (nothing measured)")
+        return
+    from tasks.model_files import missing_files, provision_embedding_model
+
+    if missing_files(MODEL_DIR):
+        provision_embedding_model(MODEL_DIR)
+    meetings = {
+        path.stem: json.loads(path.read_text("utf-8"))
+        for path in sorted(args.data_dir.glob("*.json"))
+    }
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="retrieval-collection-") as name:
+        for fmt in args.formats.split(","):
+            reports.append(measure(fmt.strip(), meetings, Path(name)))
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        print(f"QMSum validation ({len(meetings)} meetings), whole-collection retrieval")
+        for report in reports:
+            print_report(report)
+
+
+if __name__ == "__main__":
+    main()
