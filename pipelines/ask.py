@@ -155,7 +155,7 @@ def ranked(
     *,
     include_embeddings: bool = False,
 ) -> list[Hit]:
-    """Candidates for the best `k`, best first.
+    """The best `k` chunks, best first (without the lexical index: more, for the caller to cut).
 
     With the collection's lexical index (`tasks.lexical`): the embedder's nearest
     `DENSE_CANDIDATES` and BM25's best `LEXICAL_CANDIDATES` over the whole collection (or one
@@ -176,6 +176,7 @@ def ranked(
         dense,
         lexical,
         lambda ids: store.hits(ids, vector, include_embeddings=include_embeddings),
+        limit=k,
     )
 
 

@@ -77,20 +77,19 @@ def fuse_rankings(
     dense: list[Hit],
     lexical: list[tuple[str, float]],
     fetch: Callable[[list[str]], dict[str, Hit]],
+    limit: int,
 ) -> list[Hit]:
-    """The union of the embedder's nearest chunks (`dense`, best first) and the collection-wide
-    BM25 ranking (`lexical`, best first, from `tasks.lexical`) in reciprocal-rank-fusion order;
-    ties keep the dense order, then the lexical one. `fetch` loads the chunks only BM25 found."""
+    """The best `limit` of the union of the embedder's nearest chunks (`dense`, best first) and
+    the collection-wide BM25 ranking (`lexical`, best first, from `tasks.lexical`), in
+    reciprocal-rank-fusion order; ties keep the dense order, then the lexical one. `fetch`
+    loads the chunks only BM25 found, and only those that made the cut."""
     fused: dict[str, float] = {}
     for rank, hit in enumerate(dense):
         fused[hit.id] = 1.0 / (RRF_K + rank + 1)
     for rank, (chunk_id, _) in enumerate(lexical):
         fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-    known = {hit.id: hit for hit in dense}
-    known.update(fetch([chunk_id for chunk_id, _ in lexical if chunk_id not in known]))
     position = {chunk_id: i for i, chunk_id in enumerate(fused)}
-    order = sorted(
-        (chunk_id for chunk_id in fused if chunk_id in known),
-        key=lambda chunk_id: (-fused[chunk_id], position[chunk_id]),
-    )
-    return [known[i].model_copy(update={"fused": round(fused[i], 6)}) for i in order]
+    best = sorted(fused, key=lambda chunk_id: (-fused[chunk_id], position[chunk_id]))[:limit]
+    known = {hit.id: hit for hit in dense}
+    known.update(fetch([chunk_id for chunk_id in best if chunk_id not in known]))
+    return [known[i].model_copy(update={"fused": round(fused[i], 6)}) for i in best if i in known]
