@@ -31,38 +31,30 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
-from tasks.errors import GristmillError, RunFailed, UsageError
-from tasks.llm import Usage
-from tasks.records import (
-    BatchReport,
+from tasks.batch.dispatch import process_row_batch, row_batches
+from tasks.batch.engines.protocol import RowEngine
+from tasks.batch.job import RecordJob, load_schema, load_template
+from tasks.batch.journal import PreviousOutput, RowJournal
+from tasks.batch.plan import build_row_engine
+from tasks.batch.quality import (
     OutputLedger,
-    PreviousOutput,
-    RecordJob,
-    RecordReader,
-    RecordWriter,
-    RowEngine,
-    RowJournal,
-    RowResult,
-    batch_report_markdown,
-    build_row_engine,
     check_input_records,
     check_input_rows,
     check_output_records,
+    load_expectation_suite,
+)
+from tasks.batch.reading import RecordReader, iter_row_chunks, preflight, record_format
+from tasks.batch.report import BatchReport, batch_report_markdown
+from tasks.batch.results import RowResult, failed_result, invalid_result
+from tasks.batch.writing import (
+    RecordWriter,
     dead_letter_entry,
     dead_letter_path,
-    failed_result,
-    invalid_result,
-    iter_row_chunks,
-    load_expectation_suite,
-    load_schema,
-    load_template,
     output_columns,
     output_record,
-    preflight,
-    process_row_batch,
-    record_format,
-    row_batches,
 )
+from tasks.errors import GristmillError, RunFailed, UsageError
+from tasks.llm import Usage
 from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
 

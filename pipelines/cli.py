@@ -368,8 +368,10 @@ def batch(
         record_job,
         run_settings,
     )
+    from tasks.batch.plan import build_row_engine
+    from tasks.batch.reading import preflight
+    from tasks.batch.report import BatchReport
     from tasks.errors import GristmillError
-    from tasks.records import BatchReport, build_row_engine, preflight
     from tasks.reporting import state_report
 
     # The flow's parameters, as a deployment run would pass them.

@@ -14,23 +14,17 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from tasks.batch.dispatch import run_row_batch
+from tasks.batch.engines.batch_api import BatchAPIEngine
+from tasks.batch.engines.chat import ChatRowEngine
+from tasks.batch.engines.offline import OfflineRowEngine
+from tasks.batch.job import RecordJob, load_schema
+from tasks.batch.journal import RowJournal
+from tasks.batch.limits import RateLimiter
+from tasks.batch.plan import build_row_engine
+from tasks.batch.reading import RecordReader, Row, iter_row_chunks, preflight
+from tasks.batch.results import RowResult
 from tasks.errors import ConfigurationError, UsageError
-from tasks.records import (
-    BatchAPIEngine,
-    ChatRowEngine,
-    OfflineRowEngine,
-    RateLimiter,
-    RecordJob,
-    RecordReader,
-    Row,
-    RowJournal,
-    RowResult,
-    build_row_engine,
-    iter_row_chunks,
-    load_schema,
-    preflight,
-    run_row_batch,
-)
 from tasks.settings import Settings
 from tests.support.embedders import HashEmbedder
 from tests.support.openai_server import FakeOpenAI, Fault
