@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from tasks.errors import UsageError
+from tasks.llm import response_format, strict_json_schema, strip_fences
 
 if TYPE_CHECKING:
     import jinja2
@@ -39,7 +40,7 @@ class OutputSchema(BaseModel):
         import jsonschema
 
         try:
-            value = json.loads(_strip_fences(text))
+            value = json.loads(strip_fences(text))
         except ValueError as exc:
             return None, [f"not valid JSON: {exc}"]
         validator = jsonschema.Draft202012Validator(self.json_schema)
@@ -71,8 +72,6 @@ _FIELD_TYPES: dict[str, Any] = {
 def schema_from_fields(spec: str) -> OutputSchema:
     """'category,priority:int,summary' -> a strict JSON schema (strings unless typed)."""
     from pydantic import create_model
-
-    from tasks.llm import strict_json_schema
 
     fields: dict[str, Any] = {}
     for item in (part.strip() for part in spec.split(",")):
@@ -230,6 +229,35 @@ class RecordJob:
             return "" if value is None else str(value)
         return self._compiled.render({**values, "row": values})
 
+    def messages(self, text: str, *, describe_schema: bool = False) -> list[Any]:
+        """The chat messages for a row's text (the schema described in the system prompt for
+        servers without structured outputs)."""
+        system = self.system or ""
+        if self.schema is not None and describe_schema:
+            system += "\nAnswer with only a JSON object that fits this JSON schema:\n" + json.dumps(
+                self.schema.json_schema, separators=(",", ":")
+            )
+        messages: list[Any] = (
+            [{"role": "system", "content": system.strip()}] if system.strip() else []
+        )
+        return [*messages, {"role": "user", "content": text}]
+
+    def response_format(self, use_json_schema: bool) -> dict[str, Any] | None:
+        if self.schema is None:
+            return None
+        return response_format(
+            self.schema.json_schema,
+            self.schema.name,
+            strict=self.schema.strict,
+            use_json_schema=use_json_schema,
+        )
+
+    def read_answer(self, text: str) -> tuple[Any, list[str]]:
+        """The result value of an answer (schema-checked JSON, or the text), or why not."""
+        if self.schema is None:
+            return (text.strip(), []) if text.strip() else (None, ["the answer was empty"])
+        return self.schema.validate_text(text)
+
 
 def _environment() -> jinja2.Environment:
     from jinja2 import StrictUndefined
@@ -254,46 +282,3 @@ def template_variables(source: str) -> set[str]:
 
     env = _environment()
     return set(meta.find_undeclared_variables(env.parse(source))) - {"row"} - set(env.globals)
-
-
-def build_messages(job: RecordJob, text: str, *, describe_schema: bool = False) -> list[Any]:
-    system = job.system or ""
-    if job.schema is not None and describe_schema:
-        system += "\nAnswer with only a JSON object that fits this JSON schema:\n" + json.dumps(
-            job.schema.json_schema, separators=(",", ":")
-        )
-    messages: list[Any] = [{"role": "system", "content": system.strip()}] if system.strip() else []
-    return [*messages, {"role": "user", "content": text}]
-
-
-def response_format(job: RecordJob, use_json_schema: bool) -> dict[str, Any] | None:
-    if job.schema is None:
-        return None
-    if not use_json_schema:
-        return {"type": "json_object"}
-    return {
-        "type": "json_schema",
-        "json_schema": {
-            "name": job.schema.name,
-            "schema": job.schema.json_schema,
-            "strict": job.schema.strict,
-        },
-    }
-
-
-def check_answer(job: RecordJob, text: str, finish_reason: str | None) -> tuple[Any, list[str]]:
-    """The result value of an answer, or why it cannot be used."""
-    if job.schema is None:
-        return (text.strip(), []) if text.strip() else (None, ["the answer was empty"])
-    value, errors = job.schema.validate_text(text)
-    if errors and finish_reason == "length":
-        errors.append("the answer was cut off at the output token limit: be more concise")
-    return value, errors
-
-
-def _strip_fences(text: str) -> str:
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
-        stripped = stripped.rsplit("```", 1)[0]
-    return stripped

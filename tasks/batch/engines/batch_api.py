@@ -10,12 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.batch.engines.protocol import RowCallback, call_cost
-from tasks.batch.job import RecordJob, build_messages, check_answer, response_format
+from tasks.batch.engines.protocol import RowCallback
+from tasks.batch.job import RecordJob
 from tasks.batch.reading import Row
 from tasks.batch.results import RowResult, failed_result, ok_result
 from tasks.errors import ConfigurationError, LLMError
-from tasks.llm import REPAIR_PROMPT, Usage, openai_client
+from tasks.llm import (
+    Completion,
+    Usage,
+    check_completion,
+    completion_from_body,
+    openai_client,
+    repair_messages,
+)
 from tasks.reporting import write_atomically
 
 if TYPE_CHECKING:
@@ -85,10 +92,11 @@ class BatchAPIEngine:
 
     def process(self, rows: list[Row], on_done: RowCallback) -> list[RowResult]:
         results: dict[int, RowResult] = {}
-        messages = {
-            row.number: build_messages(self.job, row.text, describe_schema=not self.use_json_schema)
+        base = {
+            row.number: self.job.messages(row.text, describe_schema=not self.use_json_schema)
             for row in rows
         }
+        messages = dict(base)
         usage = {row.number: Usage() for row in rows}
         reasons = {row.number: "not submitted" for row in rows}
         pending = list(rows)
@@ -99,25 +107,19 @@ class BatchAPIEngine:
             still: list[Row] = []
             for row in pending:
                 custom_id = f"row-{row.number}"
-                if custom_id in answers:
-                    text, finish, call_usage, model = answers[custom_id]
-                    usage[row.number] = usage[row.number] + call_usage
-                    value, problems = check_answer(self.job, text, finish)
-                    if not problems:
-                        results[row.number] = ok_result(row, value, usage[row.number], model)
-                        on_done(row, results[row.number])
-                        continue
-                    reasons[row.number] = "output did not fit the schema: " + "; ".join(
-                        problems[:3]
-                    )
-                    repair = REPAIR_PROMPT.format(errors="; ".join(problems))
-                    messages[row.number] = [
-                        *messages[row.number][:2],
-                        {"role": "assistant", "content": text[:4000]},
-                        {"role": "user", "content": repair},
-                    ]
-                else:
+                completion = answers.get(custom_id)
+                if completion is None:
                     reasons[row.number] = errors.get(custom_id, "missing from the batch output")
+                    still.append(row)
+                    continue
+                usage[row.number] = usage[row.number] + completion.usage
+                value, problems = check_completion(completion, self.job.read_answer)
+                if not problems:
+                    results[row.number] = ok_result(row, value, usage[row.number], completion.model)
+                    on_done(row, results[row.number])
+                    continue
+                reasons[row.number] = "output did not fit the schema: " + "; ".join(problems[:3])
+                messages[row.number] = repair_messages(base[row.number], completion.text, problems)
                 still.append(row)
             pending = still
         for row in pending:
@@ -128,8 +130,9 @@ class BatchAPIEngine:
 
     def _run_round(
         self, rows: list[Row], messages: dict[int, list[Any]], round_number: int
-    ) -> tuple[dict[str, tuple[str, str | None, Usage, str]], dict[str, str]]:
-        fmt = response_format(self.job, self.use_json_schema)
+    ) -> tuple[dict[str, Completion], dict[str, str]]:
+        """Submit one round and wait for it: the answers and the errors, by custom_id."""
+        fmt = self.job.response_format(self.use_json_schema)
         lines = []
         for row in rows:
             body: dict[str, Any] = {
@@ -155,7 +158,7 @@ class BatchAPIEngine:
         )
         self.batches.append(batch.id)
         batch = self._wait(batch.id)
-        answers: dict[str, tuple[str, str | None, Usage, str]] = {}
+        answers: dict[str, Completion] = {}
         errors: dict[str, str] = {}
         if batch.status not in ("completed", "expired"):
             detail = ""
@@ -163,21 +166,24 @@ class BatchAPIEngine:
                 detail = ": " + "; ".join(str(e.message) for e in batch.errors.data[:3])
             reason = f"batch {batch.id} ended {batch.status}{detail}"
             return answers, dict.fromkeys((f"row-{r.number}" for r in rows), reason)
+        sent = {f"row-{row.number}": messages[row.number] for row in rows}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
             content = self.client.files.content(file_id).text
             for line in content.splitlines():
-                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                    self._map_line(json.loads(line), answers, errors)
+                with contextlib.suppress(LLMError, ValueError, KeyError, TypeError, AttributeError):
+                    self._map_line(json.loads(line), sent, answers, errors)
         return answers, errors
 
     def _map_line(
         self,
         entry: dict[str, Any],
-        answers: dict[str, tuple[str, str | None, Usage, str]],
+        sent: dict[str, list[Any]],
+        answers: dict[str, Completion],
         errors: dict[str, str],
     ) -> None:
+        """One line of the output or error file: the row's answer, or why there is none."""
         custom_id = str(entry["custom_id"])
         response = entry.get("response") or {}
         body = response.get("body") or {}
@@ -186,18 +192,13 @@ class BatchAPIEngine:
             code = error.get("code") or f"HTTP {response.get('status_code')}"
             errors[custom_id] = f"{code}: {error.get('message', '')}".strip(": ")[:300]
             return
-        choice = body["choices"][0]
-        usage_body = body.get("usage") or {}
-        prompt = int(usage_body.get("prompt_tokens", 0))
-        completion = int(usage_body.get("completion_tokens", 0))
-        usage = Usage(
-            calls=1,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cost_usd=call_cost(self.price, prompt, completion, self.PRICE_FACTOR),
+        answers[custom_id] = completion_from_body(
+            body,
+            sent.get(custom_id, []),
+            model=self.model,
+            price=self.price,
+            price_factor=self.PRICE_FACTOR,
         )
-        text = (choice.get("message") or {}).get("content") or ""
-        answers[custom_id] = (text, choice.get("finish_reason"), usage, body.get("model", ""))
 
     def _wait(self, batch_id: str) -> Any:
         deadline = time.monotonic() + self.timeout_s

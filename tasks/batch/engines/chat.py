@@ -8,7 +8,7 @@ Who retries what in the online path (so retries never multiply):
   rows); a 5xx, timeout or dropped connection is retried for that row alone with jittered
   exponential backoff (`transport_retries` times); 400/401/403/404/422 are never retried;
 - invalid output (not JSON, or not the schema) is retried per row: once hotter, then with a
-  repair prompt carrying the validation errors (as `generate_structured` does);
+  repair prompt carrying the validation errors (`tasks.llm.ask_until_valid`, as for summaries);
 - Prefect task retries are not used: a row batch task never raises for a row's failure.
 """
 
@@ -22,13 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from tasks.batch.engines.protocol import RowCallback, call_cost
-from tasks.batch.job import RecordJob, build_messages, check_answer, response_format
+from tasks.batch.engines.protocol import RowCallback
+from tasks.batch.job import RecordJob
 from tasks.batch.limits import RateLimiter, Slot, retry_after, share_prefect_limit
 from tasks.batch.reading import Row
 from tasks.batch.results import RowResult, failed_result, failure_reason, ok_result
 from tasks.errors import ConfigurationError, LLMError
-from tasks.llm import PERMANENT_STATUS, REPAIR_PROMPT, Usage, openai_client
+from tasks.llm import (
+    PERMANENT_STATUS,
+    Completion,
+    ask_until_valid,
+    completion_from_body,
+    count_prompt_tokens,
+    openai_client,
+)
 from tasks.redaction import redact
 
 if TYPE_CHECKING:
@@ -114,54 +121,41 @@ class ChatRowEngine:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def process_row(self, row: Row) -> RowResult:
-        """One row: validated, retried hotter, then repaired; never raises."""
-        base = build_messages(self.job, row.text, describe_schema=not self.use_json_schema)
-        messages = base
-        usage = Usage()
-        errors: list[str] = []
-        text = ""
-        model = self.model
-        try:
-            for attempt in range(1, self.validation_attempts + 1):
-                if attempt >= 3 and errors:
-                    repair = REPAIR_PROMPT.format(errors="; ".join(errors))
-                    messages = [
-                        *base,
-                        {"role": "assistant", "content": text[:4000]},
-                        {"role": "user", "content": repair},
-                    ]
-                temperature = min(self.job.temperature + 0.4 * (attempt - 1), 1.2)
-                text, finish, call_usage, model = self._call(messages, temperature)
-                usage = usage + call_usage
-                value, errors = check_answer(self.job, text, finish)
-                if not errors:
-                    return ok_result(row, value, usage, model)
-        except LLMError as exc:
-            return failed_result(row, failure_reason(exc), usage, model)
-        except Exception as exc:
-            return failed_result(row, self._clean(failure_reason(exc)), usage, model)
+        """One row through `ask_until_valid` (retried hotter, then repaired); never raises."""
+        outcome = ask_until_valid(
+            self._call,
+            self.job.messages(row.text, describe_schema=not self.use_json_schema),
+            self.job.read_answer,
+            attempts=self.validation_attempts,
+            temperature=self.job.temperature,
+            model=self.model,
+        )
+        if outcome.valid:
+            return ok_result(row, outcome.value, outcome.usage, outcome.model)
+        if outcome.failure is not None:
+            reason = failure_reason(outcome.failure)
+            if not isinstance(outcome.failure, LLMError):
+                reason = self._clean(reason)
+            return failed_result(row, reason, outcome.usage, outcome.model)
         reason = (
             f"output did not fit the schema after {self.validation_attempts} attempts: "
-            + "; ".join(errors[:3])
+            + "; ".join(outcome.errors[:3])
         )
-        return failed_result(row, reason, usage, model)
+        return failed_result(row, reason, outcome.usage, outcome.model)
 
-    def _call(self, messages: list[Any], temperature: float) -> tuple[str, str | None, Usage, str]:
+    def _call(self, messages: list[Any], temperature: float) -> Completion:
         """One chat call, retried on transport faults; a 429 pauses the whole run."""
         import openai
 
-        from tasks.tokens import count_tokens
-
         estimate = 0
         if self.limiter.counts_tokens:
-            prompt = sum(count_tokens(str(m.get("content", ""))) for m in messages)
-            estimate = prompt + COMPLETION_TOKENS_ESTIMATE
+            estimate = count_prompt_tokens(messages) + COMPLETION_TOKENS_ESTIMATE
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "temperature": temperature,
         }
-        fmt = response_format(self.job, self.use_json_schema)
+        fmt = self.job.response_format(self.use_json_schema)
         if fmt is not None:
             body["response_format"] = fmt
         rate_limited = faults = 0
@@ -230,34 +224,13 @@ class ChatRowEngine:
                     return self._answer(reply, messages, slot)
             time.sleep(delay)
 
-    def _answer(
-        self, reply: Any, messages: list[Any], slot: Slot
-    ) -> tuple[str, str | None, Usage, str]:
-        """Text, finish reason, usage and model from a chat-completion JSON body."""
-        choices = reply.get("choices") if isinstance(reply, dict) else None
-        if not choices or not isinstance(choices[0], dict):
-            raise LLMError("LLM answered with no choices", transient=True)
-        choice = choices[0]
-        message = choice.get("message") or {}
-        content = message.get("content") if isinstance(message, dict) else None
-        text = content if isinstance(content, str) else ""
-        usage_body = reply.get("usage")
-        if isinstance(usage_body, dict) and "prompt_tokens" in usage_body:
-            prompt = int(usage_body.get("prompt_tokens") or 0)
-            completion = int(usage_body.get("completion_tokens") or 0)
-        else:
-            from tasks.tokens import count_tokens
-
-            prompt = sum(count_tokens(str(m.get("content", ""))) for m in messages)
-            completion = count_tokens(text)
-        self.limiter.true_up(slot, prompt + completion)
-        usage = Usage(
-            calls=1,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cost_usd=call_cost(self.price, prompt, completion),
+    def _answer(self, reply: Any, messages: list[Any], slot: Slot) -> Completion:
+        """The reply as a `Completion`; the limiter charged the tokens it really took."""
+        completion = completion_from_body(reply, messages, model=self.model, price=self.price)
+        self.limiter.true_up(
+            slot, completion.usage.prompt_tokens + completion.usage.completion_tokens
         )
-        return text, choice.get("finish_reason"), usage, reply.get("model") or self.model
+        return completion
 
     def _clean(self, message: str) -> str:
         return redact(message, *self._secrets)[:300]

@@ -70,23 +70,18 @@ class OfflineRowEngine:
                 }
                 for t in texts
             ]
+        from tasks.embeddings import unit_vectors
+
         assert self.embedder is not None
         vectors = self.embedder.embed(texts)
         if self.job.task == "embed":
             return [{"embedding": [round(float(x), 6) for x in v]} for v in vectors]
         with self._lock:
             if self._labels is None:
-                self._labels = _unit(self.embedder.embed(list(self.job.labels)))
-        scores = _unit(vectors) @ self._labels.T
+                self._labels = unit_vectors(self.embedder.embed(list(self.job.labels)))
+        scores = unit_vectors(vectors) @ self._labels.T
         best = np.argmax(scores, axis=1)
         return [
             {"label": self.job.labels[int(b)], "score": round(float(scores[i, b]), 4)}
             for i, b in enumerate(best)
         ]
-
-
-def _unit(vectors: Any) -> Any:
-    import numpy as np
-
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms == 0, 1, norms)

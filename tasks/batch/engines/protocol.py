@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from tasks.batch.reading import Row
 from tasks.batch.results import RowResult
-
-if TYPE_CHECKING:
-    from tasks.settings import ModelPrice
-
 
 RowCallback = Callable[[Row, RowResult], None]
 
@@ -24,9 +20,3 @@ class RowEngine(Protocol):
     journaled: bool
 
     def process(self, rows: list[Row], on_done: RowCallback) -> list[RowResult]: ...
-
-
-def call_cost(price: ModelPrice | None, prompt: int, completion: int, factor: float = 1.0) -> float:
-    if price is None:
-        return 0.0
-    return round((prompt * price.input + completion * price.output) * factor / 1e6, 8)
