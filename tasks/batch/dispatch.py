@@ -6,9 +6,27 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.batch.engines.protocol import RowEngine
-from tasks.batch.journal import RowJournal
+from tasks.batch.journal import PreviousOutput, RowJournal
 from tasks.batch.reading import Row
-from tasks.batch.results import RowResult, failed_result, failure_reason
+from tasks.batch.results import RowResult, failed_result, failure_reason, invalid_result
+
+
+def settle_known_rows(
+    rows: list[Row], previous: PreviousOutput | None
+) -> tuple[dict[int, RowResult], list[Row]]:
+    """The results known without the engine, by row number (kept from the previous output, or
+    `invalid_input`), and the rows left to send."""
+    results: dict[int, RowResult] = {}
+    todo: list[Row] = []
+    for row in rows:
+        kept = previous.take(row) if previous is not None else None
+        if kept is not None:
+            results[row.number] = kept
+        elif row.problem is not None:
+            results[row.number] = invalid_result(row)
+        else:
+            todo.append(row)
+    return results, todo
 
 
 def run_row_batch(

@@ -135,3 +135,48 @@ def check_output_records(
     from tasks.quality import validate_table
 
     return validate_table(pd.DataFrame(records), "user-expectations", expectations)
+
+
+class QualityGates:
+    """Every data-quality verdict of a run: the built-in input and output suites, and the user's
+    own on the input (before any LLM call) and on the output, chunk by chunk."""
+
+    def __init__(
+        self,
+        job: RecordJob,
+        input_suite: list[Expectation] | None = None,
+        output_suite: list[Expectation] | None = None,
+    ) -> None:
+        self.job = job
+        self.input_suite = input_suite
+        self.output_suite = output_suite
+        self.ledger = OutputLedger()
+        self.verdicts: dict[str, str] = {}
+        """The latest summary line of each suite."""
+        self.errors: list[str] = []
+
+    def _record(self, name: str, report: QualityReport) -> None:
+        self.verdicts[name] = report.summary_line()
+        if not report.success:
+            self.errors.append(report.reason())
+
+    def check_input(self, rows: list[Row]) -> None:
+        """The input suites on a chunk; the rows the user's suite fails end `invalid_input`."""
+        self._record("input", check_input_rows(rows, self.job))
+        if not self.input_suite:
+            return
+        report, flagged = check_input_records(rows, self.input_suite)
+        self._record("user-input", report)
+        for row in rows:
+            if row.problem is None and row.number in flagged:
+                row.problem = flagged[row.number]
+
+    def check_output(self, records: list[dict[str, Any]], results: list[RowResult]) -> None:
+        """A written chunk: into the ledger, and through the user's output suite."""
+        for result in results:
+            self.ledger.add(result, self.job)
+        if self.output_suite:
+            self._record("user", check_output_records(records, self.output_suite))
+
+    def check_every_row_once(self, input_rows: int) -> None:
+        self._record("output", self.ledger.check(input_rows))

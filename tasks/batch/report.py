@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
 
 from tasks.llm import Usage
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tasks.batch.plan import BatchPlan
+    from tasks.batch.quality import QualityGates
+    from tasks.batch.results import RowResult
 
 
 class BatchReport(BaseModel):
@@ -74,3 +83,44 @@ def batch_report_markdown(report: BatchReport) -> str:
     if report.dead_letter:
         lines += ["", f"Failed rows with reasons: `{report.dead_letter}`"]
     return "\n".join(lines) + "\n"
+
+
+def batch_report(
+    plan: BatchPlan,
+    outcomes: list[RowResult],
+    gates: QualityGates,
+    *,
+    dead_letter: Path | None,
+    duration_s: float,
+    flow_run_id: str | None = None,
+) -> BatchReport:
+    """The report of a finished run, from the end of every row (reused rows cost nothing)."""
+    usage = Usage.total([o.usage for o in outcomes if not o.reused])
+    limiter = getattr(plan.engine, "limiter", None)
+    return BatchReport(
+        input=str(plan.source),
+        output=str(plan.output),
+        dead_letter=str(dead_letter) if dead_letter else None,
+        mode=plan.mode,
+        engine=plan.engine.name,
+        model=plan.engine.model,
+        rows=len(outcomes),
+        ok=sum(o.status == "ok" for o in outcomes),
+        failed=sum(o.status == "failed" for o in outcomes),
+        invalid_input=sum(o.status == "invalid_input" for o in outcomes),
+        reused=sum(o.reused for o in outcomes),
+        llm_calls=usage.calls,
+        usage=usage,
+        duration_s=round(duration_s, 3),
+        rows_per_s=round(len(outcomes) / duration_s, 2) if duration_s > 0 else 0.0,
+        rate_limit_pauses=getattr(limiter, "pauses", 0),
+        paused_s=round(getattr(limiter, "paused_s", 0.0), 2),
+        quality=list(gates.verdicts.values()),
+        quality_errors=gates.errors[:10],
+        failures=[
+            f"row {o.number} ({o.row_id}): {o.status}: {o.error}"
+            for o in outcomes
+            if o.status != "ok"
+        ][:10],
+        flow_run_id=flow_run_id,
+    )

@@ -32,6 +32,19 @@ class RowResult(BaseModel):
     record: dict[str, Any] | None = None
     """A previous output record kept as it was (--retry-failed)."""
 
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            calls=self.calls,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost_usd=self.cost_usd,
+        )
+
+    def outcome(self) -> RowResult:
+        """This result without its values: what the report needs of a row."""
+        return self.model_copy(update={"result": None, "record": None})
+
 
 def invalid_result(row: Row) -> RowResult:
     return RowResult(
@@ -40,17 +53,13 @@ def invalid_result(row: Row) -> RowResult:
 
 
 def failed_result(row: Row, reason: str, usage: Usage | None = None, model: str = "") -> RowResult:
-    usage = usage or Usage()
     return RowResult(
         number=row.number,
         row_id=row.row_id,
         status="failed",
         error=reason,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        calls=usage.calls,
-        cost_usd=usage.cost_usd,
         model=model or None,
+        **_spent(usage or Usage()),
     )
 
 
@@ -60,12 +69,18 @@ def ok_result(row: Row, value: Any, usage: Usage, model: str) -> RowResult:
         row_id=row.row_id,
         status="ok",
         result=value,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        calls=usage.calls,
-        cost_usd=usage.cost_usd,
         model=model,
+        **_spent(usage),
     )
+
+
+def _spent(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "calls": usage.calls,
+        "cost_usd": usage.cost_usd,
+    }
 
 
 def failure_reason(exc: BaseException) -> str:

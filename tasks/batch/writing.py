@@ -81,13 +81,16 @@ class RecordWriter:
     def __init__(
         self,
         path: Path,
-        columns: list[str],
+        job: RecordJob,
+        input_columns: list[str],
         *,
         input_schema: pa.Schema | None = None,
     ) -> None:
         self.path = path
         self.format = record_format(path)
-        self.columns = columns
+        self.job = job
+        self.input_columns = input_columns
+        self.columns = output_columns(job, input_columns)
         self.rows = 0
         self.dead_letters = 0
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +105,7 @@ class RecordWriter:
         if self.format == "csv":
             self._handle = self._tmp.open("w", encoding="utf-8", newline="")
             self._csv = csv.writer(self._handle)
-            self._csv.writerow(columns)
+            self._csv.writerow(self.columns)
         elif self.format == "jsonl":
             self._handle = self._tmp.open("w", encoding="utf-8")
 
@@ -125,6 +128,15 @@ class RecordWriter:
         if input_schema is not None:
             types |= {f.name: f.type for f in input_schema}
         return pa.schema([(c, types.get(c, pa.string())) for c in self.columns])
+
+    def write_rows(self, rows: list[Row], results: list[RowResult]) -> list[dict[str, Any]]:
+        """Write a chunk in input order (rows not `ok` to the dead-letter file as well); return
+        its output records."""
+        pairs = list(zip(rows, results, strict=True))
+        records = [output_record(r, result, self.job, self.input_columns) for r, result in pairs]
+        dead = [dead_letter_entry(r, result) for r, result in pairs if result.status != "ok"]
+        self.write(records, dead)
+        return records
 
     def write(self, records: list[dict[str, Any]], dead: list[dict[str, Any]]) -> None:
         for entry in dead:
@@ -175,6 +187,11 @@ class RecordWriter:
         else:
             self._dead_tmp.unlink(missing_ok=True)
             self._dead_path.unlink(missing_ok=True)
+
+    @property
+    def dead_letter(self) -> Path | None:
+        """The dead-letter file, when there are failed or invalid rows."""
+        return self._dead_path if self.dead_letters else None
 
     def abort(self) -> None:
         self._close()
