@@ -271,6 +271,54 @@ def test_a_template_without_an_endpoint_fails_at_once_saying_how_to_configure(
     assert "OPENAI_API_KEY" in str(caught.value) and "--task" in str(caught.value)
 
 
+# ------------------------------------------------------------------------- writing
+
+# A run killed while writing: its temp files stay behind, and the kill released their locks.
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from tasks.batch.job import RecordJob
+from tasks.batch.writing import RecordWriter
+writer = RecordWriter(Path(sys.argv[1]), RecordJob(task="summarize"), ["text"])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_runs_temp_files_go_on_the_next_run_and_nothing_else(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tasks.batch.writing import RecordWriter
+    from tests.conftest import REPO
+
+    out = tmp_path / "rows.csv"
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out)], cwd=REPO, check=False)
+    stale = set(tmp_path.glob(".*.tmp"))
+    assert {p.name.rsplit(".", 2)[0] for p in stale} == {".rows.csv", ".rows.dead-letter.jsonl"}
+    assert all(p.stat().st_size == 0 for p in stale)
+    others = [
+        tmp_path / ".other.csv.abcd1234.tmp",  # another output's
+        tmp_path / ".rows.csv.gz.abcd1234.tmp",
+        tmp_path / ".rows.csv.abcd1234.tmp.keep",  # not our pattern
+        tmp_path / "rows.csv.tmp",
+    ]
+    for path in others:
+        path.write_text("keep me")
+    job = RecordJob(task="summarize")
+    before = set(tmp_path.iterdir())
+    live = RecordWriter(out, job, ["text"])  # the next run: it removes only the stale temps
+    assert not stale & set(tmp_path.iterdir())
+    assert all(path.exists() for path in others)
+    working = set(tmp_path.iterdir()) - before
+    assert len(working) == 2
+
+    again = RecordWriter(out, job, ["text"])  # one more at once: it leaves the live run's alone
+    assert all(path.exists() for path in [*others, *working])
+    again.commit()
+    live.abort()
+    assert sorted(tmp_path.iterdir()) == sorted([*others, out])
+
+
 # ------------------------------------------------------------------------- offline tasks
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import logging
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +20,8 @@ from tasks.reporting import file_mode
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+logger = logging.getLogger(__name__)
 
 
 def cell_text(value: Any) -> str | None:
@@ -94,6 +99,10 @@ class RecordWriter:
         self.rows = 0
         self.dead_letters = 0
         path.parent.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temps(path)
+        if removed:
+            logger.info("removed %d temporary file(s) a stopped run left for %s", removed, path)
+        self._locks: list[int] = []
         self._tmp = self._temp(path)
         self._dead_path = dead_letter_path(path)
         self._dead_tmp = self._temp(self._dead_path)
@@ -109,10 +118,11 @@ class RecordWriter:
         elif self.format == "jsonl":
             self._handle = self._tmp.open("w", encoding="utf-8")
 
-    @staticmethod
-    def _temp(path: Path) -> Path:
+    def _temp(self, path: Path) -> Path:
+        """A temp file next to `path`, locked while this writer lives (see remove_stale_temps)."""
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._locks.append(fd)
         os.chmod(name, file_mode())  # outputs honour the umask like any other tool's
         return Path(name)
 
@@ -187,6 +197,7 @@ class RecordWriter:
         else:
             self._dead_tmp.unlink(missing_ok=True)
             self._dead_path.unlink(missing_ok=True)
+        self._unlock()
 
     @property
     def dead_letter(self) -> Path | None:
@@ -197,6 +208,12 @@ class RecordWriter:
         self._close()
         self._tmp.unlink(missing_ok=True)
         self._dead_tmp.unlink(missing_ok=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
 
     def _close(self) -> None:
         if self._handle is not None:
@@ -212,6 +229,36 @@ def _safe(text: str | None) -> str:
     if text is None:
         return ""
     return SURROGATE.sub("\ufffd", text) if SURROGATE.search(text) else text
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Delete the temp files a killed run left for `path` and its dead-letter file.
+
+    Only names of our own pattern (`.<name>.<8 random characters>.tmp`, as `RecordWriter` makes
+    them) are touched, and only those no live writer holds locked. Returns how many went.
+    """
+    names = "|".join(re.escape(p.name) for p in (path, dead_letter_path(path)))
+    pattern = re.compile(rf"\.(?:{names})\.[a-z0-9_]{{8}}\.tmp")
+    removed = 0
+    for candidate in path.parent.iterdir():
+        if pattern.fullmatch(candidate.name) and _remove_unless_locked(candidate):
+            removed += 1
+    return removed
+
+
+def _remove_unless_locked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except OSError:
+        return False  # a writer is still at work on it
+    finally:
+        os.close(fd)
+    return True
 
 
 def dead_letter_entry(row: Row, result: RowResult) -> dict[str, Any]:
