@@ -138,9 +138,8 @@ def process_records(
         logger.info("stopped: %s", exc)
         return Failed(message=str(exc), data=exc)
     finally:
-        close = getattr(plan.engine, "close", None)
-        if engine is None and close is not None:
-            close()
+        if engine is None:  # built here: ours to close
+            plan.engine.close()
     logger.info(report.headline())
     if not report.success:
         message = "; ".join([report.headline(), *report.failures[:3], *report.quality_errors[:3]])

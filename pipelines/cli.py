@@ -412,9 +412,7 @@ def batch(
         )
     finally:
         progress.stop()
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
+        engine.close()
     report = state_report(state)
     if isinstance(report, GristmillError):
         fail(str(report), report.exit_code)

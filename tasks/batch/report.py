@@ -96,7 +96,7 @@ def batch_report(
 ) -> BatchReport:
     """The report of a finished run, from the end of every row (reused rows cost nothing)."""
     usage = Usage.total([o.usage for o in outcomes if not o.reused])
-    limiter = getattr(plan.engine, "limiter", None)
+    limiter = plan.engine.limiter
     return BatchReport(
         input=str(plan.source),
         output=str(plan.output),
@@ -113,8 +113,8 @@ def batch_report(
         usage=usage,
         duration_s=round(duration_s, 3),
         rows_per_s=round(len(outcomes) / duration_s, 2) if duration_s > 0 else 0.0,
-        rate_limit_pauses=getattr(limiter, "pauses", 0),
-        paused_s=round(getattr(limiter, "paused_s", 0.0), 2),
+        rate_limit_pauses=limiter.pauses if limiter else 0,
+        paused_s=round(limiter.paused_s, 2) if limiter else 0.0,
         quality=list(gates.verdicts.values()),
         quality_errors=gates.errors[:10],
         failures=[

@@ -45,6 +45,7 @@ class BatchAPIEngine:
 
     name = "batch-api"
     journaled = True
+    limiter = None
     PRICE_FACTOR = 0.5
 
     def __init__(
@@ -127,6 +128,9 @@ class BatchAPIEngine:
             results[row.number] = failed_result(row, reason, usage[row.number], self.model)
             on_done(row, results[row.number])
         return [results[row.number] for row in rows]
+
+    def close(self) -> None:
+        """Nothing held between rounds."""
 
     def _run_round(
         self, rows: list[Row], messages: dict[int, list[Any]], round_number: int

@@ -20,6 +20,7 @@ class OfflineRowEngine:
     """The built-in tasks without an LLM: extractive summary, zero-shot classify, embed."""
 
     journaled = False
+    limiter = None
 
     def __init__(self, job: RecordJob, embedder: Embedder | None = None) -> None:
         if job.task is None:
@@ -54,6 +55,9 @@ class OfflineRowEngine:
         for row, result in zip(rows, results, strict=True):
             on_done(row, result)
         return results
+
+    def close(self) -> None:
+        """Nothing to free (the embedder is the settings' to keep)."""
 
     def _values(self, texts: list[str]) -> list[dict[str, Any]]:
         import numpy as np

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from tasks.batch.limits import RateLimiter
 from tasks.batch.reading import Row
 from tasks.batch.results import RowResult
 
@@ -18,5 +19,15 @@ class RowEngine(Protocol):
     name: str
     model: str
     journaled: bool
+    """Its `ok` rows go into the resume journal (paid-for results)."""
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        """The run's shared rate limiter, whose pauses the report counts; None without one."""
+        ...
 
     def process(self, rows: list[Row], on_done: RowCallback) -> list[RowResult]: ...
+
+    def close(self) -> None:
+        """Free what the engine holds (its threads); the run is over."""
+        ...
