@@ -17,7 +17,7 @@ from typing import Any
 
 from tasks.batch.job import RecordJob
 from tasks.batch.reading import RecordReader, Row
-from tasks.batch.results import RowResult
+from tasks.batch.results import RowResult, reused_result
 from tasks.errors import UsageError
 
 
@@ -53,15 +53,12 @@ class RowJournal:
         entry = self._done.get(row.key)
         if entry is None:
             return None
-        return RowResult(
-            number=row.number,
-            row_id=row.row_id,
-            status="ok",
+        return reused_result(
+            row,
             result=entry.get("result"),
             prompt_tokens=entry.get("prompt_tokens", 0),
             completion_tokens=entry.get("completion_tokens", 0),
             model=entry.get("model"),
-            reused=True,
         )
 
     def add(self, row: Row, result: RowResult) -> None:
@@ -117,11 +114,4 @@ class PreviousOutput:
             )
         if previous.get("status") != "ok":
             return None
-        return RowResult(
-            number=row.number,
-            row_id=row.row_id,
-            status="ok",
-            model=previous.get("model"),
-            reused=True,
-            record=previous,
-        )
+        return reused_result(row, model=previous.get("model"), record=previous)

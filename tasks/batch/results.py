@@ -74,6 +74,11 @@ def ok_result(row: Row, value: Any, usage: Usage, model: str) -> RowResult:
     )
 
 
+def reused_result(row: Row, **fields: Any) -> RowResult:
+    """An `ok` result from an earlier run (the journal, or the previous output): paid for then."""
+    return RowResult(number=row.number, row_id=row.row_id, status="ok", reused=True, **fields)
+
+
 def _spent(usage: Usage) -> dict[str, Any]:
     return {
         "prompt_tokens": usage.prompt_tokens,
