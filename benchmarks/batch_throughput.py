@@ -21,15 +21,10 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from tasks.records import (
-    ChatRowEngine,
-    RecordJob,
-    iter_row_chunks,
-    load_schema,
-    preflight,
-    row_batches,
-    run_row_batch,
-)
+from tasks.batch.dispatch import row_batches, run_row_batch
+from tasks.batch.engines.chat import ChatRowEngine
+from tasks.batch.job import RecordJob, load_schema
+from tasks.batch.reading import iter_row_chunks, preflight
 from tasks.settings import Settings
 from tests.support.openai_server import FakeOpenAI, Fault
 

@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
-from tasks.embeddings import Embedder, build_embedder
+from tasks.embeddings import Embedder, build_embedder, unit_vectors
 from tasks.errors import GristmillError, OutputValidationError, RunFailed
 from tasks.hybrid import candidate_count, fuse, fuse_rankings
 from tasks.lexical import open_lexical
@@ -187,11 +187,6 @@ def _source_filter(where: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms == 0, 1.0, norms)
-
-
 def mmr(query: np.ndarray, hits: list[Hit], k: int, lambda_: float = MMR_LAMBDA) -> list[Hit]:
     """Maximal marginal relevance: relevant to the query, but not repeating each other.
 
@@ -200,8 +195,8 @@ def mmr(query: np.ndarray, hits: list[Hit], k: int, lambda_: float = MMR_LAMBDA)
     """
     if len(hits) <= 1 or any(hit.embedding is None for hit in hits):
         return hits[:k]
-    vectors = _unit(np.asarray([hit.embedding for hit in hits], dtype=np.float32))
-    relevance = vectors @ _unit(query.reshape(1, -1).astype(np.float32))[0]
+    vectors = unit_vectors(np.asarray([hit.embedding for hit in hits], dtype=np.float32))
+    relevance = vectors @ unit_vectors(query.reshape(1, -1).astype(np.float32))[0]
     fused = [hit.fused for hit in hits]
     if all(f is not None for f in fused):
         order = np.asarray(fused, dtype=np.float64)
@@ -289,7 +284,7 @@ def extractive_answer(
     candidates = [(n, s) for n, hit in enumerate(hits, start=1) for s in _sentences(hit)]
     if not candidates:
         return NO_ANSWER, []
-    vectors = _unit(np.asarray(embedder.embed([question] + [s for _, s in candidates])))
+    vectors = unit_vectors(np.asarray(embedder.embed([question] + [s for _, s in candidates])))
     scores = vectors[1:] @ vectors[0]
     best = sorted(np.argsort(-scores)[:sentences].tolist())
     best = [i for i in best if scores[i] > 0] or [int(np.argmax(scores))]

@@ -15,9 +15,9 @@ overrides for the CLI and tests, never set by a deployment.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -29,118 +29,23 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import ValidationError
 
-from tasks.errors import GristmillError, RunFailed, UsageError
-from tasks.llm import Usage
-from tasks.records import (
-    BatchReport,
-    OutputLedger,
-    PreviousOutput,
-    RecordJob,
-    RecordReader,
-    RecordWriter,
-    RowEngine,
-    RowJournal,
-    RowResult,
-    batch_report_markdown,
-    build_row_engine,
-    check_input_records,
-    check_input_rows,
-    check_output_records,
-    dead_letter_entry,
-    dead_letter_path,
-    failed_result,
-    invalid_result,
-    iter_row_chunks,
-    load_expectation_suite,
-    load_schema,
-    load_template,
-    output_columns,
-    output_record,
-    preflight,
-    process_row_batch,
-    record_format,
-    row_batches,
-)
+from tasks.batch.dispatch import process_row_batch, row_batches, settle_known_rows
+from tasks.batch.engines.protocol import RowEngine
+from tasks.batch.journal import RowJournal
+from tasks.batch.plan import BatchPlan, plan_batch
+from tasks.batch.quality import QualityGates
+from tasks.batch.reading import Row, iter_row_chunks
+from tasks.batch.report import BatchReport, batch_report, batch_report_markdown
+from tasks.batch.results import RowResult, failed_result
+from tasks.batch.writing import RecordWriter
+from tasks.errors import GristmillError, RunFailed
 from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
-
-if TYPE_CHECKING:
-    from great_expectations.expectations import Expectation
 
 REPORT_ARTIFACT_KEY = "process-records-report"
 PROGRESS_ARTIFACT_KEY = "process-records-progress"
 ProgressCallback = Callable[[int, int], None]
-
-# The flow parameters that build the job (`record_job`), and those that override a setting for
-# one run (`run_settings`), with that setting's name.
-JOB_PARAMETERS = (
-    "template",
-    "task",
-    "labels",
-    "schema",
-    "system",
-    "id_column",
-    "text_column",
-    "max_chars",
-)
-SETTING_PARAMETERS = {
-    "model": "llm_model",
-    "temperature": "llm_temperature",
-    "concurrency": "batch_concurrency",
-    "rpm": "batch_rpm",
-    "tpm": "batch_tpm",
-}
-
-
-def run_settings(settings: Settings, **parameters: Any) -> Settings:
-    """`settings` with the run's overrides (model, temperature, concurrency, rpm, tpm) applied,
-    checked against the settings' own bounds."""
-    updated = settings.model_copy()
-    for parameter, value in parameters.items():
-        if value is None:
-            continue
-        try:
-            Settings.__pydantic_validator__.validate_assignment(
-                updated, SETTING_PARAMETERS[parameter], value
-            )
-        except ValidationError as exc:
-            raise UsageError(f"{parameter}: {exc.errors()[0]['msg']}, not {value!r}") from None
-    return updated
-
-
-def record_job(
-    settings: Settings,
-    *,
-    template: str | None = None,
-    task: str | None = None,
-    labels: list[str] | str | None = None,
-    schema: str | None = None,
-    system: str | None = None,
-    id_column: str | None = None,
-    text_column: str = "text",
-    max_chars: int = 100_000,
-) -> RecordJob:
-    """What to do with every row, from the run's parameters (a usage error if inconsistent).
-
-    `template` and `schema` are file paths or the text itself; `labels` a list or a
-    comma-separated string; model and temperature come from `settings`.
-    """
-    if isinstance(labels, str):
-        labels = labels.split(",")
-    return RecordJob(
-        template=load_template(template) if template is not None else None,
-        task=task,
-        system=system,
-        schema=load_schema(schema),
-        model=settings.llm_model,
-        temperature=settings.llm_temperature,
-        labels=[label.strip() for label in labels or [] if label.strip()],
-        text_column=text_column,
-        id_column=id_column,
-        max_chars=max_chars,
-    )
 
 
 def _run_name() -> str:
@@ -214,72 +119,27 @@ def process_records(
             the settings.
         on_progress: Called with (rows done, rows expected) after each batch (CLI).
     """
+    parameters = {k: v for k, v in locals().items() if k not in _OVERRIDES}  # the JSON ones
     started = time.monotonic()
     logger = get_run_logger()
-    source, out = Path(input_path), Path(output_path)
-    built_engine = engine is None
     try:
-        settings = run_settings(
-            settings or Settings(),
-            model=model,
-            temperature=temperature,
-            concurrency=concurrency,
-            rpm=rpm,
-            tpm=tpm,
-        )
-        job = record_job(
-            settings,
-            template=template,
-            task=task,
-            labels=labels,
-            schema=schema,
-            system=system,
-            id_column=id_column,
-            text_column=text_column,
-            max_chars=max_chars,
-        )
-        if out.resolve() == source.resolve():
-            raise UsageError("output_path must not be the input file")
-        record_format(out)  # an output format we cannot write fails now, not after the work
-        reader = preflight(source, job)
-        user_suite = load_expectation_suite(Path(expectations_path)) if expectations_path else None
-        input_suite = (
-            load_expectation_suite(Path(input_expectations_path), "--input-expectations")
-            if input_expectations_path
-            else None
-        )
-        engine = engine or build_row_engine(settings, job, mode, poll_interval_s=poll_interval_s)
+        plan = plan_batch(settings or Settings(), parameters, engine=engine)
     except GristmillError as exc:
         # the Failed state's message carries the reason to the UI; logged at INFO so the
         # terminal does not print it twice beside the CLI's one line
         logger.info("cannot start: %s", exc)
         return Failed(message=str(exc), data=exc)
-    tag_flow_run("pipeline:batch", f"engine:{engine.name}")
+    tag_flow_run("pipeline:batch", f"engine:{plan.engine.name}")
     try:
-        report = _process(
-            source,
-            out,
-            reader,
-            job,
-            engine,
-            settings,
-            mode=mode,
-            retry_failed=retry_failed,
-            user_suite=user_suite,
-            input_suite=input_suite,
-            chunk_rows=chunk_rows,
-            on_progress=on_progress,
-            started=started,
-        )
+        report = _process(plan, chunk_rows=chunk_rows, on_progress=on_progress, started=started)
     except GristmillError as exc:
         # the output cannot be written, a Batch API job was refused, ...: the reason in words,
         # as a Failed state, instead of a traceback on the terminal
         logger.info("stopped: %s", exc)
         return Failed(message=str(exc), data=exc)
     finally:
-        close = getattr(engine, "close", None)
-        if built_engine and close is not None:
-            close()
+        if engine is None:  # built here: ours to close
+            plan.engine.close()
     logger.info(report.headline())
     if not report.success:
         message = "; ".join([report.headline(), *report.failures[:3], *report.quality_errors[:3]])
@@ -287,111 +147,35 @@ def process_records(
     return Completed(message=report.headline(), data=report)
 
 
-def _process(
-    source: Path,
-    out: Path,
-    reader: RecordReader,
-    job: RecordJob,
-    engine: RowEngine,
-    settings: Settings,
-    *,
-    mode: str,
-    retry_failed: bool,
-    user_suite: list[Expectation] | None,
-    input_suite: list[Expectation] | None,
-    chunk_rows: int | None,
-    on_progress: ProgressCallback | None,
-    started: float,
-) -> BatchReport:
-    """The run itself, inside the flow: every row once, written atomically, then the report."""
-    columns = reader.columns
-    total = reader.estimate_rows()
-    rows_per_task = settings.batch_rows_per_task
-    journal = RowJournal.for_job(settings.batch_dir, job) if engine.journaled else None
-    previous = PreviousOutput(out) if retry_failed else None
-    progress_id = cast(
-        UUID,
-        create_progress_artifact(
-            progress=0.0, key=PROGRESS_ARTIFACT_KEY, description=f"{source.name}: rows processed"
-        ),
-    )
-    get_run_logger().info("%s: ~%d rows with %s (%s)", source, total, engine.name, engine.model)
+_OVERRIDES = frozenset({"settings", "engine", "on_progress"})
+"""The keyword-only arguments of `process_records`: not run parameters."""
 
-    writer = RecordWriter(out, output_columns(job, columns), input_schema=reader.arrow_schema)
-    ledger = OutputLedger()
-    quality: dict[str, str] = {}
-    quality_errors: list[str] = []
+
+def _process(
+    plan: BatchPlan, *, chunk_rows: int | None, on_progress: ProgressCallback | None, started: float
+) -> BatchReport:
+    """The run itself: every row once, in input order, written atomically; then the report."""
+    job, engine = plan.job, plan.engine
+    journal = RowJournal.for_job(plan.settings.batch_dir, job) if engine.journaled else None
+    chunk_rows = chunk_rows or max(1000, plan.settings.batch_rows_per_task * 10)
+    progress = _Progress(plan, on_progress)
+    gates = QualityGates(job, plan.input_suite, plan.output_suite)
+    writer = RecordWriter(
+        plan.output, job, plan.reader.columns, input_schema=plan.reader.arrow_schema
+    )
     outcomes: list[RowResult] = []
-    done = 0
     try:
-        for rows in iter_row_chunks(reader, job, chunk_rows or max(1000, rows_per_task * 10)):
-            input_check = check_input_rows(rows, job)
-            quality["input"] = input_check.summary_line()
-            if not input_check.success:
-                quality_errors.append(input_check.reason())
-            if input_suite:
-                user_input, flagged = check_input_records(rows, input_suite)
-                quality["user-input"] = user_input.summary_line()
-                if not user_input.success:
-                    quality_errors.append(user_input.reason())
-                for row in rows:
-                    if row.problem is None and row.number in flagged:
-                        row.problem = flagged[row.number]
-            results: dict[int, RowResult] = {}
-            todo = []
-            for row in rows:
-                kept = previous.take(row) if previous is not None else None
-                if kept is not None:
-                    results[row.number] = kept
-                elif row.problem is not None:
-                    results[row.number] = invalid_result(row)
-                else:
-                    todo.append(row)
-            done += len(rows) - len(todo)
-            futures = [
-                (
-                    batch,
-                    process_row_batch.submit(
-                        batch,
-                        engine,
-                        journal,
-                        name=f"{source.name} rows {batch[0].number}-{batch[-1].number}",
-                    ),
-                )
-                for batch in row_batches(todo, rows_per_task)
-            ]
-            for batch, future in futures:
-                try:
-                    batch_results = future.result()
-                except Exception as exc:
-                    reason = f"{type(exc).__name__}: {exc}"
-                    batch_results = [failed_result(row, reason) for row in batch]
-                results.update((r.number, r) for r in batch_results)
-                done += len(batch)
-                percent = 100.0 * done / max(total, done, 1)
-                update_progress_artifact(progress_id, min(percent, 100.0))
-                if on_progress is not None:
-                    on_progress(done, max(total, done))
-            records = [output_record(r, results[r.number], job, columns) for r in rows]
-            dead = [
-                dead_letter_entry(r, results[r.number])
-                for r in rows
-                if results[r.number].status != "ok"
-            ]
-            writer.write(records, dead)
-            for row in rows:
-                result = results[row.number]
-                ledger.add(result, job)
-                outcomes.append(result.model_copy(update={"result": None, "record": None}))
-            if user_suite:
-                user_check = check_output_records(records, user_suite)
-                quality["user"] = user_check.summary_line()
-                if not user_check.success:
-                    quality_errors.append(user_check.reason())
-        output_check = ledger.check(len(outcomes))
-        quality["output"] = output_check.summary_line()
-        if not output_check.success:
-            quality_errors.append(output_check.reason())
+        for rows in iter_row_chunks(plan.reader, job, chunk_rows):
+            gates.check_input(rows)
+            results, todo = settle_known_rows(rows, plan.previous)
+            progress.advance(len(rows) - len(todo))
+            for batch, batch_results in _run_batches(plan, todo, journal):
+                results.update((result.number, result) for result in batch_results)
+                progress.advance(len(batch))
+            chunk = [results[row.number] for row in rows]
+            gates.check_output(writer.write_rows(rows, chunk), chunk)
+            outcomes += [result.outcome() for result in chunk]
+        gates.check_every_row_once(len(outcomes))
     except BaseException:
         writer.abort()
         raise
@@ -399,42 +183,13 @@ def _process(
         if journal is not None:
             journal.close()
     writer.commit()
-    update_progress_artifact(progress_id, 100.0)
-
-    fresh = [o for o in outcomes if not o.reused]
-    usage = Usage(
-        calls=sum(o.calls for o in fresh),
-        prompt_tokens=sum(o.prompt_tokens for o in fresh),
-        completion_tokens=sum(o.completion_tokens for o in fresh),
-        cost_usd=round(sum(o.cost_usd for o in fresh), 8),
-    )
-    duration = time.monotonic() - started
-    limiter = getattr(engine, "limiter", None)
-    report = BatchReport(
-        input=str(source),
-        output=str(out),
-        dead_letter=str(dead_letter_path(out)) if writer.dead_letters else None,
-        mode=mode,
-        engine=engine.name,
-        model=engine.model,
-        rows=len(outcomes),
-        ok=sum(o.status == "ok" for o in outcomes),
-        failed=sum(o.status == "failed" for o in outcomes),
-        invalid_input=sum(o.status == "invalid_input" for o in outcomes),
-        reused=sum(o.reused for o in outcomes),
-        llm_calls=usage.calls,
-        usage=usage,
-        duration_s=round(duration, 3),
-        rows_per_s=round(len(outcomes) / duration, 2) if duration > 0 else 0.0,
-        rate_limit_pauses=getattr(limiter, "pauses", 0),
-        paused_s=round(getattr(limiter, "paused_s", 0.0), 2),
-        quality=list(quality.values()),
-        quality_errors=quality_errors[:10],
-        failures=[
-            f"row {o.number} ({o.row_id}): {o.status}: {o.error}"
-            for o in outcomes
-            if o.status != "ok"
-        ][:10],
+    progress.finish()
+    report = batch_report(
+        plan,
+        outcomes,
+        gates,
+        dead_letter=writer.dead_letter,
+        duration_s=time.monotonic() - started,
         flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
     create_markdown_artifact(
@@ -443,3 +198,65 @@ def _process(
         description=report.headline(),
     )
     return report
+
+
+def _run_batches(
+    plan: BatchPlan, rows: list[Row], journal: RowJournal | None
+) -> Iterator[tuple[list[Row], list[RowResult]]]:
+    """The rows as tasks of `batch_rows_per_task` rows side by side; each batch's results, in
+    order (a batch whose task failed as a whole ends `failed` with the reason)."""
+    futures = [
+        (
+            batch,
+            process_row_batch.submit(
+                batch,
+                plan.engine,
+                journal,
+                name=f"{plan.source.name} rows {batch[0].number}-{batch[-1].number}",
+            ),
+        )
+        for batch in row_batches(rows, plan.settings.batch_rows_per_task)
+    ]
+    for batch, future in futures:
+        try:
+            yield batch, future.result()
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            yield batch, [failed_result(row, reason) for row in batch]
+
+
+class _Progress:
+    """Rows done of rows expected: the run's progress artifact, and the CLI's bar."""
+
+    def __init__(self, plan: BatchPlan, on_progress: ProgressCallback | None) -> None:
+        self.total = plan.reader.estimate_rows()
+        self.done = 0
+        self.on_progress = on_progress
+        self.artifact = cast(
+            UUID,
+            create_progress_artifact(
+                progress=0.0,
+                key=PROGRESS_ARTIFACT_KEY,
+                description=f"{plan.source.name}: rows processed",
+            ),
+        )
+        get_run_logger().info(
+            "%s: ~%d rows with %s (%s)",
+            plan.source,
+            self.total,
+            plan.engine.name,
+            plan.engine.model,
+        )
+
+    def advance(self, rows: int) -> None:
+        if rows == 0:
+            return
+        self.done += rows
+        update_progress_artifact(
+            self.artifact, min(100.0 * self.done / max(self.total, self.done, 1), 100.0)
+        )
+        if self.on_progress is not None:
+            self.on_progress(self.done, max(self.total, self.done))
+
+    def finish(self) -> None:
+        update_progress_artifact(self.artifact, 100.0)

@@ -361,15 +361,10 @@ def batch(
     """Run every row of a table through a prompt template (or a built-in offline task)."""
     settings = load_settings()
     prepare_prefect(settings, verbose=verbose)
-    from pipelines.batch import (
-        JOB_PARAMETERS,
-        SETTING_PARAMETERS,
-        process_records,
-        record_job,
-        run_settings,
-    )
+    from pipelines.batch import process_records
+    from tasks.batch.plan import plan_batch
+    from tasks.batch.report import BatchReport
     from tasks.errors import GristmillError
-    from tasks.records import BatchReport, build_row_engine, preflight
     from tasks.reporting import state_report
 
     # The flow's parameters, as a deployment run would pass them.
@@ -398,12 +393,9 @@ def batch(
     if output.resolve() == input_path.resolve():
         fail("--output must not be the input file")
     try:
-        # What the flow builds from the same parameters, built first here so that a usage or
+        # What the flow plans from the same parameters, planned first here so that a usage or
         # configuration error is one line and exit code 2, before any flow run starts.
-        run = run_settings(settings, **{p: parameters[p] for p in SETTING_PARAMETERS})
-        job = record_job(run, **{p: parameters[p] for p in JOB_PARAMETERS})
-        preflight(input_path, job)
-        engine = build_row_engine(run, job, mode, poll_interval_s=poll_interval)
+        engine = plan_batch(settings, parameters).engine
     except GristmillError as exc:
         fail(str(exc))
 
@@ -420,9 +412,7 @@ def batch(
         )
     finally:
         progress.stop()
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
+        engine.close()
     report = state_report(state)
     if isinstance(report, GristmillError):
         fail(str(report), report.exit_code)

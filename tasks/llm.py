@@ -3,7 +3,8 @@
 Who retries what (so retries never multiply):
 - transport faults (429 honouring Retry-After, 5xx, timeouts, dropped connections) are retried by
   the openai SDK inside one `complete` call: `max_retries` with exponential backoff and jitter;
-- invalid output (not JSON, or not the schema) is retried by `generate_structured`: once more at
+- invalid output (not JSON, or not the schema) is retried by `ask_until_valid`, the one
+  structured-generation loop (summaries, answers and batch rows all go through it): once more at
   a higher temperature, then with a repair prompt that carries the validation errors back;
 - Prefect task retries are not used for LLM calls: a transient failure that outlived the SDK's
   retries fails that item with its reason, and a re-run resumes from the cached chunks.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -52,6 +55,25 @@ class Usage(BaseModel):
         )
 
     @classmethod
+    def of_call(
+        cls,
+        prompt_tokens: int,
+        completion_tokens: int,
+        price: ModelPrice | None,
+        factor: float = 1.0,
+    ) -> Usage:
+        """One call's tokens and estimated cost (`factor`: a discount, such as the Batch API's)."""
+        cost = 0.0
+        if price is not None:
+            cost = (prompt_tokens * price.input + completion_tokens * price.output) * factor / 1e6
+        return cls(
+            calls=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=round(cost, 8),
+        )
+
+    @classmethod
     def total(cls, usages: list[Usage]) -> Usage:
         result = cls()
         for usage in usages:
@@ -82,6 +104,53 @@ class LLM(Protocol):
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "output",
     ) -> Completion: ...
+
+
+def count_prompt_tokens(messages: list[Any]) -> int:
+    """Tokens of the messages' contents (an estimate where the server reports no usage)."""
+    return sum(count_tokens(str(m.get("content", ""))) for m in messages)
+
+
+def completion_from_body(
+    body: Any,
+    messages: list[Any],
+    *,
+    model: str,
+    price: ModelPrice | None,
+    price_factor: float = 1.0,
+) -> Completion:
+    """A chat-completion JSON body (online, or a Batch API output line) as a `Completion`."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not choices or not isinstance(choices[0], dict):
+        raise LLMError("LLM answered with no choices", transient=True)
+    choice = choices[0]
+    message = choice.get("message") or {}
+    content = message.get("content") if isinstance(message, dict) else None
+    text = content if isinstance(content, str) else ""
+    usage = body.get("usage")
+    if isinstance(usage, dict) and "prompt_tokens" in usage:
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+    else:
+        prompt, completion = count_prompt_tokens(messages), count_tokens(text)
+    return Completion(
+        text=text,
+        model=body.get("model") or model,
+        usage=Usage.of_call(prompt, completion, price, price_factor),
+        finish_reason=choice.get("finish_reason"),
+    )
+
+
+def response_format(
+    schema: dict[str, Any], name: str, *, strict: bool = True, use_json_schema: bool = True
+) -> dict[str, Any]:
+    """The request's `response_format`: the JSON schema, or JSON mode for servers without it."""
+    if not use_json_schema:
+        return {"type": "json_object"}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": name, "schema": schema, "strict": strict},
+    }
 
 
 def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -205,13 +274,8 @@ class OpenAILLM:
 
         kwargs: dict[str, Any] = {}
         if json_schema is not None:
-            kwargs["response_format"] = (
-                {
-                    "type": "json_schema",
-                    "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
-                }
-                if self.use_json_schema
-                else {"type": "json_object"}
+            kwargs["response_format"] = response_format(
+                json_schema, schema_name, use_json_schema=self.use_json_schema
             )
         try:
             with self._slots:
@@ -231,24 +295,12 @@ class OpenAILLM:
             prompt_tokens = response.usage.prompt_tokens
             completion_tokens = response.usage.completion_tokens
         else:
-            prompt_tokens = sum(count_tokens(m.get("content", "")) for m in messages)
-            completion_tokens = count_tokens(text)
+            prompt_tokens, completion_tokens = count_prompt_tokens(messages), count_tokens(text)
         return Completion(
             text=text,
             model=response.model or self.model,
-            usage=self._usage(prompt_tokens, completion_tokens),
+            usage=Usage.of_call(prompt_tokens, completion_tokens, self.price),
             finish_reason=choice.finish_reason,
-        )
-
-    def _usage(self, prompt_tokens: int, completion_tokens: int) -> Usage:
-        cost = 0.0
-        if self.price is not None:
-            cost = (prompt_tokens * self.price.input + completion_tokens * self.price.output) / 1e6
-        return Usage(
-            calls=1,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost_usd=round(cost, 8),
         )
 
 
@@ -259,12 +311,21 @@ REPAIR_PROMPT = (
 )
 
 
+CUT_OFF = "the answer was cut off at the output token limit: be more concise"
+
+Check = Callable[[str], tuple[Any, list[str]]]
+"""Reads a model's answer: the value, or readable errors saying why it cannot be used."""
+
+Ask = Callable[[list[ChatMessage], float], Completion]
+"""One chat call with these messages at this temperature."""
+
+
 def validation_errors(
     text: str, response_model: type[BaseModel]
 ) -> tuple[BaseModel | None, list[str]]:
     """Parse `text` as `response_model`; return the instance or readable errors."""
     try:
-        return response_model.model_validate_json(_strip_fences(text)), []
+        return response_model.model_validate_json(strip_fences(text)), []
     except ValidationError as exc:
         errors = []
         for error in exc.errors()[:10]:
@@ -273,13 +334,80 @@ def validation_errors(
         return None, errors
 
 
-def _strip_fences(text: str) -> str:
+def strip_fences(text: str) -> str:
     """Accept JSON wrapped in a Markdown code fence, as some local models answer."""
     stripped = text.strip()
     if stripped.startswith("```"):
         stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
         stripped = stripped.rsplit("```", 1)[0]
     return stripped
+
+
+def check_completion(completion: Completion, check: Check) -> tuple[Any, list[str]]:
+    """`check` on the answer's text; an answer cut off at the token limit says so."""
+    value, errors = check(completion.text)
+    if errors and completion.finish_reason == "length":
+        errors = [*errors, CUT_OFF]
+    return value, errors
+
+
+def repair_messages(messages: list[Any], answer: str, errors: list[str]) -> list[Any]:
+    """The conversation again, with the unusable answer and what was wrong with it."""
+    return [
+        *messages,
+        {"role": "assistant", "content": answer[:4000]},
+        {"role": "user", "content": REPAIR_PROMPT.format(errors="; ".join(errors))},
+    ]
+
+
+@dataclass
+class StructuredOutcome:
+    """What asking for checked output came to, with what every call of it cost."""
+
+    valid: bool = False
+    value: Any = None
+    errors: list[str] = field(default_factory=list)
+    """Why the last answer could not be used (empty when valid)."""
+    usage: Usage = field(default_factory=Usage)
+    attempts: int = 0
+    model: str = ""
+    """The model that gave the last answer."""
+    last_output: str = ""
+    failure: Exception | None = None
+    """What a call or a check raised (a transport error, say): the loop stopped there."""
+
+
+def ask_until_valid(
+    ask: Ask,
+    messages: list[Any],
+    check: Check,
+    *,
+    attempts: int = 3,
+    temperature: float = 0.2,
+    temperature_step: float = 0.4,
+    model: str = "",
+) -> StructuredOutcome:
+    """The structured-generation loop: ask, check; on unusable output ask again, once hotter, then
+    with a repair prompt carrying the errors. Never raises: see `StructuredOutcome.failure`."""
+    outcome = StructuredOutcome(model=model)
+    conversation = list(messages)
+    for attempt in range(1, attempts + 1):
+        if attempt >= 3 and outcome.errors:
+            conversation = repair_messages(messages, outcome.last_output, outcome.errors)
+        hotter = min(temperature + temperature_step * (attempt - 1), 1.2)
+        try:
+            completion = ask(conversation, hotter)
+            outcome.usage = outcome.usage + completion.usage
+            outcome.attempts, outcome.model = attempt, completion.model
+            outcome.last_output = completion.text
+            value, outcome.errors = check_completion(completion, check)
+        except Exception as exc:
+            outcome.failure = exc
+            return outcome
+        if not outcome.errors:
+            outcome.valid, outcome.value = True, value
+            return outcome
+    return outcome
 
 
 def generate_structured(
@@ -291,41 +419,38 @@ def generate_structured(
     temperature: float = 0.2,
     temperature_step: float = 0.4,
 ) -> tuple[M, Usage, int]:
-    """Ask for `response_model`; on invalid output retry hotter, then repair with the errors.
+    """Ask `llm` for `response_model` through `ask_until_valid`.
 
-    Returns the validated instance, the usage of every call made, and the number of attempts.
+    Returns the validated instance, the usage of every call made, and the number of attempts;
+    raises what a call raised, or `OutputValidationError` when no answer fit.
     """
     schema = strict_json_schema(response_model)
-    usage = Usage()
-    conversation = list(messages)
-    errors: list[str] = []
-    text = ""
-    for attempt in range(1, attempts + 1):
-        if attempt >= 3 and errors:
-            conversation = [
-                *messages,
-                {"role": "assistant", "content": text[:4000]},
-                {"role": "user", "content": REPAIR_PROMPT.format(errors="; ".join(errors))},
-            ]
-        hotter = min(temperature + temperature_step * (attempt - 1), 1.2)
-        completion = llm.complete(
+
+    def ask(conversation: list[ChatMessage], hotter: float) -> Completion:
+        return llm.complete(
             conversation,
             temperature=hotter,
             json_schema=schema,
             schema_name=response_model.__name__,
         )
-        usage = usage + completion.usage
-        text = completion.text
-        parsed, errors = validation_errors(text, response_model)
-        if parsed is not None:
-            return parsed, usage, attempt  # type: ignore[return-value]
-        if completion.finish_reason == "length":
-            errors.append("the answer was cut off at the output token limit: be more concise")
+
+    outcome = ask_until_valid(
+        ask,
+        messages,
+        lambda text: validation_errors(text, response_model),
+        attempts=attempts,
+        temperature=temperature,
+        temperature_step=temperature_step,
+    )
+    if outcome.failure is not None:
+        raise outcome.failure
+    if outcome.valid:
+        return outcome.value, outcome.usage, outcome.attempts
     raise OutputValidationError(
         f"model output did not fit {response_model.__name__} after {attempts} attempts: "
-        + "; ".join(errors[:3]),
-        errors=errors,
-        last_output=text[:2000],
+        + "; ".join(outcome.errors[:3]),
+        errors=outcome.errors,
+        last_output=outcome.last_output[:2000],
         attempts=attempts,
     )
 

@@ -14,23 +14,17 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from tasks.batch.dispatch import run_row_batch
+from tasks.batch.engines.batch_api import BatchAPIEngine
+from tasks.batch.engines.chat import ChatRowEngine
+from tasks.batch.engines.offline import OfflineRowEngine
+from tasks.batch.job import RecordJob, load_schema
+from tasks.batch.journal import RowJournal
+from tasks.batch.limits import RateLimiter
+from tasks.batch.plan import build_row_engine
+from tasks.batch.reading import RecordReader, Row, iter_row_chunks, preflight
+from tasks.batch.results import RowResult
 from tasks.errors import ConfigurationError, UsageError
-from tasks.records import (
-    BatchAPIEngine,
-    ChatRowEngine,
-    OfflineRowEngine,
-    RateLimiter,
-    RecordJob,
-    RecordReader,
-    Row,
-    RowJournal,
-    RowResult,
-    build_row_engine,
-    iter_row_chunks,
-    load_schema,
-    preflight,
-    run_row_batch,
-)
 from tasks.settings import Settings
 from tests.support.embedders import HashEmbedder
 from tests.support.openai_server import FakeOpenAI, Fault
@@ -275,6 +269,54 @@ def test_a_template_without_an_endpoint_fails_at_once_saying_how_to_configure(
     with pytest.raises(ConfigurationError) as caught:
         build_row_engine(Settings.model_validate({"data_dir": tmp_path}), classify_job())
     assert "OPENAI_API_KEY" in str(caught.value) and "--task" in str(caught.value)
+
+
+# ------------------------------------------------------------------------- writing
+
+# A run killed while writing: its temp files stay behind, and the kill released their locks.
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from tasks.batch.job import RecordJob
+from tasks.batch.writing import RecordWriter
+writer = RecordWriter(Path(sys.argv[1]), RecordJob(task="summarize"), ["text"])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_runs_temp_files_go_on_the_next_run_and_nothing_else(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tasks.batch.writing import RecordWriter
+    from tests.conftest import REPO
+
+    out = tmp_path / "rows.csv"
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out)], cwd=REPO, check=False)
+    stale = set(tmp_path.glob(".*.tmp"))
+    assert {p.name.rsplit(".", 2)[0] for p in stale} == {".rows.csv", ".rows.dead-letter.jsonl"}
+    assert all(p.stat().st_size == 0 for p in stale)
+    others = [
+        tmp_path / ".other.csv.abcd1234.tmp",  # another output's
+        tmp_path / ".rows.csv.gz.abcd1234.tmp",
+        tmp_path / ".rows.csv.abcd1234.tmp.keep",  # not our pattern
+        tmp_path / "rows.csv.tmp",
+    ]
+    for path in others:
+        path.write_text("keep me")
+    job = RecordJob(task="summarize")
+    before = set(tmp_path.iterdir())
+    live = RecordWriter(out, job, ["text"])  # the next run: it removes only the stale temps
+    assert not stale & set(tmp_path.iterdir())
+    assert all(path.exists() for path in others)
+    working = set(tmp_path.iterdir()) - before
+    assert len(working) == 2
+
+    again = RecordWriter(out, job, ["text"])  # one more at once: it leaves the live run's alone
+    assert all(path.exists() for path in [*others, *working])
+    again.commit()
+    live.abort()
+    assert sorted(tmp_path.iterdir()) == sorted([*others, out])
 
 
 # ------------------------------------------------------------------------- offline tasks

@@ -12,8 +12,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from pydantic import SecretStr
 
+from tasks.batch.dispatch import run_row_batch
+from tasks.batch.engines.chat import ChatRowEngine
+from tasks.batch.job import RecordJob
+from tasks.batch.reading import iter_row_chunks, preflight
 from tasks.errors import ConfigurationError
-from tasks.records import ChatRowEngine, RecordJob, iter_row_chunks, preflight, run_row_batch
 from tasks.settings import Settings
 from tests.support.openai_server import FakeOpenAI
 
