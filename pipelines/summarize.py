@@ -35,14 +35,10 @@ from tasks.summaries import (
     Summarizer,
     TranscriptSummary,
     build_summarizer,
-    chunk_transcript,
-    combine_notes,
-    existing_summary,
-    output_names,
-    plan_reduce_groups,
-    summarize_chunks,
-    write_summary,
 )
+from tasks.summaries.chunks import chunk_transcript, summarize_chunks
+from tasks.summaries.outputs import existing_summary, output_names, write_summary
+from tasks.summaries.reduce import combine_notes, plan_reduce_groups
 from tasks.transcripts import (
     Transcript,
     check_output_folder,

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from tasks.chunking import chunk_utterances
-from tasks.extractive import (
+from tasks.summaries import MeetingNotes, Summarizer
+from tasks.summaries.engines.extractive import (
     ENGINE,
     ExtractiveSummarizer,
     clean_text,
@@ -21,7 +22,7 @@ from tasks.extractive import (
     target_words_for,
     words_of,
 )
-from tasks.summaries import MeetingNotes, Summarizer, plan_reduce_groups
+from tasks.summaries.reduce import plan_reduce_groups
 from tasks.transcripts import Utterance
 
 

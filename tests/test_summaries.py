@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.summaries import output_names
+from tasks.summaries.outputs import output_names
 from tasks.transcripts import discover_transcripts
 
 
