@@ -48,6 +48,7 @@ from tasks.summaries.grouped import (
 )
 from tasks.summaries.outputs import existing_summary, output_names, write_summary
 from tasks.summaries.reduce import combine_notes, plan_reduce_groups
+from tasks.summaries.speakers import keep_to_speakers, speakers_of
 from tasks.transcripts import (
     Transcript,
     check_output_folder,
@@ -199,8 +200,9 @@ def summarize_transcripts(
                 [r.notes for r in results], summarizer, transcript.name, settings, force
             )
             usage = Usage.total([r.usage for r in results]) + reduce_usage
+            speakers = speakers_of(transcript.utterances)
             summary = TranscriptSummary(
-                **notes.model_dump(),
+                **keep_to_speakers(notes, speakers).model_dump(),
                 source=source,
                 engine=summarizer.engine,
                 model=summarizer.model,
