@@ -147,7 +147,7 @@ def summarize_group(
             transcripts[i] = transcript
 
     utterance_check = _gate(
-        transcripts, _utterance_frame, "utterances", grouped_utterance_expectations(), fail
+        transcripts, _utterance_frame, "utterances", grouped_utterance_expectations, fail
     )
     chunked: dict[int, list[Chunk]] = {}
     for i in list(transcripts):
@@ -156,7 +156,11 @@ def summarize_group(
         except Exception as exc:
             fail(i, exc)
     chunk_check = _gate(
-        chunked, _chunk_frame(transcripts), "chunks", grouped_chunk_expectations(chunk_tokens), fail
+        chunked,
+        _chunk_frame(transcripts),
+        "chunks",
+        lambda: grouped_chunk_expectations(chunk_tokens),
+        fail,
     )
     quality += [utterance_check.summary_line(), chunk_check.summary_line()]
     for i, chunks in chunked.items():
@@ -184,7 +188,7 @@ def summarize_group(
         summaries,
         lambda ready: _concat(ready, summaries_frame),
         "summaries",
-        summary_expectations(),
+        summary_expectations,
         fail,
     )
     for i, summary in summaries.items():
@@ -212,7 +216,8 @@ def summarize_group(
         sum(isinstance(r, ItemOutcome) and r.status == "ok" for r in results),
         sum(isinstance(r, Chunked) for r in results),
     )
-    return [r for r in results if r is not None]
+    lost = ItemOutcome(source="", status="failed", error="not summarised: an internal error")
+    return [r or lost.model_copy(update={"source": items[i].source}) for i, r in enumerate(results)]
 
 
 def _summarize_one(
@@ -268,15 +273,16 @@ def _gate(
     rows_of: dict[int, T],
     frame_of: Callable[[dict[int, T]], tuple[pd.DataFrame, list[int]]],
     suite: str,
-    expectations: list[Any],
+    expectations: Callable[[], list[Any]],
     fail: Callable[[int, BaseException], None],
 ) -> QualityReport:
     """Validate the rows of every item in one table; fail (and drop) the items with bad rows,
-    each with the reason its own table would have given."""
+    each with the reason its own table would have given. No rows, no validation (an all-cached
+    group never imports great-expectations)."""
     if not rows_of:
         return QualityReport(suite=suite, rows=0, success=True, evaluated=0)
     frame, owners = frame_of(rows_of)
-    report = validate_table(frame, suite, expectations, result_format="COMPLETE")
+    report = validate_table(frame, suite, expectations(), result_format="COMPLETE")
     failed: dict[int, list[ExpectationOutcome]] = {}
     for error in report.errors:
         rows: dict[int, list[int]] = {}
