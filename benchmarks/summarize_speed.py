@@ -116,7 +116,7 @@ import json, resource, shutil, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, {str(REPO)!r})
 from tasks.chunking import chunk_utterances
-from tasks.summaries.engines.extractive import ExtractiveSummarizer
+from tasks.summaries.engines.extractive.engine import ExtractiveSummarizer
 from tasks.summaries.reduce import plan_reduce_groups
 from tasks.transcripts import parse_transcript
 s = ExtractiveSummarizer()

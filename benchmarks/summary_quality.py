@@ -32,11 +32,8 @@ if str(REPO) not in sys.path:
 
 from tasks.chunking import chunk_utterances  # noqa: E402
 from tasks.summaries import MeetingNotes, Summarizer  # noqa: E402
-from tasks.summaries.engines.extractive import (  # noqa: E402
-    ExtractiveSummarizer,
-    clean_text,
-    is_backchannel,
-)
+from tasks.summaries.engines.extractive.engine import ExtractiveSummarizer  # noqa: E402
+from tasks.summaries.engines.extractive.text import clean_text, is_backchannel  # noqa: E402
 from tasks.summaries.reduce import plan_reduce_groups  # noqa: E402
 from tasks.transcripts import Utterance  # noqa: E402
 

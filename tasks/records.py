@@ -1374,7 +1374,7 @@ class OfflineRowEngine:
         self.job = job
         self.embedder = embedder
         if job.task == "summarize":
-            from tasks.summaries.engines.extractive import ENGINE, MODEL
+            from tasks.summaries.engines.extractive.engine import ENGINE, MODEL
 
             self.name, self.model = ENGINE, MODEL
         else:
@@ -1400,7 +1400,7 @@ class OfflineRowEngine:
         import numpy as np
 
         if self.job.task == "summarize":
-            from tasks.summaries.engines.extractive import summarize_utterances
+            from tasks.summaries.engines.extractive.engine import summarize_utterances
             from tasks.transcripts import Utterance
 
             return [

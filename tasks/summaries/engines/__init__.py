@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tasks.llm import OpenAILLM
-from tasks.summaries.engines.extractive import ExtractiveSummarizer
+from tasks.summaries.engines.extractive.engine import ExtractiveSummarizer
 from tasks.summaries.engines.llm import LLMSummarizer
 from tasks.summaries.models import Summarizer
 
