@@ -8,6 +8,8 @@ chunks    map: chunk a transcript and summarise its chunks, resumable per chunk
 reduce    combine consecutive notes in passes that fit the token budget
 cache     result-store keys of chunk and combined notes
 outputs   output names that never collide, the done-already check, Markdown, atomic writes
+grouped   small transcripts many to a task, each still ending (and failing) on its own
+speakers  participants and owners kept to the speakers a transcript has
 """
 
 from tasks.summaries.engines import build_summarizer
