@@ -34,7 +34,8 @@ def llm_overhead(latency: float, concurrency: int, chunk_tokens: int) -> dict[st
     from tasks.chunking import chunk_utterances
     from tasks.reporting import state_report
     from tasks.settings import Settings
-    from tasks.summaries import MeetingNotes, build_summarizer, plan_reduce_groups
+    from tasks.summaries import MeetingNotes, build_summarizer
+    from tasks.summaries.reduce import plan_reduce_groups
     from tasks.transcripts import parse_transcript
     from tests.support.openai_server import FakeOpenAI
     from tests.support.responders import meeting_notes_responder
@@ -115,9 +116,9 @@ import json, resource, shutil, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, {str(REPO)!r})
 from tasks.chunking import chunk_utterances
-from tasks.extractive import ExtractiveSummarizer
+from tasks.summaries.engines.extractive.engine import ExtractiveSummarizer
+from tasks.summaries.reduce import plan_reduce_groups
 from tasks.transcripts import parse_transcript
-from tasks.summaries import plan_reduce_groups
 s = ExtractiveSummarizer()
 started = time.perf_counter()
 for _ in range({repeats}):

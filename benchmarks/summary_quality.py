@@ -31,8 +31,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tasks.chunking import chunk_utterances  # noqa: E402
-from tasks.extractive import ExtractiveSummarizer, clean_text, is_backchannel  # noqa: E402
-from tasks.summaries import MeetingNotes, Summarizer, plan_reduce_groups  # noqa: E402
+from tasks.summaries import MeetingNotes, Summarizer  # noqa: E402
+from tasks.summaries.engines.extractive.engine import ExtractiveSummarizer  # noqa: E402
+from tasks.summaries.engines.extractive.text import clean_text, is_backchannel  # noqa: E402
+from tasks.summaries.reduce import plan_reduce_groups  # noqa: E402
 from tasks.transcripts import Utterance  # noqa: E402
 
 CHUNK_TOKENS = 2000

@@ -6,8 +6,10 @@ transcript, its chunks concurrent; calls in flight capped run-wide by `llm_concu
 -> write `<out>/<name>.json` and `<out>/<name>.md` atomically, where `<name>` is the
 transcript's path under its input folder without the extension (see `output_names`).
 
-Every transcript ends as `ok`, `cached` (unchanged since its summary was written) or `failed`
-with its reason; one bad transcript never stops the others.
+Small transcripts (up to 64 KiB) take those steps in groups, one task per group of up to 100
+files or 1 MiB (`tasks/summaries/grouped.py`): a task run per three-line file cost more than
+its work. Every transcript ends as `ok`, `cached` (unchanged since its summary was written) or
+`failed` with its reason; one bad transcript never stops the others, in a group or not.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.chunking import Chunk
-from tasks.errors import GristmillError, InputError, RunFailed
+from tasks.errors import GristmillError, RunFailed
 from tasks.llm import Usage
 from tasks.reporting import ItemOutcome, SummarizeReport, summarize_report_markdown, tag_flow_run
 from tasks.settings import Settings
@@ -35,14 +37,18 @@ from tasks.summaries import (
     Summarizer,
     TranscriptSummary,
     build_summarizer,
-    chunk_transcript,
-    combine_notes,
-    existing_summary,
-    output_names,
-    plan_reduce_groups,
-    summarize_chunks,
-    write_summary,
 )
+from tasks.summaries.chunks import chunk_transcript, summarize_chunks
+from tasks.summaries.grouped import (
+    GROUP_BYTES,
+    GROUP_FILES,
+    GroupItem,
+    plan_groups,
+    summarize_group,
+)
+from tasks.summaries.outputs import existing_summary, output_names, write_summary
+from tasks.summaries.reduce import combine_notes, plan_reduce_groups
+from tasks.summaries.speakers import keep_to_speakers, speakers_of
 from tasks.transcripts import (
     Transcript,
     check_output_folder,
@@ -77,8 +83,14 @@ def summarize_transcripts(
     force: bool = False,
     settings: Settings | None = None,
     summarizer: Summarizer | None = None,
+    group_files: int = GROUP_FILES,
+    group_bytes: int = GROUP_BYTES,
 ) -> SummarizeReport | State:
-    """Summarise every transcript under `paths` into `out_dir`."""
+    """Summarise every transcript under `paths` into `out_dir`.
+
+    Small transcripts go in groups of up to `group_files` files and `group_bytes` bytes, one
+    task per group (`group_files` below 2 gives every transcript its own tasks).
+    """
     started = time.monotonic()
     logger = get_run_logger()
     settings = settings or Settings()
@@ -96,20 +108,50 @@ def summarize_transcripts(
     )
 
     tag_flow_run("pipeline:summarize", f"engine:{summarizer.engine}")
-    # Parse every transcript in the pool; chunk each as it arrives and start its map at once
-    # (one map task per transcript: its chunks run on the task's own pool, and the LLM caps
-    # calls in flight run-wide at `llm_concurrency`, see summarize_chunks).
-    transcripts: dict[str, tuple[Transcript, str, list[Chunk], list[str]]] = {}
-    pending: dict[str, PrefectFuture[list[NotesResult]]] = {}
     names = output_names(files)
     shared = {n for n, count in Counter(n.casefold() for n in names).items() if count > 1}
-    loaded = [(f.path, load_transcript.submit(f.path, source=str(f.path))) for f in files]
-    for (path, future), stem in zip(loaded, names, strict=True):
-        source = str(path)
+    items: list[GroupItem] = []
+    for found, stem in zip(files, names, strict=True):
+        if stem.casefold() in shared:  # output_names avoids this unless a name mimics a hash
+            error = f"output name {stem!r} is another input's too; rename one"
+            outcomes[str(found.path)] = ItemOutcome(
+                source=str(found.path), status="failed", error=error
+            )
+        else:
+            items.append(GroupItem(found.path, str(found.path), stem))
+
+    # Small transcripts in groups, one task each (a task run per file cost more than the
+    # work); the rest parsed in the pool, each chunked as it arrives with its map started at
+    # once (one map task per transcript: its chunks run on the task's own pool, and the LLM
+    # caps calls in flight run-wide at `llm_concurrency`, see summarize_chunks).
+    groups, alone = plan_groups(
+        [_size(item.path) for item in items], group_files=group_files, group_bytes=group_bytes
+    )
+    grouped = [
+        (
+            [items[i] for i in group],
+            summarize_group.submit(
+                [items[i] for i in group],
+                summarizer,
+                out,
+                items[group[0]].path.name + (f" and {len(group) - 1} more" if group[1:] else ""),
+                settings.chunk_tokens,
+                settings.chunk_overlap_tokens,
+                settings.llm_concurrency,
+                force,
+            ),
+        )
+        for group in groups
+    ]
+    transcripts: dict[str, tuple[Transcript, str, list[Chunk], list[str]]] = {}
+    pending: dict[str, PrefectFuture[list[NotesResult]]] = {}
+    loaded = [
+        (items[i], load_transcript.submit(items[i].path, source=items[i].source)) for i in alone
+    ]
+    for item, future in loaded:
+        source, stem = item.source, item.stem
         warnings: list[str] = []
         try:
-            if stem.casefold() in shared:  # output_names avoids this unless a name mimics a hash
-                raise InputError(f"output name {stem!r} is another input's too; rename one")
             transcript, utterance_check = future.result()
             warnings = transcript.warnings
             done = (
@@ -133,6 +175,23 @@ def summarize_transcripts(
         pending[source] = summarize_chunks.submit(
             chunks, summarizer, transcript.name, settings.llm_concurrency, force
         )
+    for members, group_future in grouped:
+        try:
+            ends = group_future.result()
+        except Exception as exc:
+            for item in members:
+                outcomes[item.source] = ItemOutcome(
+                    source=item.source, status="failed", error=_reason(exc)
+                )
+            continue
+        for item, end in zip(members, ends, strict=True):
+            if isinstance(end, ItemOutcome):
+                outcomes[item.source] = end
+                continue
+            transcripts[item.source] = (end.transcript, item.stem, end.chunks, end.quality)
+            pending[item.source] = summarize_chunks.submit(
+                end.chunks, summarizer, end.transcript.name, settings.llm_concurrency, force
+            )
 
     for source, (transcript, stem, chunks, quality) in transcripts.items():
         try:
@@ -141,8 +200,9 @@ def summarize_transcripts(
                 [r.notes for r in results], summarizer, transcript.name, settings, force
             )
             usage = Usage.total([r.usage for r in results]) + reduce_usage
+            speakers = speakers_of(transcript.utterances)
             summary = TranscriptSummary(
-                **notes.model_dump(),
+                **keep_to_speakers(notes, speakers).model_dump(),
                 source=source,
                 engine=summarizer.engine,
                 model=summarizer.model,
@@ -197,6 +257,13 @@ def summarize_transcripts(
         message = f"{report.headline()}. {reasons}"
         return Failed(message=message, data=RunFailed(message, report=report))
     return Completed(message=report.headline(), data=report)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _reduce(

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from pydantic import BaseModel, Field
 
 from tasks.errors import InputError, UsageError
+from tasks.textfiles import decode_text
 from tasks.tokens import count_tokens
 
 if TYPE_CHECKING:
@@ -210,10 +211,10 @@ def load_document(
         elif fmt in TRANSCRIPT_FORMATS:
             text, metadata = _transcript_text(path, source)
         elif fmt == "json" and _is_json_transcript(raw):
-            text, metadata = _json_transcript_text(_decode(raw))
+            text, metadata = _json_transcript_text(decode_text(raw))
             fmt = JSON_TRANSCRIPT
         else:
-            decoded = _decode(raw)
+            decoded = decode_text(raw)
             if fmt == "markdown":
                 text, title = _markdown_text(decoded)
             elif fmt == "html":
@@ -243,19 +244,6 @@ def load_document(
 
 def _megabytes(size: int) -> str:
     return f"{size / 1024 / 1024:.1f} MB"
-
-
-def _decode(raw: bytes) -> str:
-    if b"\x00" in raw[:8192]:
-        raise InputError("binary file (contains NUL bytes), not text")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        bad = raw[exc.start : exc.start + 1].hex()
-        raise InputError(
-            f"not valid UTF-8 (byte 0x{bad} at offset {exc.start})",
-            hint="convert the file to UTF-8",
-        ) from None
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

@@ -206,6 +206,47 @@ def chunk_expectations(max_tokens: int, utterance_count: int) -> list[Expectatio
     ]
 
 
+def grouped_utterance_expectations() -> list[Expectation]:
+    """`utterance_expectations` for the utterances of many transcripts in one table.
+
+    Per transcript, `step` is the index minus the previous index (the first row's: index + 1),
+    so "1 everywhere" says what unique, increasing and 0-based say for one transcript.
+    """
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectTableRowCountToBeBetween(min_value=1),
+        e.ExpectColumnValuesToNotBeNull(column="text"),
+        e.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
+        e.ExpectColumnValuesToBeBetween(column="step", min_value=1, max_value=1),
+        e.ExpectColumnValueLengthsToBeBetween(column="text", max_value=20_000, severity=_warning()),
+        e.ExpectColumnProportionOfNonNullValuesToBeBetween(
+            column="speaker", min_value=0.5, severity=_warning()
+        ),
+    ]
+
+
+def grouped_chunk_expectations(max_tokens: int) -> list[Expectation]:
+    """`chunk_expectations` for the chunks of many transcripts in one table, row by row:
+    `past_end` (last utterance minus the transcript's last) is never above 0, and
+    `uncovered_tail` (utterances after a transcript's last chunk) is 0."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectTableRowCountToBeBetween(min_value=1),
+        e.ExpectColumnValuesToBeUnique(column="chunk_id"),
+        e.ExpectColumnValuesToBeBetween(column="token_count", min_value=1, max_value=max_tokens),
+        e.ExpectColumnValuesToBeBetween(column="first_utterance", min_value=0),
+        e.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="next_allowed_start", column_B="first_utterance", or_equal=True
+        ),
+        e.ExpectColumnValuesToBeBetween(column="past_end", max_value=0),
+        e.ExpectColumnValuesToBeBetween(column="uncovered_tail", min_value=0, max_value=0),
+    ]
+
+
 def summary_expectations() -> list[Expectation]:
     """Suite for the summaries table before outputs are written."""
     import great_expectations as gx

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.chunking import chunk_utterances, render_utterance
-from tasks.summaries import MeetingNotes, plan_reduce_groups
+from tasks.summaries import MeetingNotes
+from tasks.summaries.reduce import plan_reduce_groups
 from tasks.tokens import count_tokens
 from tasks.transcripts import Utterance
 

@@ -314,8 +314,8 @@ def test_json_records_with_a_name_and_text_stay_records(tmp_path: Path) -> None:
     [
         ("empty.md", b"", "empty file"),
         ("blank.txt", b"  \n\n\t\n", "no text found"),
-        ("binary.txt", b"abc\x00\x01\x02def", "binary file"),
-        ("latin1.md", "café".encode("latin-1"), "not valid UTF-8 (byte 0xe9 at offset 3)"),
+        ("binary.txt", b"abc\x00\x01\x02def", "binary content: NUL byte at offset 3"),
+        ("latin1.md", "café".encode("latin-1"), "invalid UTF-8: byte 0xe9 at byte offset 3"),
         ("records.jsonl", b'{"text": "ok"}\n{"text": broken\n', "line 2 is not valid JSON"),
         ("data.json", b'{"text": "ok",}', "invalid JSON at line 1"),
         ("numbers.json", b"[1, 2]", "record 1 is a JSON number"),

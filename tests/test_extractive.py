@@ -7,21 +7,23 @@ import re
 import pytest
 
 from tasks.chunking import chunk_utterances
-from tasks.extractive import (
+from tasks.summaries import MeetingNotes, Summarizer
+from tasks.summaries.engines.extractive.engine import (
     ENGINE,
     ExtractiveSummarizer,
+    summarize_utterances,
+)
+from tasks.summaries.engines.extractive.items import find_action_items, find_decisions
+from tasks.summaries.engines.extractive.ranking import target_words_for
+from tasks.summaries.engines.extractive.text import (
     clean_text,
-    find_action_items,
-    find_decisions,
     is_backchannel,
     meeting_sentences,
     participants_of,
     split_sentences,
-    summarize_utterances,
-    target_words_for,
     words_of,
 )
-from tasks.summaries import MeetingNotes, Summarizer, plan_reduce_groups
+from tasks.summaries.reduce import plan_reduce_groups
 from tasks.transcripts import Utterance
 
 

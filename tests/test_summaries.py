@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.summaries import output_names
-from tasks.transcripts import discover_transcripts
+from tasks.summaries import ActionItem, MeetingNotes
+from tasks.summaries.outputs import output_names
+from tasks.summaries.speakers import keep_to_speakers, known_speaker, speakers_of
+from tasks.transcripts import Utterance, discover_transcripts
 
 
 def names_for(*paths: Path) -> dict[str, str]:
@@ -56,3 +58,37 @@ def test_names_that_differ_only_in_case_are_kept_apart(tmp_path: Path) -> None:
     touch(tmp_path, "one/Notes.txt", "two/notes.txt")
     names = names_for(tmp_path / "one", tmp_path / "two")
     assert len({name.casefold() for name in names.values()}) == 2
+
+
+def test_known_speakers_are_written_as_the_transcript_writes_them() -> None:
+    speakers = ["Alice Smith", "Bob", "Ms. Lee (Toronto, Liberal)", "Dr. Chen", "Chen Wu"]
+    assert known_speaker("alice", speakers) == "Alice Smith"
+    assert known_speaker("BOB", speakers) == "Bob"
+    assert known_speaker("Ms. Lee", speakers) == "Ms. Lee"
+    assert known_speaker("Ms. Lee (Toronto, Liberal)", speakers) == "Ms. Lee (Toronto, Liberal)"
+    assert known_speaker("Chen", speakers) is None  # two speakers have that name
+    assert known_speaker("Mallory", speakers) is None
+    assert known_speaker("", speakers) is None and known_speaker(None, speakers) is None
+
+
+def test_notes_keep_only_speakers_as_participants_and_owners() -> None:
+    notes = MeetingNotes(
+        summary="Budget review.",
+        key_points=[],
+        action_items=[
+            ActionItem(description="Send the budget", owner="alice", due=None),
+            ActionItem(description="Wire the money", owner="Mallory", due="Monday"),
+        ],
+        decisions=[],
+        participants=["Mallory", "Alice", "Bob", "alice"],
+    )
+    kept = keep_to_speakers(notes, speakers_of([_utterance("Alice"), _utterance("Bob")]))
+    assert kept.participants == ["Alice", "Bob"]
+    assert [(i.description, i.owner) for i in kept.action_items] == [
+        ("Send the budget", "Alice"),
+        ("Wire the money", None),
+    ]
+
+
+def _utterance(speaker: str) -> Utterance:
+    return Utterance(index=0, speaker=speaker, text="Hello.")

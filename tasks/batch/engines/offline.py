@@ -34,7 +34,7 @@ class OfflineRowEngine:
         self.job = job
         self.embedder = embedder
         if job.task == "summarize":
-            from tasks.extractive import ENGINE, MODEL
+            from tasks.summaries.engines.extractive.engine import ENGINE, MODEL
 
             self.name, self.model = ENGINE, MODEL
         else:
@@ -63,7 +63,7 @@ class OfflineRowEngine:
         import numpy as np
 
         if self.job.task == "summarize":
-            from tasks.extractive import summarize_utterances
+            from tasks.summaries.engines.extractive.engine import summarize_utterances
             from tasks.transcripts import Utterance
 
             return [

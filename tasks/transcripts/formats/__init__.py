@@ -1,0 +1,1 @@
+"""The transcript formats, each read into turns that `turns.to_utterances` numbers."""
