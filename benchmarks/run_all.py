@@ -20,6 +20,7 @@ BENCHMARKS = [
     "embedder_speed",
     "ingest_speed",
     "retrieval_quality",
+    "retrieval_collection",
     "batch_throughput",
     "many_small_transcripts",
 ]
