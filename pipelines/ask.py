@@ -24,8 +24,9 @@ from tasks.errors import GristmillError, OutputValidationError, RunFailed
 from tasks.hybrid import candidate_count, fuse
 from tasks.llm import LLM, OpenAILLM, dumps_for_prompt, generate_structured
 from tasks.reporting import tag_flow_run
+from tasks.retrieval import open_store
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, Hit, open_chroma
+from tasks.vectorstore import ChunkStore, Hit
 
 REPORT_ARTIFACT_KEY = "answer-question-report"
 MAX_QUESTION_CHARS = 1000
@@ -112,38 +113,6 @@ def check_question(question: str, max_chars: int = MAX_QUESTION_CHARS) -> str:
                 "(prompt injection); ask about the documents instead"
             )
     return text
-
-
-def open_store(settings: Settings, embedder: Embedder, collection: str | None) -> ChunkStore:
-    """The collection to read; a name that does not exist is a ConfigurationError."""
-    return ChunkStore(
-        open_chroma(settings),
-        collection or settings.collection,
-        embedder.name,
-        embedder.dimension,
-        create=False,
-    )
-
-
-def query_chunks(
-    text: str,
-    store: ChunkStore,
-    embedder: Embedder,
-    k: int = 5,
-    where: dict[str, Any] | None = None,
-    *,
-    include_embeddings: bool = False,
-    hybrid: bool = True,
-) -> list[Hit]:
-    """The `k` chunks best matching `text`, best first: the nearest `candidate_count(k)`
-    re-ranked with BM25 (`tasks.hybrid`), or with `hybrid=False` the `k` nearest."""
-    vector = np.asarray(embedder.embed([text]), dtype=np.float32)[0]
-    if not hybrid:
-        return store.query(vector, k=k, where=where, include_embeddings=include_embeddings)
-    candidates = store.query(
-        vector, k=candidate_count(k), where=where, include_embeddings=include_embeddings
-    )
-    return fuse(text, candidates)[:k]
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -438,6 +438,9 @@ def batch(
         engine = build_row_engine(run, job, mode, poll_interval_s=poll_interval)
     except GristmillError as exc:
         fail(str(exc))
+    from tasks.quality import preload
+
+    preload()  # every batch checks its rows: import GX while the flow run is being set up
 
     progress = _ProgressBar(enabled=not as_json)
     typer.echo(f"Processing {input_path} with {engine.name} ({engine.model}) ...", err=True)
@@ -737,9 +740,9 @@ def query(
     BM25; the score shown is the cosine similarity)."""
     settings = load_settings(collection=collection)
     filters = _parse_where(where or [])
-    from pipelines.ask import open_store, query_chunks
     from tasks.embeddings import build_embedder
     from tasks.errors import GristmillError
+    from tasks.retrieval import open_store, query_chunks  # no Prefect for a search
 
     try:
         embedder = build_embedder(settings)
