@@ -180,8 +180,11 @@ def summarize(
         summarizer = build_summarizer(settings)
     except GristmillError as exc:
         fail(str(exc))
-    from pipelines.summarize import summarize_flow_for
+    from pipelines.summarize import needs_checks, summarize_flow_for
+    from tasks.quality import preload
 
+    if needs_checks(paths, out, settings, summarizer, force):
+        preload()  # GX's import overlaps the flow run's set-up; a cached re-run never pays it
     with _spinner(not as_json, f"Summarising with {summarizer.engine} ({summarizer.model})"):
         state = summarize_flow_for(settings)(
             paths=[str(p) for p in paths] if paths else None,

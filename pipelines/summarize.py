@@ -12,6 +12,7 @@ with its reason; one bad transcript never stops the others.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,6 +49,7 @@ from tasks.transcripts import (
     check_output_folder,
     discover_transcripts,
     load_transcript,
+    parse_transcript,
 )
 
 REPORT_ARTIFACT_KEY = "summarize-transcripts-report"
@@ -103,8 +105,17 @@ def summarize_transcripts(
     pending: dict[str, PrefectFuture[list[NotesResult]]] = {}
     names = output_names(files)
     shared = {n for n, count in Counter(n.casefold() for n in names).items() if count > 1}
-    loaded = [(f.path, load_transcript.submit(f.path, source=str(f.path))) for f in files]
-    for (path, future), stem in zip(loaded, names, strict=True):
+    for f, stem in zip(files, names, strict=True):  # unchanged ones need no task run
+        if not force and stem.casefold() not in shared:
+            cached = _stored(f.path, stem, out, summarizer)
+            if cached is not None:
+                outcomes[cached.source] = cached
+    loaded = [
+        (f.path, stem, load_transcript.submit(f.path, source=str(f.path)))
+        for f, stem in zip(files, names, strict=True)
+        if str(f.path) not in outcomes
+    ]
+    for path, stem, future in loaded:
         source = str(path)
         warnings: list[str] = []
         try:
@@ -197,6 +208,44 @@ def summarize_transcripts(
         message = f"{report.headline()}. {reasons}"
         return Failed(message=message, data=RunFailed(message, report=report))
     return Completed(message=report.headline(), data=report)
+
+
+def needs_checks(
+    paths: list[Path] | None,
+    out_dir: Path | None,
+    settings: Settings,
+    summarizer: Summarizer,
+    force: bool,
+) -> bool:
+    """Whether a run would parse a transcript (and so run the quality checks) rather than
+    answer every one from its stored summary: the CLI then starts their import early."""
+    out = out_dir or settings.summaries_dir
+    try:
+        files, _problems = discover_transcripts(paths or [settings.transcripts_dir], skip=out)
+    except GristmillError:
+        return False
+    return force or any(
+        _stored(f.path, stem, out, summarizer) is None
+        for f, stem in zip(files, output_names(files), strict=True)
+    )
+
+
+def _stored(path: Path, stem: str, out: Path, summarizer: Summarizer) -> ItemOutcome | None:
+    """`cached` when `out` holds the summary of these exact bytes by this engine, model and
+    prompt: answered from the stored hash in the flow itself, with no task run (and so no
+    quality-check import) per unchanged transcript. None sends it the usual way."""
+    try:
+        content_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    done = existing_summary(out, stem, content_hash, summarizer)
+    if done is None:
+        return None
+    try:
+        warnings = parse_transcript(path, source=str(path)).warnings  # milliseconds, no checks
+    except GristmillError:
+        return None
+    return ItemOutcome(source=str(path), status="cached", output=str(done), warnings=warnings)
 
 
 def _reduce(
