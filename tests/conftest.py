@@ -53,10 +53,12 @@ def _no_server_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """Whatever a test did, stop every `gristmill server` recorded under this session's temp
     folders when the session ends."""
     yield
-    from pipelines.server import stop
+    from pipelines.server import running, stop
 
     for state in tmp_path_factory.getbasetemp().rglob("server.json"):
-        stop(state.parent)
+        found = running(state.parent)
+        if found is not None and os.getpid() not in (found.pid, found.child):  # not a stand-in
+            stop(state.parent)
 
 
 @pytest.fixture(autouse=True)

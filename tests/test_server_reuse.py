@@ -49,6 +49,7 @@ def health_server() -> Iterator[str]:
 
 
 def _record(home: Path, url: str, idle_minutes: float | None = None) -> None:
+    """A server record naming a live process (this one: never stop it)."""
     home.mkdir(parents=True, exist_ok=True)
     record = {"pid": os.getpid(), "child": os.getpid(), "url": url, "idle_minutes": idle_minutes}
     (home / local_server.STATE_FILE).write_text(json.dumps(record))
