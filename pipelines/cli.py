@@ -588,7 +588,7 @@ def server(
         else f"SQLite in {home}"
     )
     typer.echo(f"Prefect server (database: {database}); UI at http://{shown}:{port}")
-    typer.echo("Point flows, workers and `gristmill serve` at it from other shells with:")
+    typer.echo("gristmill commands for this data dir find it; point other flows and workers at it:")
     typer.echo(f"  export PREFECT_API_URL=http://{shown}:{port}/api")
     typer.echo("Stop it with Ctrl-C, `kill`, or `gristmill server stop`.")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host]
