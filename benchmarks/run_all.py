@@ -21,6 +21,7 @@ BENCHMARKS = [
     "ingest_speed",
     "retrieval_quality",
     "batch_throughput",
+    "cli_startup",
 ]
 
 
