@@ -225,7 +225,7 @@ def needs_checks(
     except GristmillError:
         return False
     return force or any(
-        _stored(f.path, stem, out, summarizer) is None
+        _stored_summary(f.path, stem, out, summarizer) is None
         for f, stem in zip(files, output_names(files), strict=True)
     )
 
@@ -234,11 +234,7 @@ def _stored(path: Path, stem: str, out: Path, summarizer: Summarizer) -> ItemOut
     """`cached` when `out` holds the summary of these exact bytes by this engine, model and
     prompt: answered from the stored hash in the flow itself, with no task run (and so no
     quality-check import) per unchanged transcript. None sends it the usual way."""
-    try:
-        content_hash = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-    done = existing_summary(out, stem, content_hash, summarizer)
+    done = _stored_summary(path, stem, out, summarizer)
     if done is None:
         return None
     try:
@@ -246,6 +242,14 @@ def _stored(path: Path, stem: str, out: Path, summarizer: Summarizer) -> ItemOut
     except GristmillError:
         return None
     return ItemOutcome(source=str(path), status="cached", output=str(done), warnings=warnings)
+
+
+def _stored_summary(path: Path, stem: str, out: Path, summarizer: Summarizer) -> Path | None:
+    try:
+        content_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return existing_summary(out, stem, content_hash, summarizer)
 
 
 def _reduce(
