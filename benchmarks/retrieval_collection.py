@@ -139,11 +139,11 @@ def bm25s_ranker(chunks: dict[str, tuple[str, str]]) -> Callable[[str, int], lis
 def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
     import numpy as np
 
-    from pipelines.ask import query_chunks
     from tasks.documents import discover_documents
     from tasks.embeddings import LocalOnnxEmbedder
     from tasks.ingestion import ingest_files
     from tasks.lexical import open_lexical
+    from tasks.retrieval import query_chunks
     from tasks.settings import Settings
     from tasks.vectorstore import ChunkStore, open_chroma
 

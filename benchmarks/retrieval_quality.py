@@ -127,11 +127,11 @@ def random_hit(n: int, relevant: int, k: int) -> float:
 
 
 def run(data_dir: Path) -> dict[str, Any]:
-    from pipelines.ask import query_chunks
     from tasks.documents import discover_documents
     from tasks.embeddings import LocalOnnxEmbedder
     from tasks.ingestion import ingest_files
     from tasks.model_files import missing_files, provision_embedding_model
+    from tasks.retrieval import query_chunks
     from tasks.settings import Settings
     from tasks.vectorstore import ChunkStore, open_chroma
 

@@ -23,6 +23,7 @@ BENCHMARKS = [
     "retrieval_collection",
     "batch_throughput",
     "many_small_transcripts",
+    "cli_startup",
 ]
 
 

@@ -21,20 +21,16 @@ from pydantic import BaseModel, Field
 
 from tasks.embeddings import Embedder, build_embedder, unit_vectors
 from tasks.errors import GristmillError, OutputValidationError, RunFailed
-from tasks.hybrid import candidate_count, fuse, fuse_rankings
-from tasks.lexical import open_lexical
 from tasks.llm import LLM, OpenAILLM, dumps_for_prompt, generate_structured
 from tasks.reporting import tag_flow_run
+from tasks.retrieval import open_store, ranked
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, Hit, open_chroma
+from tasks.vectorstore import ChunkStore, Hit
 
 REPORT_ARTIFACT_KEY = "answer-question-report"
 MAX_QUESTION_CHARS = 1000
 MIN_QUESTION_CHARS = 3
 MMR_LAMBDA = 0.7
-# Candidates from each ranking before fusion (see `ranked`).
-DENSE_CANDIDATES = 100
-LEXICAL_CANDIDATES = 100
 # Candidates fetched per chunk kept, for MMR to choose from.
 MMR_FETCH_FACTOR = 3
 EXTRACTIVE_SENTENCES = 3
@@ -116,75 +112,6 @@ def check_question(question: str, max_chars: int = MAX_QUESTION_CHARS) -> str:
                 "(prompt injection); ask about the documents instead"
             )
     return text
-
-
-def open_store(settings: Settings, embedder: Embedder, collection: str | None) -> ChunkStore:
-    """The collection to read, with its lexical index brought in step (`tasks.lexical`); a
-    name that does not exist is a ConfigurationError."""
-    name = collection or settings.collection
-    store = ChunkStore(open_chroma(settings), name, embedder.name, embedder.dimension, create=False)
-    store.lexical = open_lexical(settings, name)
-    store.sync_lexical()
-    return store
-
-
-def query_chunks(
-    text: str,
-    store: ChunkStore,
-    embedder: Embedder,
-    k: int = 5,
-    where: dict[str, Any] | None = None,
-    *,
-    include_embeddings: bool = False,
-    hybrid: bool = True,
-) -> list[Hit]:
-    """The `k` chunks best matching `text`, best first (`ranked`), or with `hybrid=False` the
-    `k` nearest by the embedder alone."""
-    vector = np.asarray(embedder.embed([text]), dtype=np.float32)[0]
-    if not hybrid:
-        return store.query(vector, k=k, where=where, include_embeddings=include_embeddings)
-    return ranked(text, vector, store, k, where, include_embeddings=include_embeddings)[:k]
-
-
-def ranked(
-    text: str,
-    vector: np.ndarray,
-    store: ChunkStore,
-    k: int,
-    where: dict[str, Any] | None = None,
-    *,
-    include_embeddings: bool = False,
-) -> list[Hit]:
-    """The best `k` chunks, best first (without the lexical index: more, for the caller to cut).
-
-    With the collection's lexical index (`tasks.lexical`): the embedder's nearest
-    `DENSE_CANDIDATES` and BM25's best `LEXICAL_CANDIDATES` over the whole collection (or one
-    `source`), fused (`tasks.hybrid.fuse_rankings`), so a chunk the embedder ranks low but that
-    holds the query's exact words is still found. Without one, or under a filter the index
-    cannot apply, the nearest `candidate_count(k)` re-ranked by BM25 among themselves."""
-    source = _source_filter(where)
-    if store.lexical is None or (where and source is None):
-        candidates = store.query(
-            vector, k=candidate_count(k), where=where, include_embeddings=include_embeddings
-        )
-        return fuse(text, candidates)
-    dense = store.query(
-        vector, k=max(DENSE_CANDIDATES, k), where=where, include_embeddings=include_embeddings
-    )
-    lexical = store.lexical.search(text, max(LEXICAL_CANDIDATES, k), source)
-    return fuse_rankings(
-        dense,
-        lexical,
-        lambda ids: store.hits(ids, vector, include_embeddings=include_embeddings),
-        limit=k,
-    )
-
-
-def _source_filter(where: dict[str, Any] | None) -> str | None:
-    """The source a `{"source": ...}` filter asks for (the only filter the index applies)."""
-    if where and set(where) == {"source"} and isinstance(where["source"], str):
-        return where["source"]
-    return None
 
 
 def mmr(query: np.ndarray, hits: list[Hit], k: int, lambda_: float = MMR_LAMBDA) -> list[Hit]:

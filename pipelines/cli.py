@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from pipelines.server import RunningServer
     from tasks.settings import Settings
 
 app = typer.Typer(
@@ -76,12 +77,19 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def prepare_prefect(settings: Settings, *, verbose: bool = False) -> None:
-    """Point Prefect's result storage under the data dir and quieten its console logs.
+    """Point Prefect at a server, its result storage under the data dir; quieten its console.
 
+    The server: an exported PREFECT_API_URL wins; else the `gristmill server` up for this data
+    dir; else (GRISTMILL_SERVER=auto) one started now in the background and kept for the next
+    commands; else (ephemeral) a temporary one inside this process.
     Must run before prefect is imported: Prefect reads these settings at import time. It then
     imports prefect itself, to keep gristmill's own errors free of tracebacks on the terminal.
     """
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.results_dir.resolve()))
+    if not os.environ.get("PREFECT_API_URL"):
+        local = _local_server(settings)
+        if local is not None:
+            os.environ["PREFECT_API_URL"] = local.api_url
     if not os.environ.get("PREFECT_API_URL"):
         # No server to report to: Prefect starts a temporary one for this command. Give it the
         # database `gristmill server` serves, so these runs show in the UI once it starts.
@@ -101,6 +109,30 @@ def prepare_prefect(settings: Settings, *, verbose: bool = False) -> None:
     from tasks.reporting import own_errors_without_tracebacks
 
     own_errors_without_tracebacks()
+
+
+def _local_server(settings: Settings) -> RunningServer | None:
+    """The healthy `gristmill server` of this data dir; with GRISTMILL_SERVER=auto and none up,
+    one started in the background now (said in one line on stderr)."""
+    from pipelines import server as local_server
+
+    home = prefect_home(settings)
+    found = local_server.find(home)
+    if found is None and settings.server == "auto":
+        command = [sys.executable, "-m", "pipelines.cli", "server"]
+        command += ["--idle-minutes", str(settings.server_idle_minutes)]
+        env = {**os.environ, "PREFECT_HOME": str(home)}
+        found, started = local_server.ensure(home, command, env)
+        if started:
+            typer.echo(
+                f"gristmill: started a Prefect server at {found.url} for this and later commands "
+                f"(stops after {settings.server_idle_minutes:g} idle minutes; "
+                "`gristmill server stop` ends it now)",
+                err=True,
+            )
+    if found is not None and found.idle_minutes is not None:
+        local_server.keep_alive(home, found.idle_minutes)
+    return found
 
 
 def prefect_home(settings: Settings) -> Path:
@@ -148,8 +180,11 @@ def summarize(
         summarizer = build_summarizer(settings)
     except GristmillError as exc:
         fail(str(exc))
-    from pipelines.summarize import summarize_flow_for
+    from pipelines.summarize import needs_checks, summarize_flow_for
+    from tasks.quality import preload
 
+    if needs_checks(paths, out, settings, summarizer, force):
+        preload()  # GX's import overlaps the flow run's set-up; a cached re-run never pays it
     with _spinner(not as_json, f"Summarising with {summarizer.engine} ({summarizer.model})"):
         state = summarize_flow_for(settings)(
             paths=[str(p) for p in paths] if paths else None,
@@ -398,6 +433,9 @@ def batch(
         engine = plan_batch(settings, parameters).engine
     except GristmillError as exc:
         fail(str(exc))
+    from tasks.quality import preload
+
+    preload()  # every batch checks its rows: import GX while the flow run is being set up
 
     progress = _ProgressBar(enabled=not as_json)
     typer.echo(f"Processing {input_path} with {engine.name} ({engine.model}) ...", err=True)
@@ -463,7 +501,7 @@ def serve(
     if not api_url:
         fail(
             "serving needs a Prefect server to keep the schedules and run history: start one "
-            "with `gristmill server`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`"
+            "with `gristmill server` (commands find it), or unset GRISTMILL_SERVER=ephemeral"
         )
     from deployments.definitions import build_deployments, describe_schedule
 
@@ -499,6 +537,10 @@ def server(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on (loopback: this machine only).")
     ] = "127.0.0.1",
+    idle_minutes: Annotated[
+        float | None,
+        typer.Option("--idle-minutes", hidden=True, help="Stop after this long without use."),
+    ] = None,
 ) -> None:
     """Start a local Prefect server for run history and the UI (Ctrl-C or `server stop` ends it)."""
     if ctx.invoked_subcommand is not None:
@@ -536,11 +578,12 @@ def server(
         else f"SQLite in {home}"
     )
     typer.echo(f"Prefect server (database: {database}); UI at http://{shown}:{port}")
-    typer.echo("Point flows, workers and `gristmill serve` at it from other shells with:")
+    typer.echo("gristmill commands for this data dir find it; point other flows and workers at it:")
     typer.echo(f"  export PREFECT_API_URL=http://{shown}:{port}/api")
     typer.echo("Stop it with Ctrl-C, `kill`, or `gristmill server stop`.")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host]
-    code = local_server.run([*command, "--port", str(port)], env, home, f"http://{shown}:{port}")
+    url = f"http://{shown}:{port}"
+    code = local_server.run([*command, "--port", str(port)], env, home, url, idle_minutes)
     raise typer.Exit(0 if code in (0, -2, -15, 130, 143) else code)
 
 
@@ -690,9 +733,9 @@ def query(
     BM25; the score shown is the cosine similarity)."""
     settings = load_settings(collection=collection)
     filters = _parse_where(where or [])
-    from pipelines.ask import open_store, query_chunks
     from tasks.embeddings import build_embedder
     from tasks.errors import GristmillError
+    from tasks.retrieval import open_store, query_chunks  # no Prefect for a search
 
     try:
         embedder = build_embedder(settings)

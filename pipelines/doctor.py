@@ -56,7 +56,7 @@ def run_checks(settings: Settings, *, echo: Echo) -> list[str]:
 
     check(*_check_pins())
     check(*_check_prefect(settings))
-    url = os.environ.get("PREFECT_API_URL")
+    url = os.environ.get("PREFECT_API_URL") or _local_api_url(settings)
     if url and not any(p.startswith("Prefect API") for p in problems):
         check(*_check_scheduler(url))
     check(*_check_chroma(settings))
@@ -124,25 +124,46 @@ def _check_pins() -> tuple[str, bool, str, str]:
     )
 
 
+def _local_api_url(settings: Settings) -> str | None:
+    from pipelines.cli import prefect_home
+    from pipelines.server import find
+
+    local = find(prefect_home(settings))
+    return local.api_url if local is not None else None
+
+
 def _check_prefect(settings: Settings) -> tuple[str, bool, str, str]:
     from pipelines.cli import prefect_home
-    from pipelines.server import running
+    from pipelines.server import find
 
     url = os.environ.get("PREFECT_API_URL")
     home = prefect_home(settings)
     if not url:
-        local = running(home)
-        serving = (
-            f"; a gristmill server serves it at {local.url}: "
-            f"export PREFECT_API_URL={local.url}/api to report there"
-            if local
-            else "; `gristmill server` shows it in the UI"
+        local = find(home)
+        if local is not None:
+            stops = (
+                f", stops after {local.idle_minutes:g} idle minutes"
+                if local.idle_minutes is not None
+                else ""
+            )
+            return (
+                "Prefect API",
+                True,
+                f"the gristmill server of this data dir at {local.url} (pid {local.pid}{stops}): "
+                f"every command reports there; run history is kept in {home / 'prefect.db'}",
+                "",
+            )
+        what = (
+            "the next command starts a local server in the background and later ones reuse it "
+            f"(it stops after {settings.server_idle_minutes:g} idle minutes)"
+            if settings.server == "auto"
+            else "each run starts a temporary local server (GRISTMILL_SERVER=ephemeral)"
         )
         return (
             "Prefect API",
             True,
-            "PREFECT_API_URL not set: each run starts a temporary local server; run history is "
-            f"kept in {home / 'prefect.db'}{serving}",
+            f"no server up and PREFECT_API_URL not set: {what}; run history is kept in "
+            f"{home / 'prefect.db'}; `gristmill server` shows it in the UI",
             "",
         )
     try:

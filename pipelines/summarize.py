@@ -14,6 +14,7 @@ its work. Every transcript ends as `ok`, `cached` (unchanged since its summary w
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,6 +55,7 @@ from tasks.transcripts import (
     check_output_folder,
     discover_transcripts,
     load_transcript,
+    parse_transcript,
 )
 
 REPORT_ARTIFACT_KEY = "summarize-transcripts-report"
@@ -112,13 +114,17 @@ def summarize_transcripts(
     shared = {n for n, count in Counter(n.casefold() for n in names).items() if count > 1}
     items: list[GroupItem] = []
     for found, stem in zip(files, names, strict=True):
+        source = str(found.path)
         if stem.casefold() in shared:  # output_names avoids this unless a name mimics a hash
             error = f"output name {stem!r} is another input's too; rename one"
-            outcomes[str(found.path)] = ItemOutcome(
-                source=str(found.path), status="failed", error=error
-            )
+            outcomes[source] = ItemOutcome(source=source, status="failed", error=error)
+            continue
+        # an unchanged transcript is answered from its stored hash: no task run, no checks
+        cached = None if force else _stored(found.path, stem, out, summarizer)
+        if cached is not None:
+            outcomes[source] = cached
         else:
-            items.append(GroupItem(found.path, str(found.path), stem))
+            items.append(GroupItem(found.path, source, stem))
 
     # Small transcripts in groups, one task each (a task run per file cost more than the
     # work); the rest parsed in the pool, each chunked as it arrives with its map started at
@@ -264,6 +270,48 @@ def _size(path: Path) -> int | None:
         return path.stat().st_size
     except OSError:
         return None
+
+
+def needs_checks(
+    paths: list[Path] | None,
+    out_dir: Path | None,
+    settings: Settings,
+    summarizer: Summarizer,
+    force: bool,
+) -> bool:
+    """Whether a run would parse a transcript (and so run the quality checks) rather than
+    answer every one from its stored summary: the CLI then starts their import early."""
+    out = out_dir or settings.summaries_dir
+    try:
+        files, _problems = discover_transcripts(paths or [settings.transcripts_dir], skip=out)
+    except GristmillError:
+        return False
+    return force or any(
+        _stored_summary(f.path, stem, out, summarizer) is None
+        for f, stem in zip(files, output_names(files), strict=True)
+    )
+
+
+def _stored(path: Path, stem: str, out: Path, summarizer: Summarizer) -> ItemOutcome | None:
+    """`cached` when `out` holds the summary of these exact bytes by this engine, model and
+    prompt: answered from the stored hash in the flow itself, with no task run (and so no
+    quality-check import) per unchanged transcript. None sends it the usual way."""
+    done = _stored_summary(path, stem, out, summarizer)
+    if done is None:
+        return None
+    try:
+        warnings = parse_transcript(path, source=str(path)).warnings  # milliseconds, no checks
+    except GristmillError:
+        return None
+    return ItemOutcome(source=str(path), status="cached", output=str(done), warnings=warnings)
+
+
+def _stored_summary(path: Path, stem: str, out: Path, summarizer: Summarizer) -> Path | None:
+    try:
+        content_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return existing_summary(out, stem, content_hash, summarizer)
 
 
 def _reduce(

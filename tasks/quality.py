@@ -6,7 +6,8 @@ and validates it against a suite defined here. Expectations carry GX's own `seve
 failures are reported in the run's artifact and log. To add a check, add an expectation to the
 suite function for that stage.
 
-great_expectations takes ~5 s to import, so it is imported only when a suite first runs.
+great_expectations takes ~5 s to import, so it is imported only when a suite first runs, or
+earlier in the background (`preload`) by a command that will need it.
 """
 
 from __future__ import annotations
@@ -86,6 +87,22 @@ def _context() -> AbstractDataContext:
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context
+
+
+def preload() -> threading.Thread:
+    """Import great_expectations and build its context in a background thread, so that its
+    ~5 s overlap a run's set-up and the first check finds them ready (once per process)."""
+    thread = threading.Thread(target=_warm, name="gristmill-gx-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _warm() -> None:
+    try:
+        with _lock:
+            _context()
+    except Exception:  # the first check imports it again and reports what is wrong
+        return
 
 
 @cache

@@ -163,6 +163,19 @@ class Settings(BaseSettings):
         "an interval (`every 15m`) or `none`.",
     )
 
+    server: Literal["auto", "ephemeral"] = Field(
+        "auto",
+        description="When no Prefect server is known (no PREFECT_API_URL, no `gristmill server` "
+        "up for this data dir): 'auto' starts one in the background on first use and keeps it "
+        "for the next commands; 'ephemeral' starts a temporary one inside every command.",
+    )
+    server_idle_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="A server started by 'auto' stops after this many minutes without a "
+        "gristmill command or a running flow run.",
+    )
+
     batch_concurrency: int = Field(16, ge=1, description="Batch requests in flight at once.")
     batch_rpm: int | None = Field(None, ge=1, description="Batch requests per minute limit.")
     batch_tpm: int | None = Field(None, ge=1, description="Batch tokens per minute limit.")

@@ -18,6 +18,9 @@ for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PREFECT_API_URL"):
     os.environ.pop(_name, None)
 for _name in [n for n in os.environ if n.startswith("GRISTMILL_")]:
     os.environ.pop(_name)
+# Each command starts its own temporary Prefect server (or uses the test harness): no test
+# leaves a background server behind unless it asks for one (tests/test_server_reuse.py).
+os.environ["GRISTMILL_SERVER"] = "ephemeral"
 
 _real_connect = socket.socket.connect
 
@@ -43,6 +46,19 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_server_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Whatever a test did, stop every `gristmill server` recorded under this session's temp
+    folders when the session ends."""
+    yield
+    from pipelines.server import running, stop
+
+    for state in tmp_path_factory.getbasetemp().rglob("server.json"):
+        found = running(state.parent)
+        if found is not None and os.getpid() not in (found.pid, found.child):  # not a stand-in
+            stop(state.parent)
 
 
 @pytest.fixture(autouse=True)

@@ -72,12 +72,18 @@ def test_schedule_time_zone_comes_from_settings_and_bad_names_get_one_line(
 
 def run_cli(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """`gristmill ARGS` as a user runs it: a subprocess with Prefect's own console logging,
-    none of this process's PREFECT_/GRISTMILL_ settings, and `env` on top."""
+    none of this process's PREFECT_/GRISTMILL_ settings, a temporary Prefect server of its own
+    (GRISTMILL_SERVER=ephemeral: nothing left running), and `env` on top."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", *args],
         cwd=REPO,
-        env={**clean, "GRISTMILL_DATA_DIR": str(data_dir), **env},
+        env={
+            **clean,
+            "GRISTMILL_DATA_DIR": str(data_dir),
+            "GRISTMILL_SERVER": "ephemeral",
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=240,

@@ -468,7 +468,8 @@ def test_guardrails_refuse_clearly(question: str) -> None:
 def test_query_and_mmr_return_relevant_diverse_chunks(tmp_path: Path, settings: Settings) -> None:
     import numpy as np
 
-    from pipelines.ask import mmr, query_chunks, retrieve
+    from pipelines.ask import mmr, retrieve
+    from tasks.retrieval import query_chunks
 
     store, embedder = ingested_store(tmp_path, settings)
     hits = query_chunks("receipts thirty days allowance", store, embedder, k=3)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.ask import open_store, query_chunks
 from tasks.lexical import LexicalIndex, lexical_path, open_lexical, query_terms
+from tasks.retrieval import open_store, query_chunks
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, open_chroma
 from tests.support.embedders import HashEmbedder

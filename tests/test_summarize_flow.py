@@ -449,3 +449,45 @@ def test_participants_and_owners_are_speakers_of_the_transcript(
         assert owners == {"Prepare the quarterly numbers": "Bob", "Approve the wire transfer": None}
     else:
         assert any("wire transfer" in d and owner is None for d, owner in owners.items()), owners
+
+
+def test_a_rerun_with_nothing_new_answers_from_the_stored_hashes_without_task_runs(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines import summarize
+    from pipelines.summarize import needs_checks
+
+    folder = copy_samples(data_dir, "weekly-standup.txt", "incident-retro.md")
+    (folder / "cues.srt").write_text(  # cue 2 has no timing line: a warning, text kept
+        "1\n00:00:01,000 --> 00:00:03,000\nAlice: We ship on Friday.\n\n"
+        "2\nBob: I write the changelog.\n\n3\n00:00:05,000 --> 00:00:06,000\nAlice: Thanks.\n"
+    )
+    settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
+    summarizer = build_summarizer(settings)
+    assert needs_checks([folder], None, settings, summarizer, force=False)
+    _, first = run(settings, [folder])
+    assert {t.status for t in first.transcripts} == {"ok"}
+    warned = {t.source: t.warnings for t in first.transcripts}
+    assert warned[str(folder / "cues.srt")]
+    assert not needs_checks([folder], None, settings, summarizer, force=False)
+    assert needs_checks([folder], None, settings, summarizer, force=True)
+
+    class NoParse:
+        def submit(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("a task run for an unchanged transcript")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(summarize, "load_transcript", NoParse())
+        patch.setattr(summarize, "summarize_group", NoParse())
+        _, again = run(settings, [folder])
+    assert {t.status for t in again.transcripts} == {"cached"}
+    assert {t.source: t.warnings for t in again.transcripts} == warned  # still reported
+
+    (folder / "weekly-standup.txt").write_text("Carol: A new agenda.\nDan: Agreed, ship it.\n")
+    assert needs_checks([folder], None, settings, summarizer, force=False)
+    _, changed = run(settings, [folder])
+    assert {t.source: t.status for t in changed.transcripts} == {
+        str(folder / "weekly-standup.txt"): "ok",
+        str(folder / "incident-retro.md"): "cached",
+        str(folder / "cues.srt"): "cached",
+    }
