@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -93,6 +94,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+
+def server_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` without the secrets a Prefect server never needs (LLM keys, the Chroma token, ...):
+    a server kept running between commands must not hold them. Prefect's own settings stay."""
+    return {
+        name: value
+        for name, value in env.items()
+        if name.startswith("PREFECT_") or not _SECRET_NAME.search(name)
+    }
+
+
 def run(
     command: list[str],
     env: dict[str, str],
@@ -103,7 +117,9 @@ def run(
     """Run the Prefect server in the foreground until it exits or we are told to stop; with
     `idle_minutes`, also until it has been idle that long."""
     process = subprocess.Popen(
-        command, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None
+        command,
+        env=server_env(env),
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     state = home / STATE_FILE
     record = {"pid": os.getpid(), "child": process.pid, "url": url, "idle_minutes": idle_minutes}
@@ -234,7 +250,7 @@ def ensure(
                 with log_path.open("ab") as log:
                     process = subprocess.Popen(
                         [*command, "--port", str(port)],
-                        env=env,
+                        env=server_env(env),
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=subprocess.STDOUT,

@@ -213,3 +213,23 @@ def test_first_command_starts_a_kept_server_next_ones_reuse_it_and_it_stops(
         assert local_server.running(home) is None
     finally:
         local_server.stop(home, timeout=10)
+
+
+def test_a_server_kept_between_commands_holds_no_secrets() -> None:
+    from pipelines.server import server_env
+
+    env = {
+        "OPENAI_API_KEY": "sk-secret",
+        "GRISTMILL_CHROMA_TOKEN": "t0ken",
+        "GRISTMILL_OPENAI_API_KEY": "sk-2",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "DB_PASSWORD": "p",
+        "PREFECT_SERVER_API_AUTH_STRING": "admin:pass",
+        "PREFECT_HOME": "/tmp/home",
+        "PATH": "/usr/bin",
+    }
+    assert server_env(env) == {
+        "PREFECT_SERVER_API_AUTH_STRING": "admin:pass",
+        "PREFECT_HOME": "/tmp/home",
+        "PATH": "/usr/bin",
+    }
