@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from tasks.errors import InputError, UsageError
+from tasks.errors import InputError, NothingToIndex, UsageError
 from tasks.tokens import count_tokens
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def load_document(
     try:
         size = path.stat().st_size
         if size == 0:
-            raise InputError("empty file", source=source)
+            raise NothingToIndex("empty file", source=source)
         if size > max_bytes:
             raise InputError(
                 f"file is {_megabytes(size)}, over the {_megabytes(max_bytes)} limit",
@@ -228,7 +228,7 @@ def load_document(
         raise
     text = normalise_text(text)
     if not text:
-        raise InputError("no text found in the file", source=source)
+        raise NothingToIndex(_no_text_reason(raw, fmt), source=source)
     return Document(
         source=source,
         title=(title or "").strip()
@@ -239,6 +239,22 @@ def load_document(
         format=fmt,
         metadata=metadata,
     )
+
+
+def _no_text_reason(raw: bytes, fmt: str) -> str:
+    """Why a readable file gave no text, in the user's words."""
+    decoded = raw.decode("utf-8-sig", "replace")
+    if not decoded.strip():
+        return "only whitespace"
+    if fmt == "markdown" and _FRONT_MATTER.match(decoded.replace("\r\n", "\n")):
+        return "no text after the front matter"
+    if fmt == "html":
+        return "no visible text in the page"
+    if fmt in ("json", "jsonl"):
+        return "no records with text"
+    if fmt in TRANSCRIPT_FORMATS:
+        return "no utterances"
+    return "no text found in the file"
 
 
 def _megabytes(size: int) -> str:

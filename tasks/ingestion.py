@@ -50,7 +50,13 @@ from tasks.documents import (
     load_document,
 )
 from tasks.embeddings import Embedder, Vectors
-from tasks.errors import DataQualityError, GristmillError, StoreUnavailableError, UsageError
+from tasks.errors import (
+    DataQualityError,
+    GristmillError,
+    NothingToIndex,
+    StoreUnavailableError,
+    UsageError,
+)
 from tasks.quality import QualityReport
 from tasks.reporting import write_atomically
 from tasks.vectorstore import ChunkStore, server_errors
@@ -80,6 +86,13 @@ class QuarantineRecord(BaseModel):
     failed_expectations: list[str] = Field(default_factory=list)
 
 
+class SkipRecord(BaseModel):
+    """A document with nothing to index (empty, front matter only, blank): not a failure."""
+
+    source: str
+    reason: str
+
+
 class IngestReport(BaseModel):
     """What one ingest run did; the integer fields count documents unless named for chunks."""
 
@@ -87,6 +100,7 @@ class IngestReport(BaseModel):
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
+    skipped: int = 0
     quarantined: int = 0
     chunks_written: int = 0
     chunks_deleted: int = 0
@@ -100,12 +114,13 @@ class IngestReport(BaseModel):
     run_id: str = ""
     quarantine: list[QuarantineRecord] = Field(default_factory=list)
     quarantine_path: str | None = None
+    skipped_documents: list[SkipRecord] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
     def headline(self) -> str:
         return (
             f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.deleted} deleted, {self.quarantined} quarantined; "
+            f"{self.deleted} deleted, {self.skipped} skipped, {self.quarantined} quarantined; "
             f"{self.chunks_written} chunks written, {self.chunks_deleted} deleted, "
             f"{self.embeddings_computed} embeddings computed; "
             f"{self.collection_count} chunks in {self.collection!r}"
@@ -120,6 +135,7 @@ class IngestReport(BaseModel):
                 "updated",
                 "unchanged",
                 "deleted",
+                "skipped",
                 "quarantined",
                 "chunks_written",
                 "chunks_deleted",
@@ -159,6 +175,7 @@ class BatchOutcome:
     sources: list[str] = field(default_factory=list)
     expected: dict[str, set[str]] = field(default_factory=dict)
     quarantine: list[QuarantineRecord] = field(default_factory=list)
+    skipped: list[SkipRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -260,6 +277,14 @@ def check_batch(
     return kept, quarantine, warnings
 
 
+class Prepared(NamedTuple):
+    """A batch's files after loading and chunking, sorted by what happens to them next."""
+
+    documents: list[PreparedDocument]
+    quarantine: list[QuarantineRecord]
+    skipped: list[SkipRecord]
+
+
 def prepare_documents(
     paths: Sequence[DocumentPath],
     embedder: Embedder,
@@ -268,17 +293,28 @@ def prepare_documents(
     overlap_tokens: int,
     json_text_field: str = "text",
     max_bytes: int = DEFAULT_MAX_BYTES,
-) -> tuple[list[PreparedDocument], list[QuarantineRecord]]:
-    """Load and chunk each file; a file that cannot be used becomes a quarantine record."""
+) -> Prepared:
+    """Load and chunk each file; a file that cannot be used becomes a quarantine record, one
+    with nothing to index (no chunks) a skip record.
+
+    Deciding "nothing to index" here, per document, keeps the batch's quality checks about
+    content: a document without chunks used to pass them when others in its batch had chunks
+    (the chunk table's row count was the batch's) and fail them when it was checked alone, so
+    its verdict depended on which files happened to share its batch.
+    """
     count = getattr(embedder, "count_tokens", None)
     prepared: list[PreparedDocument] = []
     quarantine: list[QuarantineRecord] = []
+    skipped: list[SkipRecord] = []
     for found in paths:
         try:
             document = load_document(
                 found.path, root=found.root, json_text_field=json_text_field, max_bytes=max_bytes
             )
             chunks = chunk_document(document, max_tokens, overlap_tokens, count=count)
+        except NothingToIndex as exc:
+            skipped.append(SkipRecord(source=found.source, reason=exc.message))
+            continue
         except GristmillError as exc:
             quarantine.append(
                 QuarantineRecord(source=found.source, reason=str(exc), failed_expectations=[])
@@ -289,8 +325,11 @@ def prepare_documents(
                 QuarantineRecord(source=found.source, reason=f"{type(exc).__name__}: {exc}")
             )
             continue
+        if not chunks:
+            skipped.append(SkipRecord(source=found.source, reason="only headings, no text"))
+            continue
         prepared.append(PreparedDocument(document, chunks))
-    return prepared, quarantine
+    return Prepared(prepared, quarantine, skipped)
 
 
 def chunking_key(max_tokens: int, overlap_tokens: int, json_text_field: str) -> str:
@@ -453,7 +492,7 @@ def ingest_batch_plain(
     chunking = chunking_key(max_tokens, overlap_tokens, json_text_field)
     skipped = unchanged_files(paths, stored, store, chunking, max_bytes)
     outcome.unchanged = len(skipped)
-    prepared, quarantine = prepare_documents(
+    prepared, quarantine, skipped_documents = prepare_documents(
         [p for p in paths if p.source not in skipped],
         embedder,
         max_tokens=max_tokens,
@@ -470,6 +509,7 @@ def ingest_batch_plain(
             changed.append(item)
     to_write, rejected, warnings = check_batch(changed, max_tokens, max_chars=max_bytes)
     outcome.quarantine = quarantine + rejected
+    outcome.skipped = skipped_documents
     outcome.warnings = warnings
     for item in to_write:
         if item.source in stored:
@@ -486,6 +526,12 @@ def ingest_batch_plain(
         chunking=chunking,
         stored=stored,
     )
+    if cleanup != "none":
+        # A document that now holds nothing keeps no chunks of an older version.
+        for record in skipped_documents:
+            if record.source in stored:
+                deleted += store.delete_source(record.source)
+                outcome.expected[record.source] = set()
     outcome.chunks_written = written
     outcome.chunks_deleted = deleted
     outcome.embeddings_computed = computed
@@ -542,12 +588,30 @@ def write_quarantine(directory: Path, run_id: str, records: list[QuarantineRecor
     return path
 
 
+def skipped_lines(records: list[SkipRecord], examples: int = 3) -> list[str]:
+    """One terminal line per reason: a docs tree can hold hundreds of empty pages."""
+    by_reason: dict[str, list[str]] = {}
+    for record in records:
+        by_reason.setdefault(record.reason, []).append(record.source)
+    lines = []
+    for reason, sources in by_reason.items():
+        shown = ", ".join(sources[:examples])
+        more = f" and {len(sources) - examples} more" if len(sources) > examples else ""
+        lines.append(f"skipped {len(sources)} (nothing to index: {reason}): {shown}{more}")
+    return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def ingest_report_markdown(report: IngestReport) -> str:
     rows = [
         ("Documents added", report.added),
         ("Documents updated", report.updated),
         ("Documents unchanged", report.unchanged),
         ("Documents deleted", report.deleted),
+        ("Documents skipped (nothing to index)", report.skipped),
         ("Documents quarantined", report.quarantined),
         ("Chunks written", report.chunks_written),
         ("Chunks deleted", report.chunks_deleted),
@@ -568,8 +632,11 @@ def ingest_report_markdown(report: IngestReport) -> str:
     if report.quarantine:
         lines += ["", "## Quarantined", "", "| Source | Reason |", "|---|---|"]
         for record in report.quarantine:
-            reason = record.reason.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {record.source} | {reason} |")
+            lines.append(f"| {_cell(record.source)} | {_cell(record.reason)} |")
+    if report.skipped_documents:
+        lines += ["", "## Skipped: nothing to index", "", "| Source | Reason |", "|---|---|"]
+        for skip in report.skipped_documents:
+            lines.append(f"| {_cell(skip.source)} | {_cell(skip.reason)} |")
     if report.warnings:
         lines += ["", "## Warnings", "", *(f"- {w}" for w in report.warnings[:50])]
     return "\n".join(lines) + "\n"
@@ -768,6 +835,7 @@ def ingest_files(
         ):
             setattr(report, name, getattr(report, name) + getattr(outcome, name))
         report.quarantine += outcome.quarantine
+        report.skipped_documents += outcome.skipped
         report.warnings += outcome.warnings
         expected.update(outcome.expected)
         present.update(outcome.sources)
@@ -781,6 +849,7 @@ def ingest_files(
     steps.verify(store, expected, exact=mode != "none")
     report.collection_count = store.count()
     report.quarantined = len(report.quarantine)
+    report.skipped = len(report.skipped_documents)
     path = write_quarantine(settings.quarantine_dir, run_id, report.quarantine)
     report.quarantine_path = str(path) if path else None
     report.duration_s = round(time.monotonic() - started, 3)

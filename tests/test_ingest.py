@@ -72,10 +72,14 @@ def stored_sources(settings: Settings, embedder: HashEmbedder) -> set[str]:
 def expected_ids(docs: Path, settings: Settings, embedder: HashEmbedder) -> set[str]:
     """The ids a fresh ingest of `docs` would write."""
     from tasks.documents import chunk_document, load_document
+    from tasks.errors import InputError
 
     ids: set[str] = set()
     for found in discover_documents([docs]):
-        document = load_document(found.path, root=found.root)
+        try:
+            document = load_document(found.path, root=found.root)
+        except InputError:
+            continue
         chunks = chunk_document(
             document, settings.doc_chunk_tokens, settings.doc_chunk_overlap_tokens
         )
@@ -271,29 +275,19 @@ def test_bad_inputs_are_quarantined_and_the_rest_goes_on(
     tmp_path: Path, settings: Settings
 ) -> None:
     docs = write_corpus(tmp_path)
-    (docs / "empty.md").write_text("")
     (docs / "binary.txt").write_bytes(b"\x00\x01\x02 binary")
     (docs / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     (docs / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     (docs / "records.jsonl").write_text('{"text": "fine"}\nnot json\n')
-    (docs / "blank.md").write_text("   \n\n  \n")
     embedder = HashEmbedder()
 
     report = run(docs, settings, embedder)
 
     reasons = {r.source: r.reason for r in report.quarantine}
-    assert set(reasons) == {
-        "empty.md",
-        "binary.txt",
-        "latin1.txt",
-        "broken.pdf",
-        "records.jsonl",
-        "blank.md",
-    }
-    assert "empty" in reasons["empty.md"]
+    assert set(reasons) == {"binary.txt", "latin1.txt", "broken.pdf", "records.jsonl"}
     assert "binary" in reasons["binary.txt"]
     assert "UTF-8" in reasons["latin1.txt"]
-    assert report.added == 3 and report.quarantined == 6
+    assert report.added == 3 and report.quarantined == 4 and report.skipped == 0
     assert report.quarantine_path is not None
     lines = Path(report.quarantine_path).read_text().splitlines()
     assert Path(report.quarantine_path).parent == settings.quarantine_dir
@@ -301,14 +295,72 @@ def test_bad_inputs_are_quarantined_and_the_rest_goes_on(
     assert all({"source", "reason", "failed_expectations"} <= set(json.loads(x)) for x in lines)
 
 
+EMPTY_PAGES = {
+    "empty.md": ("", "empty file"),
+    "blank.md": ("   \n\n  \n", "only whitespace"),
+    "api/client.md": ("---\ntitle: Client\nsidebar: 3\n---\n", "no text after the front matter"),
+    "api/index.md": ("---\ntitle: API\n---\n\n# API\n\n## Classes\n", "only headings, no text"),
+}
+
+
+def write_empty_pages(docs: Path) -> None:
+    for name, (text, _) in EMPTY_PAGES.items():
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text(text)
+
+
+@pytest.mark.parametrize("per_batch", [1, 32])
+def test_documents_with_nothing_to_index_are_skipped_in_words(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, per_batch: int
+) -> None:
+    import tasks.ingestion
+
+    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", per_batch)
+    docs = write_corpus(tmp_path)
+    write_empty_pages(docs)
+    embedder = HashEmbedder()
+
+    report = run(docs, settings, embedder)
+
+    # Alone in a batch or among pages with text, an empty page gets the same verdict.
+    assert {s.source: s.reason for s in report.skipped_documents} == {
+        name: reason for name, (_, reason) in EMPTY_PAGES.items()
+    }
+    assert (report.added, report.skipped, report.quarantined) == (3, 4, 0)
+    assert report.quarantine == [] and report.quarantine_path is None
+    assert report.counts()["skipped"] == 4
+    assert "4 skipped, 0 quarantined" in report.headline()
+    markdown = tasks.ingestion.ingest_report_markdown(report)
+    assert "| Documents skipped (nothing to index) | 4 |" in markdown
+    assert "| api/client.md | no text after the front matter |" in markdown
+    lines = tasks.ingestion.skipped_lines(report.skipped_documents)
+    assert "skipped 1 (nothing to index: empty file): empty.md" in lines and len(lines) == 4
+    again = run(docs, settings, embedder)
+    assert (again.unchanged, again.skipped, again.quarantined, again.added) == (3, 4, 0, 0)
+
+
+def test_a_page_emptied_since_the_last_run_loses_its_chunks(
+    tmp_path: Path, settings: Settings
+) -> None:
+    docs = write_corpus(tmp_path)
+    embedder = HashEmbedder()
+    run(docs, settings, embedder)
+    chunks = len(open_store(settings, embedder).ids_for_source("onboarding.md"))
+    (docs / "onboarding.md").write_text("---\ntitle: Onboarding\n---\n")
+    report = run(docs, settings, embedder)
+    assert (report.unchanged, report.skipped, report.chunks_deleted) == (2, 1, chunks)
+    assert "onboarding.md" not in stored_sources(settings, embedder)
+    assert all_ids(settings, embedder) == expected_ids(docs, settings, embedder)
+
+
 def test_chunks_that_fail_the_quality_gate_are_quarantined(tmp_path: Path) -> None:
     from tasks.ingestion import check_batch, prepare_documents
 
     docs = write_corpus(tmp_path)
     embedder = HashEmbedder()
-    prepared, _ = prepare_documents(
+    prepared = prepare_documents(
         discover_documents([docs]), embedder, max_tokens=60, overlap_tokens=0
-    )
+    ).documents
     # A budget below the chunks' size: every chunk breaks the token bound.
     kept, quarantine, _ = check_batch(prepared, max_tokens=5, max_chars=10_000)
     assert kept == [] and len(quarantine) == 3
@@ -585,6 +637,7 @@ def test_cli_ingest_query_and_ask_contracts(
     if missing_files(model_dir):
         pytest.skip("local model files not provisioned (python -m tasks.model_files DIR)")
     docs = write_corpus(tmp_path)
+    (docs / "api.md").write_text("---\ntitle: API\n---\n")  # nothing to index: not a failure
     monkeypatch.setenv("GRISTMILL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("GRISTMILL_MODEL_DIR", str(model_dir))
     runner = CliRunner()
@@ -596,6 +649,10 @@ def test_cli_ingest_query_and_ask_contracts(
     keys += ["chunks_deleted", "embeddings_computed", "collection_count"]
     assert all(isinstance(report[key], int) for key in keys)
     assert report["added"] == 3 and report["collection_count"] == report["chunks_written"]
+    assert report["skipped"] == 1 and report["quarantined"] == 0 and report["quarantine"] == []
+    assert report["skipped_documents"] == [
+        {"source": "api.md", "reason": "no text after the front matter"}
+    ]
 
     result = runner.invoke(
         app, ["query", "receipts", "--collection", "cli-docs", "-k", "2", "--json",
