@@ -236,7 +236,12 @@ def check_batch(
     """Gate documents and their chunks on quality; failing documents go to quarantine.
 
     The batch is validated as one table; only when it fails is each document validated alone,
-    so the happy path costs two validations per batch.
+    so the happy path costs two validations per batch. That shortcut is sound only because a
+    batch passes exactly when each of its documents would pass alone, whichever files share
+    the batch (a crash changes that: a resumed run's batches hold only what was left to do):
+    every document here has chunks (`prepare_documents` skips those without) and sources are
+    unique (`unique_sources`), so the table-wide expectations (row count, unique sources and
+    ids) cannot fail for the batch unless they fail for one of its documents.
     """
     from tasks.quality import doc_chunk_expectations, document_expectations, validate_table
 
