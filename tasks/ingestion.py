@@ -11,7 +11,11 @@ Incremental and crash-safe by construction:
   hash to the stored hash and whose stored chunks are complete and record that chunking is
   skipped before it is parsed, so an unchanged corpus costs a hash per file and one metadata
   query per batch;
-- quality checks gate writes: they run on the documents that are to be written;
+- quality checks gate writes: they run on the documents that are to be written, and a
+  document's verdict never depends on which files share its batch (`check_batch`);
+- documents with nothing to index are skipped, not quarantined; why a file was left out is
+  remembered per source with its hash and the settings (`LeftOutLedger`, in the store), so an
+  unchanged left-out file also costs only a hash and is reported again with the same verdict;
 - a changed document is replaced by upserting its new ids first and deleting its stale ids
   after, so a crash in between leaves extra chunks that the next run removes, never a hole;
 - vectors are looked up by content hash in the store before any is computed, so texts
@@ -59,7 +63,7 @@ from tasks.errors import (
 )
 from tasks.quality import QualityReport
 from tasks.reporting import write_atomically
-from tasks.vectorstore import ChunkStore, server_errors
+from tasks.vectorstore import ChunkStore, LeftOut, LeftOutLedger, server_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,6 +80,9 @@ DOCUMENTS_PER_BATCH = 32
 STORE_RETRY_DELAYS_S: list[float] = [2, 10]
 # Document batches ingested at once; their embedding calls take turns (`OneEmbedAtATime`).
 BATCHES_IN_FLIGHT = 2
+# Bump when what makes a document skipped or quarantined changes (the quality suites, a
+# loader's verdicts), so the verdicts remembered for unchanged files are made again.
+LEFT_OUT_VERSION = 1
 
 
 class QuarantineRecord(BaseModel):
@@ -84,6 +91,8 @@ class QuarantineRecord(BaseModel):
     source: str
     reason: str
     failed_expectations: list[str] = Field(default_factory=list)
+    unexpected: bool = Field(default=False, exclude=True)
+    """Left out by an error of ours (a parser's crash), not by the file: not remembered."""
 
 
 class SkipRecord(BaseModel):
@@ -91,6 +100,33 @@ class SkipRecord(BaseModel):
 
     source: str
     reason: str
+
+
+def left_out_key(chunking: str, max_bytes: int) -> str:
+    """What a skip or quarantine verdict depends on besides the file's bytes."""
+    return f"{chunking} max_bytes={max_bytes} verdicts=v{LEFT_OUT_VERSION}"
+
+
+def remembered(
+    left_out: Mapping[str, LeftOut], hashes: Mapping[str, str | None], key: str
+) -> tuple[list[SkipRecord], list[QuarantineRecord]]:
+    """The verdicts in `left_out` made for exactly these bytes (`hashes`) and settings."""
+    skipped: list[SkipRecord] = []
+    quarantine: list[QuarantineRecord] = []
+    for source, record in left_out.items():
+        if record.key != key or record.document_hash != hashes.get(source):
+            continue
+        if record.status == "skipped":
+            skipped.append(SkipRecord(source=source, reason=record.reason))
+        else:
+            quarantine.append(
+                QuarantineRecord(
+                    source=source,
+                    reason=record.reason,
+                    failed_expectations=record.failed_expectations,
+                )
+            )
+    return skipped, quarantine
 
 
 class IngestReport(BaseModel):
@@ -327,7 +363,9 @@ def prepare_documents(
             continue
         except Exception as exc:  # a parser bug on one file must not stop the run
             quarantine.append(
-                QuarantineRecord(source=found.source, reason=f"{type(exc).__name__}: {exc}")
+                QuarantineRecord(
+                    source=found.source, reason=f"{type(exc).__name__}: {exc}", unexpected=True
+                )
             )
             continue
         if not chunks:
@@ -349,6 +387,7 @@ def unchanged_files(
     store: ChunkStore,
     chunking: str,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    hashes: Mapping[str, str | None] | None = None,
 ) -> set[str]:
     """Sources of `paths` that need no loading, chunking, checking or writing.
 
@@ -358,8 +397,11 @@ def unchanged_files(
     so those are the ids a fresh chunking would give. Anything else (new, edited, interrupted,
     another budget, chunks kept by cleanup `none`) takes the full path.
     """
-    hashes = {p.source: file_hash(p.path, max_bytes) for p in paths if stored.get(p.source)}
-    candidates = sorted(source for source, h in hashes.items() if h == stored[source])
+    if hashes is None:
+        hashes = {p.source: file_hash(p.path, max_bytes) for p in paths if stored.get(p.source)}
+    candidates = sorted(
+        source for source, h in hashes.items() if stored.get(source) and h == stored[source]
+    )
     if not candidates:
         return set()
     found: dict[str, list[Mapping[str, object]]] = {}
@@ -491,14 +533,27 @@ def ingest_batch_plain(
     label: str = "",
 ) -> BatchOutcome:
     """Plan, load, chunk, check, embed and write one batch of documents (`label` names the
-    task run). Unchanged files are set aside first, so they are neither parsed nor checked."""
+    task run).
+
+    Each file is hashed first. Unchanged files (`unchanged_files`) and files left out before
+    with the same bytes and settings (the store's `LeftOutLedger`) are set aside, so they are
+    neither parsed nor checked; the latter are reported again with their remembered verdict.
+    The verdicts of this batch are remembered last, after its chunks are written: a crash in
+    between leaves nothing that could give a file another verdict next time.
+    """
     outcome = BatchOutcome()
     outcome.sources = [p.source for p in paths]
     chunking = chunking_key(max_tokens, overlap_tokens, json_text_field)
-    skipped = unchanged_files(paths, stored, store, chunking, max_bytes)
-    outcome.unchanged = len(skipped)
+    hashes = {p.source: file_hash(p.path, max_bytes) for p in paths}
+    unchanged = unchanged_files(paths, stored, store, chunking, max_bytes, hashes)
+    outcome.unchanged = len(unchanged)
+    ledger = store.left_out()
+    key = left_out_key(chunking, max_bytes)
+    held = ledger.find(sorted(s for s, h in hashes.items() if h and s not in unchanged))
+    skipped_before, quarantined_before = remembered(held, hashes, key)
+    known = unchanged | {r.source for r in skipped_before} | {r.source for r in quarantined_before}
     prepared, quarantine, skipped_documents = prepare_documents(
-        [p for p in paths if p.source not in skipped],
+        [p for p in paths if p.source not in known],
         embedder,
         max_tokens=max_tokens,
         overlap_tokens=overlap_tokens,
@@ -513,8 +568,8 @@ def ingest_batch_plain(
         else:
             changed.append(item)
     to_write, rejected, warnings = check_batch(changed, max_tokens, max_chars=max_bytes)
-    outcome.quarantine = quarantine + rejected
-    outcome.skipped = skipped_documents
+    outcome.quarantine = quarantined_before + quarantine + rejected
+    outcome.skipped = skipped_before + skipped_documents
     outcome.warnings = warnings
     for item in to_write:
         if item.source in stored:
@@ -533,10 +588,17 @@ def ingest_batch_plain(
     )
     if cleanup != "none":
         # A document that now holds nothing keeps no chunks of an older version.
-        for record in skipped_documents:
+        for record in outcome.skipped:
             if record.source in stored:
                 deleted += store.delete_source(record.source)
                 outcome.expected[record.source] = set()
+    remember_verdicts(
+        ledger,
+        hashes,
+        key,
+        [*skipped_documents, *quarantine, *rejected],
+        forget=[item.source for item in to_write if item.source in held],
+    )
     outcome.chunks_written = written
     outcome.chunks_deleted = deleted
     outcome.embeddings_computed = computed
@@ -544,12 +606,49 @@ def ingest_batch_plain(
     return outcome
 
 
+def remember_verdicts(
+    ledger: LeftOutLedger,
+    hashes: Mapping[str, str | None],
+    key: str,
+    records: Sequence[SkipRecord | QuarantineRecord],
+    forget: Sequence[str] = (),
+) -> None:
+    """Remember why files were left out (those with a hash: readable, within the size limit),
+    and forget the records of files now written."""
+    remember = [
+        LeftOut(
+            source=record.source,
+            document_hash=document_hash,
+            key=key,
+            status="skipped" if isinstance(record, SkipRecord) else "quarantined",
+            reason=record.reason,
+            failed_expectations=getattr(record, "failed_expectations", []),
+        )
+        for record in records
+        if (document_hash := hashes.get(record.source)) and remembers(record)
+    ]
+    if remember:
+        ledger.remember(remember)
+    if forget:
+        ledger.forget(forget)
+
+
+def remembers(record: SkipRecord | QuarantineRecord) -> bool:
+    """False for a verdict that may not hold next time with the same bytes: a parser's crash
+    (a bug a release may fix without bumping LEFT_OUT_VERSION)."""
+    return not (isinstance(record, QuarantineRecord) and record.unexpected)
+
+
 def delete_missing_sources(
     store: ChunkStore, stored: dict[str, str], present: set[str]
 ) -> tuple[list[str], int]:
-    """Full cleanup: delete every stored source not found in this run; returns (sources, chunks)."""
+    """Full cleanup: delete every stored source not found in this run, and forget why those
+    left out were; returns (sources, chunks)."""
     gone = sorted(set(stored) - present)
-    return gone, sum(store.delete_source(source) for source in gone)
+    deleted = sum(store.delete_source(source) for source in gone)
+    ledger = store.left_out()
+    ledger.forget(sorted(ledger.sources() - present))
+    return gone, deleted
 
 
 def verify_sources(

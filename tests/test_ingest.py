@@ -698,3 +698,61 @@ def test_hybrid_ranking_lifts_the_chunk_with_the_querys_exact_words() -> None:
     # no shared word with any chunk: the dense order stands
     assert [h.id for h in fuse("zzz qqq", dense)] == ["0", "1", "2", "3"]
     assert fuse("anything", []) == []
+
+
+def test_files_left_out_are_remembered_by_their_bytes_and_not_parsed_again(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.ingestion
+    import tasks.quality
+
+    docs = write_corpus(tmp_path)
+    write_empty_pages(docs)
+    (docs / "binary.txt").write_bytes(b"\x00\x01\x02 binary")
+    (docs / "records.jsonl").write_text('{"text": "fine"}\nnot json\n')
+    embedder = HashEmbedder()
+    first = run(docs, settings, embedder)
+    assert (first.added, first.skipped, first.quarantined) == (3, 4, 2)
+
+    loaded: list[str] = []
+    validated: list[str] = []
+    real_load, real_validate = tasks.ingestion.load_document, tasks.quality.validate_table
+
+    def counting_load(path: Path, **kwargs: object) -> object:
+        loaded.append(Path(path).name)
+        return real_load(path, **kwargs)  # type: ignore[arg-type]
+
+    def counting_validate(frame: object, suite: str, *args: object, **kwargs: object) -> object:
+        validated.append(suite)
+        return real_validate(frame, suite, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tasks.ingestion, "load_document", counting_load)
+    monkeypatch.setattr(tasks.quality, "validate_table", counting_validate)
+    again = run(docs, settings, embedder)
+    # Same bytes, same settings: the same verdicts and reasons, and no file parsed or checked
+    # (the empty file has no hash to key on: its `stat` says it all, so it is loaded again).
+    assert again.skipped_documents == first.skipped_documents
+    assert again.quarantine == first.quarantine
+    assert (again.unchanged, again.skipped, again.quarantined) == (3, 4, 2)
+    assert loaded == ["empty.md"] and validated == []
+
+    # A left-out file that changes is judged again; one fixed is written, and forgotten.
+    loaded.clear()
+    (docs / "api" / "client.md").write_text("---\ntitle: Client\n---\n\nThe client connects.\n")
+    (docs / "binary.txt").write_bytes(b"\x00\x01\x02 still binary")
+    fixed = run(docs, settings, embedder)
+    assert sorted(loaded) == ["binary.txt", "client.md", "empty.md"]
+    assert (fixed.added, fixed.skipped, fixed.quarantined) == (1, 3, 2)
+    ledger = open_store(settings, embedder).left_out()
+    assert "api/client.md" not in ledger.sources() and "binary.txt" in ledger.sources()
+
+    # Another chunk budget: every left-out file is judged again under it.
+    loaded.clear()
+    smaller = settings.model_copy(update={"doc_chunk_tokens": 30})
+    rechunked = run(docs, smaller, embedder)
+    assert (rechunked.skipped, rechunked.quarantined) == (3, 2) and len(loaded) == 9
+
+    # Full cleanup forgets the verdicts of files that are gone.
+    (docs / "binary.txt").unlink()
+    run(docs, smaller, embedder, "full")
+    assert "binary.txt" not in ledger.sources()

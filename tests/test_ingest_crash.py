@@ -121,10 +121,18 @@ def test_a_run_killed_anywhere_resumes_to_a_clean_runs_verdicts_and_ids(
     clean_ids = ids(clean_dir)
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # The second run embeds 3 times, writes in 6 calls and deletes in 3 (a stale chunk, an
-    # emptied page, the page that is gone): mid-embed, mid-write, between upsert and stale delete,
-    # before the full cleanup.
-    for point, nth in [("embed", 2), ("upsert", 2), ("upsert", 5), ("delete", 1), ("delete", 3)]:
+    # The second run embeds 3 times, writes in 6 calls, deletes in 3 (a stale chunk, an emptied
+    # page, the page that is gone) and remembers left-out files in 5: mid-embed, mid-write,
+    # between upsert and stale delete, before the full cleanup, and between two batches'
+    # remembered verdicts.
+    for point, nth in [
+        ("embed", 2),
+        ("upsert", 2),
+        ("upsert", 5),
+        ("delete", 1),
+        ("delete", 3),
+        ("left-out-upsert", 2),
+    ]:
         data_dir = tmp_path / f"killed-{point}-{nth}"
         child = subprocess.run(
             [sys.executable, "-m", "tests.support.ingest_child", str(data_dir), str(before),

@@ -9,7 +9,9 @@ POINT of the second run:
 - `upsert`: right after the Nth write call to Chroma returns (a batch's chunks are written
   in several calls, so this leaves documents half-written);
 - `delete`: right before the Nth delete call, after the batch's upserts (new chunks in,
-  stale ones not yet out).
+  stale ones not yet out);
+- `left-out-upsert`: right after the Nth write of the verdicts on files left out (the
+  `LeftOutLedger`), so some are remembered and others not.
 Nothing of the pipeline is replaced: the real `ingest_files`, a real on-disk Chroma; the hooks
 only count calls and pass them on. Exits 3 if the point was never reached.
 """
@@ -63,17 +65,18 @@ class TrippingEmbedder(HashEmbedder):
 class TrippingCollection:
     """A Chroma collection whose upserts and deletes trip the wire; the rest passes through."""
 
-    def __init__(self, collection: Any, tripwire: Tripwire) -> None:
+    def __init__(self, collection: Any, tripwire: Tripwire, prefix: str = "") -> None:
         self._collection = collection
         self._tripwire = tripwire
+        self._prefix = prefix
 
     def upsert(self, **kwargs: Any) -> Any:
         result = self._collection.upsert(**kwargs)
-        self._tripwire.event("upsert")
+        self._tripwire.event(self._prefix + "upsert")
         return result
 
     def delete(self, **kwargs: Any) -> Any:
-        self._tripwire.event("delete")
+        self._tripwire.event(self._prefix + "delete")
         return self._collection.delete(**kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -104,6 +107,8 @@ def main(argv: list[str]) -> int:
         discover_documents([Path(before)]), store, embedder, settings, cleanup="full"
     )
     store.collection = TrippingCollection(store.collection, tripwire)  # type: ignore[assignment]
+    ledger = store.left_out()
+    ledger.collection = TrippingCollection(ledger.collection, tripwire, "left-out-")  # type: ignore[assignment]
     tripwire.armed = True
     tasks.ingestion.ingest_files(
         discover_documents([Path(after)]), store, embedder, settings, cleanup="full"
