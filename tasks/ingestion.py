@@ -908,6 +908,7 @@ def ingest_files(
     )
     max_tokens = chunk_budget(settings.doc_chunk_tokens, embedder)
     stored = store.sources()
+    store.left_out()  # made once here, not by two batches at once
     expected: dict[str, set[str]] = {}
     present: set[str] = set()
     files, duplicates = unique_sources(files)
