@@ -146,7 +146,7 @@ def distinct_chunk_texts(docs: Path, settings: Any) -> list[str]:
     from tasks.ingestion import chunk_budget, prepare_documents
 
     counter = LocalOnnxEmbedder(MODEL_DIR)
-    prepared, quarantine = prepare_documents(
+    prepared, quarantine, _ = prepare_documents(
         discover_documents([docs]),
         counter,
         max_tokens=chunk_budget(settings.doc_chunk_tokens, counter),

@@ -648,7 +648,7 @@ def ingest(
     except GristmillError as exc:
         fail(str(exc))
     from pipelines.ingest import ingest_documents
-    from tasks.ingestion import IngestReport
+    from tasks.ingestion import IngestReport, skipped_lines
     from tasks.reporting import state_report
 
     progress = _ProgressBar(enabled=not as_json)
@@ -682,10 +682,13 @@ def ingest(
                 "embedding_model": report.embedding_model,
                 "quarantine": [r.model_dump() for r in report.quarantine],
                 "quarantine_path": report.quarantine_path,
+                "skipped_documents": [s.model_dump() for s in report.skipped_documents],
             }
         )
     else:
         typer.echo(report.headline() + f" ({report.duration_s:.1f} s)")
+        for line in skipped_lines(report.skipped_documents):
+            typer.echo(line, err=True)
         for record in report.quarantine:
             typer.echo(f"quarantined {record.source}: {record.reason}", err=True)
         if report.quarantine_path:

@@ -2,7 +2,8 @@
 
 discover -> per batch of documents: load + check, chunk + check, plan against the store, embed
 (stored vectors reused by content hash), upsert, delete stale ids -> full cleanup -> verify.
-Documents that fail a check are quarantined with their reasons and the run goes on.
+Documents that fail a check are quarantined with their reasons and the run goes on; documents
+with nothing to index (empty, front matter only) are skipped, in words, and fail nothing.
 """
 
 from __future__ import annotations

@@ -106,3 +106,8 @@ class StoreUnavailableError(GristmillError):
     """The Chroma server stopped answering during a run; what was written stays written."""
 
     exit_code = 1
+
+
+class NothingToIndex(InputError):
+    """A document that is fine but holds no text to index (empty, front matter only, blank):
+    reported as skipped, with the reason in words, not as a failure."""

@@ -11,7 +11,11 @@ Incremental and crash-safe by construction:
   hash to the stored hash and whose stored chunks are complete and record that chunking is
   skipped before it is parsed, so an unchanged corpus costs a hash per file and one metadata
   query per batch;
-- quality checks gate writes: they run on the documents that are to be written;
+- quality checks gate writes: they run on the documents that are to be written, and a
+  document's verdict never depends on which files share its batch (`check_batch`);
+- documents with nothing to index are skipped, not quarantined; why a file was left out is
+  remembered per source with its hash and the settings (`LeftOutLedger`, in the store), so an
+  unchanged left-out file also costs only a hash and is reported again with the same verdict;
 - a changed document is replaced by upserting its new ids first and deleting its stale ids
   after, so a crash in between leaves extra chunks that the next run removes, never a hole;
 - vectors are looked up by content hash in the store before any is computed, so texts
@@ -50,10 +54,16 @@ from tasks.documents import (
     load_document,
 )
 from tasks.embeddings import Embedder, Vectors
-from tasks.errors import DataQualityError, GristmillError, StoreUnavailableError, UsageError
+from tasks.errors import (
+    DataQualityError,
+    GristmillError,
+    NothingToIndex,
+    StoreUnavailableError,
+    UsageError,
+)
 from tasks.quality import QualityReport
 from tasks.reporting import write_atomically
-from tasks.vectorstore import ChunkStore, server_errors
+from tasks.vectorstore import ChunkStore, LeftOut, LeftOutLedger, server_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,6 +80,9 @@ DOCUMENTS_PER_BATCH = 32
 STORE_RETRY_DELAYS_S: list[float] = [2, 10]
 # Document batches ingested at once; their embedding calls take turns (`OneEmbedAtATime`).
 BATCHES_IN_FLIGHT = 2
+# Bump when what makes a document skipped or quarantined changes (the quality suites, a
+# loader's verdicts), so the verdicts remembered for unchanged files are made again.
+LEFT_OUT_VERSION = 1
 
 
 class QuarantineRecord(BaseModel):
@@ -78,6 +91,42 @@ class QuarantineRecord(BaseModel):
     source: str
     reason: str
     failed_expectations: list[str] = Field(default_factory=list)
+    unexpected: bool = Field(default=False, exclude=True)
+    """Left out by an error of ours (a parser's crash), not by the file: not remembered."""
+
+
+class SkipRecord(BaseModel):
+    """A document with nothing to index (empty, front matter only, blank): not a failure."""
+
+    source: str
+    reason: str
+
+
+def left_out_key(chunking: str, max_bytes: int) -> str:
+    """What a skip or quarantine verdict depends on besides the file's bytes."""
+    return f"{chunking} max_bytes={max_bytes} verdicts=v{LEFT_OUT_VERSION}"
+
+
+def remembered(
+    left_out: Mapping[str, LeftOut], hashes: Mapping[str, str | None], key: str
+) -> tuple[list[SkipRecord], list[QuarantineRecord]]:
+    """The verdicts in `left_out` made for exactly these bytes (`hashes`) and settings."""
+    skipped: list[SkipRecord] = []
+    quarantine: list[QuarantineRecord] = []
+    for source, record in left_out.items():
+        if record.key != key or record.document_hash != hashes.get(source):
+            continue
+        if record.status == "skipped":
+            skipped.append(SkipRecord(source=source, reason=record.reason))
+        else:
+            quarantine.append(
+                QuarantineRecord(
+                    source=source,
+                    reason=record.reason,
+                    failed_expectations=record.failed_expectations,
+                )
+            )
+    return skipped, quarantine
 
 
 class IngestReport(BaseModel):
@@ -87,6 +136,7 @@ class IngestReport(BaseModel):
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
+    skipped: int = 0
     quarantined: int = 0
     chunks_written: int = 0
     chunks_deleted: int = 0
@@ -100,12 +150,13 @@ class IngestReport(BaseModel):
     run_id: str = ""
     quarantine: list[QuarantineRecord] = Field(default_factory=list)
     quarantine_path: str | None = None
+    skipped_documents: list[SkipRecord] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
     def headline(self) -> str:
         return (
             f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.deleted} deleted, {self.quarantined} quarantined; "
+            f"{self.deleted} deleted, {self.skipped} skipped, {self.quarantined} quarantined; "
             f"{self.chunks_written} chunks written, {self.chunks_deleted} deleted, "
             f"{self.embeddings_computed} embeddings computed; "
             f"{self.collection_count} chunks in {self.collection!r}"
@@ -120,6 +171,7 @@ class IngestReport(BaseModel):
                 "updated",
                 "unchanged",
                 "deleted",
+                "skipped",
                 "quarantined",
                 "chunks_written",
                 "chunks_deleted",
@@ -159,6 +211,7 @@ class BatchOutcome:
     sources: list[str] = field(default_factory=list)
     expected: dict[str, set[str]] = field(default_factory=dict)
     quarantine: list[QuarantineRecord] = field(default_factory=list)
+    skipped: list[SkipRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -219,7 +272,12 @@ def check_batch(
     """Gate documents and their chunks on quality; failing documents go to quarantine.
 
     The batch is validated as one table; only when it fails is each document validated alone,
-    so the happy path costs two validations per batch.
+    so the happy path costs two validations per batch. That shortcut is sound only because a
+    batch passes exactly when each of its documents would pass alone, whichever files share
+    the batch (a crash changes that: a resumed run's batches hold only what was left to do):
+    every document here has chunks (`prepare_documents` skips those without) and sources are
+    unique (`unique_sources`), so the table-wide expectations (row count, unique sources and
+    ids) cannot fail for the batch unless they fail for one of its documents.
     """
     from tasks.quality import doc_chunk_expectations, document_expectations, validate_table
 
@@ -260,6 +318,14 @@ def check_batch(
     return kept, quarantine, warnings
 
 
+class Prepared(NamedTuple):
+    """A batch's files after loading and chunking, sorted by what happens to them next."""
+
+    documents: list[PreparedDocument]
+    quarantine: list[QuarantineRecord]
+    skipped: list[SkipRecord]
+
+
 def prepare_documents(
     paths: Sequence[DocumentPath],
     embedder: Embedder,
@@ -268,17 +334,28 @@ def prepare_documents(
     overlap_tokens: int,
     json_text_field: str = "text",
     max_bytes: int = DEFAULT_MAX_BYTES,
-) -> tuple[list[PreparedDocument], list[QuarantineRecord]]:
-    """Load and chunk each file; a file that cannot be used becomes a quarantine record."""
+) -> Prepared:
+    """Load and chunk each file; a file that cannot be used becomes a quarantine record, one
+    with nothing to index (no chunks) a skip record.
+
+    Deciding "nothing to index" here, per document, keeps the batch's quality checks about
+    content: a document without chunks used to pass them when others in its batch had chunks
+    (the chunk table's row count was the batch's) and fail them when it was checked alone, so
+    its verdict depended on which files happened to share its batch.
+    """
     count = getattr(embedder, "count_tokens", None)
     prepared: list[PreparedDocument] = []
     quarantine: list[QuarantineRecord] = []
+    skipped: list[SkipRecord] = []
     for found in paths:
         try:
             document = load_document(
                 found.path, root=found.root, json_text_field=json_text_field, max_bytes=max_bytes
             )
             chunks = chunk_document(document, max_tokens, overlap_tokens, count=count)
+        except NothingToIndex as exc:
+            skipped.append(SkipRecord(source=found.source, reason=exc.message))
+            continue
         except GristmillError as exc:
             quarantine.append(
                 QuarantineRecord(source=found.source, reason=str(exc), failed_expectations=[])
@@ -286,11 +363,16 @@ def prepare_documents(
             continue
         except Exception as exc:  # a parser bug on one file must not stop the run
             quarantine.append(
-                QuarantineRecord(source=found.source, reason=f"{type(exc).__name__}: {exc}")
+                QuarantineRecord(
+                    source=found.source, reason=f"{type(exc).__name__}: {exc}", unexpected=True
+                )
             )
             continue
+        if not chunks:
+            skipped.append(SkipRecord(source=found.source, reason="only headings, no text"))
+            continue
         prepared.append(PreparedDocument(document, chunks))
-    return prepared, quarantine
+    return Prepared(prepared, quarantine, skipped)
 
 
 def chunking_key(max_tokens: int, overlap_tokens: int, json_text_field: str) -> str:
@@ -305,6 +387,7 @@ def unchanged_files(
     store: ChunkStore,
     chunking: str,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    hashes: Mapping[str, str | None] | None = None,
 ) -> set[str]:
     """Sources of `paths` that need no loading, chunking, checking or writing.
 
@@ -314,8 +397,11 @@ def unchanged_files(
     so those are the ids a fresh chunking would give. Anything else (new, edited, interrupted,
     another budget, chunks kept by cleanup `none`) takes the full path.
     """
-    hashes = {p.source: file_hash(p.path, max_bytes) for p in paths if stored.get(p.source)}
-    candidates = sorted(source for source, h in hashes.items() if h == stored[source])
+    if hashes is None:
+        hashes = {p.source: file_hash(p.path, max_bytes) for p in paths if stored.get(p.source)}
+    candidates = sorted(
+        source for source, h in hashes.items() if stored.get(source) and h == stored[source]
+    )
     if not candidates:
         return set()
     found: dict[str, list[Mapping[str, object]]] = {}
@@ -447,14 +533,27 @@ def ingest_batch_plain(
     label: str = "",
 ) -> BatchOutcome:
     """Plan, load, chunk, check, embed and write one batch of documents (`label` names the
-    task run). Unchanged files are set aside first, so they are neither parsed nor checked."""
+    task run).
+
+    Each file is hashed first. Unchanged files (`unchanged_files`) and files left out before
+    with the same bytes and settings (the store's `LeftOutLedger`) are set aside, so they are
+    neither parsed nor checked; the latter are reported again with their remembered verdict.
+    The verdicts of this batch are remembered last, after its chunks are written: a crash in
+    between leaves nothing that could give a file another verdict next time.
+    """
     outcome = BatchOutcome()
     outcome.sources = [p.source for p in paths]
     chunking = chunking_key(max_tokens, overlap_tokens, json_text_field)
-    skipped = unchanged_files(paths, stored, store, chunking, max_bytes)
-    outcome.unchanged = len(skipped)
-    prepared, quarantine = prepare_documents(
-        [p for p in paths if p.source not in skipped],
+    hashes = {p.source: file_hash(p.path, max_bytes) for p in paths}
+    unchanged = unchanged_files(paths, stored, store, chunking, max_bytes, hashes)
+    outcome.unchanged = len(unchanged)
+    ledger = store.left_out()
+    key = left_out_key(chunking, max_bytes)
+    held = ledger.find(sorted(s for s, h in hashes.items() if h and s not in unchanged))
+    skipped_before, quarantined_before = remembered(held, hashes, key)
+    known = unchanged | {r.source for r in skipped_before} | {r.source for r in quarantined_before}
+    prepared, quarantine, skipped_documents = prepare_documents(
+        [p for p in paths if p.source not in known],
         embedder,
         max_tokens=max_tokens,
         overlap_tokens=overlap_tokens,
@@ -469,7 +568,8 @@ def ingest_batch_plain(
         else:
             changed.append(item)
     to_write, rejected, warnings = check_batch(changed, max_tokens, max_chars=max_bytes)
-    outcome.quarantine = quarantine + rejected
+    outcome.quarantine = quarantined_before + quarantine + rejected
+    outcome.skipped = skipped_before + skipped_documents
     outcome.warnings = warnings
     for item in to_write:
         if item.source in stored:
@@ -486,6 +586,19 @@ def ingest_batch_plain(
         chunking=chunking,
         stored=stored,
     )
+    if cleanup != "none":
+        # A document that now holds nothing keeps no chunks of an older version.
+        for record in outcome.skipped:
+            if record.source in stored:
+                deleted += store.delete_source(record.source)
+                outcome.expected[record.source] = set()
+    remember_verdicts(
+        ledger,
+        hashes,
+        key,
+        [*skipped_documents, *quarantine, *rejected],
+        forget=[item.source for item in to_write if item.source in held],
+    )
     outcome.chunks_written = written
     outcome.chunks_deleted = deleted
     outcome.embeddings_computed = computed
@@ -493,12 +606,49 @@ def ingest_batch_plain(
     return outcome
 
 
+def remember_verdicts(
+    ledger: LeftOutLedger,
+    hashes: Mapping[str, str | None],
+    key: str,
+    records: Sequence[SkipRecord | QuarantineRecord],
+    forget: Sequence[str] = (),
+) -> None:
+    """Remember why files were left out (those with a hash: readable, within the size limit),
+    and forget the records of files now written."""
+    remember = [
+        LeftOut(
+            source=record.source,
+            document_hash=document_hash,
+            key=key,
+            status="skipped" if isinstance(record, SkipRecord) else "quarantined",
+            reason=record.reason,
+            failed_expectations=getattr(record, "failed_expectations", []),
+        )
+        for record in records
+        if (document_hash := hashes.get(record.source)) and remembers(record)
+    ]
+    if remember:
+        ledger.remember(remember)
+    if forget:
+        ledger.forget(forget)
+
+
+def remembers(record: SkipRecord | QuarantineRecord) -> bool:
+    """False for a verdict that may not hold next time with the same bytes: a parser's crash
+    (a bug a release may fix without bumping LEFT_OUT_VERSION)."""
+    return not (isinstance(record, QuarantineRecord) and record.unexpected)
+
+
 def delete_missing_sources(
     store: ChunkStore, stored: dict[str, str], present: set[str]
 ) -> tuple[list[str], int]:
-    """Full cleanup: delete every stored source not found in this run; returns (sources, chunks)."""
+    """Full cleanup: delete every stored source not found in this run, and forget why those
+    left out were; returns (sources, chunks)."""
     gone = sorted(set(stored) - present)
-    return gone, sum(store.delete_source(source) for source in gone)
+    deleted = sum(store.delete_source(source) for source in gone)
+    ledger = store.left_out()
+    ledger.forget(sorted(ledger.sources() - present))
+    return gone, deleted
 
 
 def verify_sources(
@@ -542,12 +692,30 @@ def write_quarantine(directory: Path, run_id: str, records: list[QuarantineRecor
     return path
 
 
+def skipped_lines(records: list[SkipRecord], examples: int = 3) -> list[str]:
+    """One terminal line per reason: a docs tree can hold hundreds of empty pages."""
+    by_reason: dict[str, list[str]] = {}
+    for record in records:
+        by_reason.setdefault(record.reason, []).append(record.source)
+    lines = []
+    for reason, sources in by_reason.items():
+        shown = ", ".join(sources[:examples])
+        more = f" and {len(sources) - examples} more" if len(sources) > examples else ""
+        lines.append(f"skipped {len(sources)} (nothing to index: {reason}): {shown}{more}")
+    return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def ingest_report_markdown(report: IngestReport) -> str:
     rows = [
         ("Documents added", report.added),
         ("Documents updated", report.updated),
         ("Documents unchanged", report.unchanged),
         ("Documents deleted", report.deleted),
+        ("Documents skipped (nothing to index)", report.skipped),
         ("Documents quarantined", report.quarantined),
         ("Chunks written", report.chunks_written),
         ("Chunks deleted", report.chunks_deleted),
@@ -568,8 +736,11 @@ def ingest_report_markdown(report: IngestReport) -> str:
     if report.quarantine:
         lines += ["", "## Quarantined", "", "| Source | Reason |", "|---|---|"]
         for record in report.quarantine:
-            reason = record.reason.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {record.source} | {reason} |")
+            lines.append(f"| {_cell(record.source)} | {_cell(record.reason)} |")
+    if report.skipped_documents:
+        lines += ["", "## Skipped: nothing to index", "", "| Source | Reason |", "|---|---|"]
+        for skip in report.skipped_documents:
+            lines.append(f"| {_cell(skip.source)} | {_cell(skip.reason)} |")
     if report.warnings:
         lines += ["", "## Warnings", "", *(f"- {w}" for w in report.warnings[:50])]
     return "\n".join(lines) + "\n"
@@ -737,6 +908,7 @@ def ingest_files(
     )
     max_tokens = chunk_budget(settings.doc_chunk_tokens, embedder)
     stored = store.sources()
+    store.left_out()  # made once here, not by two batches at once
     expected: dict[str, set[str]] = {}
     present: set[str] = set()
     files, duplicates = unique_sources(files)
@@ -768,6 +940,7 @@ def ingest_files(
         ):
             setattr(report, name, getattr(report, name) + getattr(outcome, name))
         report.quarantine += outcome.quarantine
+        report.skipped_documents += outcome.skipped
         report.warnings += outcome.warnings
         expected.update(outcome.expected)
         present.update(outcome.sources)
@@ -781,6 +954,7 @@ def ingest_files(
     steps.verify(store, expected, exact=mode != "none")
     report.collection_count = store.count()
     report.quarantined = len(report.quarantine)
+    report.skipped = len(report.skipped_documents)
     path = write_quarantine(settings.quarantine_dir, run_id, report.quarantine)
     report.quarantine_path = str(path) if path else None
     report.duration_s = round(time.monotonic() - started, 3)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +38,10 @@ Metadata = Mapping[str, str | int | float | bool | None]
 MODEL_KEY = "embedding_model"
 DIMENSION_KEY = "embedding_dimension"
 LOCK_FILE = "gristmill-writer.lock"
+# The collection beside each chunk collection that remembers the documents left out of it.
+LEFT_OUT_SUFFIX = ".left-out"
+# Chroma's longest collection name.
+MAX_COLLECTION_NAME = 512
 # Rows fetched per page when scanning a collection.
 PAGE_SIZE = 1000
 # Values per `$in` filter, well under SQLite's bound-variable limit.
@@ -274,6 +279,13 @@ class ChunkStore:
         limit = client.get_max_batch_size()
         self.batch_size = min(limit, max_batch_size) if max_batch_size else limit
         self.collection = self._open_collection(create)
+        self._left_out: LeftOutLedger | None = None
+
+    def left_out(self) -> LeftOutLedger:
+        """The ledger of this collection's left-out documents (made on first use)."""
+        if self._left_out is None:
+            self._left_out = LeftOutLedger(self.client, self.name, self.batch_size)
+        return self._left_out
 
     def _open_collection(self, create: bool = True) -> Collection:
         from chromadb.errors import ChromaError, NotFoundError
@@ -282,7 +294,11 @@ class ChunkStore:
             try:
                 self.client.get_collection(self.name)
             except (NotFoundError, ValueError):
-                names = sorted(c.name for c in self.client.list_collections())
+                names = sorted(
+                    c.name
+                    for c in self.client.list_collections()
+                    if not c.name.endswith(LEFT_OUT_SUFFIX)
+                )
                 raise ConfigurationError(
                     f"there is no collection {self.name!r} in the vector store"
                     + (f" (it has: {', '.join(names[:10])})" if names else " (it is empty)"),
@@ -560,3 +576,92 @@ def _distance_space(collection: Collection) -> str | None:
             return str(section["space"])
     space = (collection.metadata or {}).get("hnsw:space")
     return str(space) if space else None
+
+
+class LeftOut(BaseModel):
+    """A document left out of a collection: the bytes and settings it was judged with, the
+    verdict (`skipped` or `quarantined`) and why."""
+
+    source: str
+    document_hash: str
+    key: str
+    status: str
+    reason: str
+    failed_expectations: list[str] = []
+
+
+class LeftOutLedger:
+    """What was left out of a chunk collection and why, one record per source, in a Chroma
+    collection beside it (`<name>.left-out`).
+
+    It lives in the store, not in a file, so every writer of a shared Chroma server sees it,
+    and it is only a cache: a lost or stale record costs a parse, never a wrong verdict,
+    because a record is used only for the exact bytes and settings it was made with.
+    Chroma wants a vector with every record; each gets the same one-dimensional zero vector.
+    """
+
+    def __init__(self, client: ClientAPI, collection_name: str, batch_size: int = 1000) -> None:
+        name = collection_name + LEFT_OUT_SUFFIX
+        if len(name) > MAX_COLLECTION_NAME:
+            digest = hashlib.sha256(collection_name.encode()).hexdigest()[:16]
+            name = f"{collection_name[: MAX_COLLECTION_NAME - 40]}-{digest}{LEFT_OUT_SUFFIX}"
+        self.name = name
+        self.batch_size = batch_size
+        self.collection = client.get_or_create_collection(
+            name, embedding_function=None, metadata={"gristmill": "left-out documents"}
+        )
+
+    @staticmethod
+    def _id(source: str) -> str:
+        return hashlib.sha256(source.encode()).hexdigest()
+
+    def find(self, sources: Sequence[str]) -> dict[str, LeftOut]:
+        """The records held for `sources` (whatever bytes they were made for)."""
+        import json
+
+        found: dict[str, LeftOut] = {}
+        for start in range(0, len(sources), PAGE_SIZE):
+            part = sources[start : start + PAGE_SIZE]
+            page = self.collection.get(ids=[self._id(s) for s in part], include=["metadatas"])
+            for metadata in page["metadatas"] or []:
+                if not metadata:
+                    continue
+                record = dict(metadata)
+                record["failed_expectations"] = json.loads(
+                    str(record.get("failed_expectations") or "[]")
+                )
+                left_out = LeftOut.model_validate(record)
+                found[left_out.source] = left_out
+        return found
+
+    def remember(self, records: Sequence[LeftOut]) -> None:
+        import json
+
+        for start in range(0, len(records), self.batch_size):
+            part = records[start : start + self.batch_size]
+            self.collection.upsert(
+                ids=[self._id(r.source) for r in part],
+                embeddings=np.zeros((len(part), 1), dtype=np.float32),
+                metadatas=[
+                    {
+                        **r.model_dump(exclude={"failed_expectations"}),
+                        "failed_expectations": json.dumps(r.failed_expectations),
+                    }
+                    for r in part
+                ],
+            )
+
+    def forget(self, sources: Sequence[str]) -> None:
+        ids = [self._id(s) for s in sources]
+        for start in range(0, len(ids), self.batch_size):
+            self.collection.delete(ids=ids[start : start + self.batch_size])
+
+    def sources(self) -> set[str]:
+        found: set[str] = set()
+        offset = 0
+        while True:
+            page = self.collection.get(include=["metadatas"], limit=PAGE_SIZE, offset=offset)
+            found.update(str(m.get("source")) for m in page["metadatas"] or [] if m)
+            if len(page["ids"]) < PAGE_SIZE:
+                return found
+            offset += len(page["ids"])

@@ -20,7 +20,7 @@ from tasks.documents import (
     load_document,
     split_sections,
 )
-from tasks.errors import InputError, UsageError
+from tasks.errors import InputError, NothingToIndex, UsageError
 from tasks.tokens import count_tokens
 
 
@@ -312,8 +312,6 @@ def test_json_records_with_a_name_and_text_stay_records(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [
-        ("empty.md", b"", "empty file"),
-        ("blank.txt", b"  \n\n\t\n", "no text found"),
         ("binary.txt", b"abc\x00\x01\x02def", "binary content: NUL byte at offset 3"),
         ("latin1.md", "café".encode("latin-1"), "invalid UTF-8: byte 0xe9 at byte offset 3"),
         ("records.jsonl", b'{"text": "ok"}\n{"text": broken\n', "line 2 is not valid JSON"),
@@ -324,6 +322,26 @@ def test_json_records_with_a_name_and_text_stay_records(tmp_path: Path) -> None:
 )
 def test_bad_inputs_say_why(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
     with pytest.raises(InputError, match=re.escape(reason)) as caught:
+        load_document(write(tmp_path / name, content), root=tmp_path)
+    assert caught.value.source == name
+    assert not isinstance(caught.value, NothingToIndex)  # a defect, not an empty page
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.md", b"", "empty file"),
+        ("blank.txt", b"  \n\n\t\n", "only whitespace"),
+        ("api.md", b"---\ntitle: Client API\nsidebar: 3\n---\n\n", "no text after the front"),
+        ("crlf.md", b"---\r\ntitle: X\r\n---\r\n", "no text after the front matter"),
+        ("page.html", b"<html><head><title>T</title></head><body> </body></html>", "no visible"),
+        ("none.json", b"[]", "no records with text"),
+    ],
+)
+def test_documents_with_nothing_to_index_say_so(
+    tmp_path: Path, name: str, content: bytes, reason: str
+) -> None:
+    with pytest.raises(NothingToIndex, match=re.escape(reason)) as caught:
         load_document(write(tmp_path / name, content), root=tmp_path)
     assert caught.value.source == name
 

@@ -72,10 +72,14 @@ def stored_sources(settings: Settings, embedder: HashEmbedder) -> set[str]:
 def expected_ids(docs: Path, settings: Settings, embedder: HashEmbedder) -> set[str]:
     """The ids a fresh ingest of `docs` would write."""
     from tasks.documents import chunk_document, load_document
+    from tasks.errors import InputError
 
     ids: set[str] = set()
     for found in discover_documents([docs]):
-        document = load_document(found.path, root=found.root)
+        try:
+            document = load_document(found.path, root=found.root)
+        except InputError:
+            continue
         chunks = chunk_document(
             document, settings.doc_chunk_tokens, settings.doc_chunk_overlap_tokens
         )
@@ -271,29 +275,19 @@ def test_bad_inputs_are_quarantined_and_the_rest_goes_on(
     tmp_path: Path, settings: Settings
 ) -> None:
     docs = write_corpus(tmp_path)
-    (docs / "empty.md").write_text("")
     (docs / "binary.txt").write_bytes(b"\x00\x01\x02 binary")
     (docs / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     (docs / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     (docs / "records.jsonl").write_text('{"text": "fine"}\nnot json\n')
-    (docs / "blank.md").write_text("   \n\n  \n")
     embedder = HashEmbedder()
 
     report = run(docs, settings, embedder)
 
     reasons = {r.source: r.reason for r in report.quarantine}
-    assert set(reasons) == {
-        "empty.md",
-        "binary.txt",
-        "latin1.txt",
-        "broken.pdf",
-        "records.jsonl",
-        "blank.md",
-    }
-    assert "empty" in reasons["empty.md"]
+    assert set(reasons) == {"binary.txt", "latin1.txt", "broken.pdf", "records.jsonl"}
     assert "binary" in reasons["binary.txt"]
     assert "UTF-8" in reasons["latin1.txt"]
-    assert report.added == 3 and report.quarantined == 6
+    assert report.added == 3 and report.quarantined == 4 and report.skipped == 0
     assert report.quarantine_path is not None
     lines = Path(report.quarantine_path).read_text().splitlines()
     assert Path(report.quarantine_path).parent == settings.quarantine_dir
@@ -301,14 +295,72 @@ def test_bad_inputs_are_quarantined_and_the_rest_goes_on(
     assert all({"source", "reason", "failed_expectations"} <= set(json.loads(x)) for x in lines)
 
 
+EMPTY_PAGES = {
+    "empty.md": ("", "empty file"),
+    "blank.md": ("   \n\n  \n", "only whitespace"),
+    "api/client.md": ("---\ntitle: Client\nsidebar: 3\n---\n", "no text after the front matter"),
+    "api/index.md": ("---\ntitle: API\n---\n\n# API\n\n## Classes\n", "only headings, no text"),
+}
+
+
+def write_empty_pages(docs: Path) -> None:
+    for name, (text, _) in EMPTY_PAGES.items():
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text(text)
+
+
+@pytest.mark.parametrize("per_batch", [1, 32])
+def test_documents_with_nothing_to_index_are_skipped_in_words(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, per_batch: int
+) -> None:
+    import tasks.ingestion
+
+    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", per_batch)
+    docs = write_corpus(tmp_path)
+    write_empty_pages(docs)
+    embedder = HashEmbedder()
+
+    report = run(docs, settings, embedder)
+
+    # Alone in a batch or among pages with text, an empty page gets the same verdict.
+    assert {s.source: s.reason for s in report.skipped_documents} == {
+        name: reason for name, (_, reason) in EMPTY_PAGES.items()
+    }
+    assert (report.added, report.skipped, report.quarantined) == (3, 4, 0)
+    assert report.quarantine == [] and report.quarantine_path is None
+    assert report.counts()["skipped"] == 4
+    assert "4 skipped, 0 quarantined" in report.headline()
+    markdown = tasks.ingestion.ingest_report_markdown(report)
+    assert "| Documents skipped (nothing to index) | 4 |" in markdown
+    assert "| api/client.md | no text after the front matter |" in markdown
+    lines = tasks.ingestion.skipped_lines(report.skipped_documents)
+    assert "skipped 1 (nothing to index: empty file): empty.md" in lines and len(lines) == 4
+    again = run(docs, settings, embedder)
+    assert (again.unchanged, again.skipped, again.quarantined, again.added) == (3, 4, 0, 0)
+
+
+def test_a_page_emptied_since_the_last_run_loses_its_chunks(
+    tmp_path: Path, settings: Settings
+) -> None:
+    docs = write_corpus(tmp_path)
+    embedder = HashEmbedder()
+    run(docs, settings, embedder)
+    chunks = len(open_store(settings, embedder).ids_for_source("onboarding.md"))
+    (docs / "onboarding.md").write_text("---\ntitle: Onboarding\n---\n")
+    report = run(docs, settings, embedder)
+    assert (report.unchanged, report.skipped, report.chunks_deleted) == (2, 1, chunks)
+    assert "onboarding.md" not in stored_sources(settings, embedder)
+    assert all_ids(settings, embedder) == expected_ids(docs, settings, embedder)
+
+
 def test_chunks_that_fail_the_quality_gate_are_quarantined(tmp_path: Path) -> None:
     from tasks.ingestion import check_batch, prepare_documents
 
     docs = write_corpus(tmp_path)
     embedder = HashEmbedder()
-    prepared, _ = prepare_documents(
+    prepared = prepare_documents(
         discover_documents([docs]), embedder, max_tokens=60, overlap_tokens=0
-    )
+    ).documents
     # A budget below the chunks' size: every chunk breaks the token bound.
     kept, quarantine, _ = check_batch(prepared, max_tokens=5, max_chars=10_000)
     assert kept == [] and len(quarantine) == 3
@@ -586,6 +638,7 @@ def test_cli_ingest_query_and_ask_contracts(
     if missing_files(model_dir):
         pytest.skip("local model files not provisioned (python -m tasks.model_files DIR)")
     docs = write_corpus(tmp_path)
+    (docs / "api.md").write_text("---\ntitle: API\n---\n")  # nothing to index: not a failure
     monkeypatch.setenv("GRISTMILL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("GRISTMILL_MODEL_DIR", str(model_dir))
     runner = CliRunner()
@@ -597,6 +650,10 @@ def test_cli_ingest_query_and_ask_contracts(
     keys += ["chunks_deleted", "embeddings_computed", "collection_count"]
     assert all(isinstance(report[key], int) for key in keys)
     assert report["added"] == 3 and report["collection_count"] == report["chunks_written"]
+    assert report["skipped"] == 1 and report["quarantined"] == 0 and report["quarantine"] == []
+    assert report["skipped_documents"] == [
+        {"source": "api.md", "reason": "no text after the front matter"}
+    ]
 
     result = runner.invoke(
         app, ["query", "receipts", "--collection", "cli-docs", "-k", "2", "--json",
@@ -642,3 +699,61 @@ def test_hybrid_ranking_lifts_the_chunk_with_the_querys_exact_words() -> None:
     # no shared word with any chunk: the dense order stands
     assert [h.id for h in fuse("zzz qqq", dense)] == ["0", "1", "2", "3"]
     assert fuse("anything", []) == []
+
+
+def test_files_left_out_are_remembered_by_their_bytes_and_not_parsed_again(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.ingestion
+    import tasks.quality
+
+    docs = write_corpus(tmp_path)
+    write_empty_pages(docs)
+    (docs / "binary.txt").write_bytes(b"\x00\x01\x02 binary")
+    (docs / "records.jsonl").write_text('{"text": "fine"}\nnot json\n')
+    embedder = HashEmbedder()
+    first = run(docs, settings, embedder)
+    assert (first.added, first.skipped, first.quarantined) == (3, 4, 2)
+
+    loaded: list[str] = []
+    validated: list[str] = []
+    real_load, real_validate = tasks.ingestion.load_document, tasks.quality.validate_table
+
+    def counting_load(path: Path, **kwargs: object) -> object:
+        loaded.append(Path(path).name)
+        return real_load(path, **kwargs)  # type: ignore[arg-type]
+
+    def counting_validate(frame: object, suite: str, *args: object, **kwargs: object) -> object:
+        validated.append(suite)
+        return real_validate(frame, suite, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tasks.ingestion, "load_document", counting_load)
+    monkeypatch.setattr(tasks.quality, "validate_table", counting_validate)
+    again = run(docs, settings, embedder)
+    # Same bytes, same settings: the same verdicts and reasons, and no file parsed or checked
+    # (the empty file has no hash to key on: its `stat` says it all, so it is loaded again).
+    assert again.skipped_documents == first.skipped_documents
+    assert again.quarantine == first.quarantine
+    assert (again.unchanged, again.skipped, again.quarantined) == (3, 4, 2)
+    assert loaded == ["empty.md"] and validated == []
+
+    # A left-out file that changes is judged again; one fixed is written, and forgotten.
+    loaded.clear()
+    (docs / "api" / "client.md").write_text("---\ntitle: Client\n---\n\nThe client connects.\n")
+    (docs / "binary.txt").write_bytes(b"\x00\x01\x02 still binary")
+    fixed = run(docs, settings, embedder)
+    assert sorted(loaded) == ["binary.txt", "client.md", "empty.md"]
+    assert (fixed.added, fixed.skipped, fixed.quarantined) == (1, 3, 2)
+    ledger = open_store(settings, embedder).left_out()
+    assert "api/client.md" not in ledger.sources() and "binary.txt" in ledger.sources()
+
+    # Another chunk budget: every left-out file is judged again under it.
+    loaded.clear()
+    smaller = settings.model_copy(update={"doc_chunk_tokens": 30})
+    rechunked = run(docs, smaller, embedder)
+    assert (rechunked.skipped, rechunked.quarantined) == (3, 2) and len(loaded) == 9
+
+    # Full cleanup forgets the verdicts of files that are gone.
+    (docs / "binary.txt").unlink()
+    run(docs, smaller, embedder, "full")
+    assert "binary.txt" not in ledger.sources()

@@ -200,14 +200,17 @@ def test_collections_made_elsewhere(client: Any) -> None:
 
 
 def test_reading_a_collection_that_does_not_exist_names_the_ones_that_do(client: Any) -> None:
-    ChunkStore(client, "handbook", "m", 2)
+    ChunkStore(client, "handbook", "m", 2).left_out()  # its ledger is not a collection to name
     with pytest.raises(ConfigurationError) as raised:
         ChunkStore(client, "handbok", "m", 2, create=False)  # a typo
     assert str(raised.value).startswith(
         "there is no collection 'handbok' in the vector store (it has: handbook)"
     )
     assert "gristmill ingest" in str(raised.value)
-    assert sorted(c.name for c in client.list_collections()) == ["handbook"]  # none created
+    assert sorted(c.name for c in client.list_collections()) == [
+        "handbook",
+        "handbook.left-out",
+    ]  # none created
     assert ChunkStore(client, "handbook", "m", 2, create=False).count() == 0
 
 
@@ -257,3 +260,26 @@ def test_writer_lock_is_skipped_for_a_chroma_server(tmp_path: Path) -> None:
         acquire_writer_lock(on_disk.chroma_dir)
     with writer_lock(settings_for(tmp_path, chroma_host="127.0.0.1")):
         acquire_writer_lock(on_disk.chroma_dir).release()
+
+
+def test_the_left_out_ledger_keeps_one_record_per_source(client: Any) -> None:
+    from tasks.vectorstore import LeftOut, LeftOutLedger
+
+    ledger = ChunkStore(client, "handbook", "m", 2).left_out()
+    first = LeftOut(
+        source="a.md", document_hash="h1", key="k", status="skipped", reason="empty file"
+    )
+    bad = LeftOut(
+        source="b|c.md", document_hash="h2", key="k", status="quarantined",
+        reason="data quality", failed_expectations=["token_count: too long"],
+    )  # fmt: skip
+    ledger.remember([first, bad])
+    ledger.remember([first.model_copy(update={"document_hash": "h3"})])
+    assert ledger.find(["a.md", "b|c.md", "missing.md"]) == {
+        "a.md": first.model_copy(update={"document_hash": "h3"}),
+        "b|c.md": bad,
+    }
+    ledger.forget(["a.md"])
+    assert ledger.sources() == {"b|c.md"}
+    long = LeftOutLedger(client, "x" * 512)
+    assert len(long.name) <= 512 and long.name.endswith(".left-out")
