@@ -246,6 +246,18 @@ def server_errors() -> Iterator[None]:
             hint="what was written is kept; run the same command again once the server is "
             "back to finish",
         ) from exc
+    except Exception as exc:
+        # A Chroma server that has not yet flushed a new collection's vector segment answers
+        # reads of it with this error (chroma-core/chroma#4212, seen here on a loaded machine
+        # right after the collection was created); a moment later the same read works, so it
+        # counts as the server being briefly unavailable: the batch is retried.
+        if type(exc).__name__ == "InternalError" and "Nothing found on disk" in str(exc):
+            raise StoreUnavailableError(
+                f"the Chroma server could not read its own index yet: {exc}"[:400],
+                hint="a known Chroma server race (chroma-core/chroma#4212); run the same "
+                "command again to finish",
+            ) from exc
+        raise
 
 
 def _clean_metadata(metadata: Metadata) -> dict[str, str | int | float | bool]:

@@ -283,3 +283,21 @@ def test_the_left_out_ledger_keeps_one_record_per_source(client: Any) -> None:
     assert ledger.sources() == {"b|c.md"}
     long = LeftOutLedger(client, "x" * 512)
     assert len(long.name) <= 512 and long.name.endswith(".left-out")
+
+
+def test_chroma_s_unflushed_segment_race_is_retried_like_a_lost_server() -> None:
+    """chroma-core/chroma#4212: a server answers a read of a just-created collection with
+    "Nothing found on disk"; the ingest batch's retry condition takes StoreUnavailableError."""
+    from chromadb.errors import InternalError
+
+    from tasks.errors import StoreUnavailableError
+    from tasks.vectorstore import server_errors
+
+    race = "Internal error: Error creating hnsw segment reader: Nothing found on disk"
+    with (
+        pytest.raises(StoreUnavailableError, match="could not read its own index yet"),
+        server_errors(),
+    ):
+        raise InternalError(race)
+    with pytest.raises(InternalError, match="something else"), server_errors():
+        raise InternalError("something else")
