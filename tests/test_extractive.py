@@ -14,7 +14,12 @@ from tasks.summaries.engines.extractive.engine import (
     summarize_utterances,
 )
 from tasks.summaries.engines.extractive.items import find_action_items, find_decisions
-from tasks.summaries.engines.extractive.ranking import DEFAULT_PARAMS, target_words_for
+from tasks.summaries.engines.extractive.ranking import (
+    DEFAULT_PARAMS,
+    concepts_of,
+    rank_by_coverage,
+    target_words_for,
+)
 from tasks.summaries.engines.extractive.text import (
     clean_text,
     is_backchannel,
@@ -244,6 +249,19 @@ def test_chunk_and_combine_path_is_deterministic_and_extractive() -> None:
         assert " ".join(words_of(sentence)) in transcript, sentence
     for point in first.key_points:
         assert " ".join(words_of(speaker_prefix.sub("", point))) in transcript, point
+
+
+def test_coverage_ranking_skips_what_is_said_and_takes_one_per_group() -> None:
+    texts = [
+        "red apples grow in the north",
+        "red apples grow in the south",
+        "blue pears ripen early",
+        "blue pears ripen late",
+    ]
+    assert sorted(rank_by_coverage(texts)) == [0, 2]
+    assert rank_by_coverage(texts, covered=concepts_of(texts[0])) in ([2], [3])
+    picked = rank_by_coverage([*texts, "red apples and blue pears"], groups=[0, 0, 0, 0, 0])
+    assert len(picked) == 1
 
 
 MANY_TOPICS = [

@@ -132,15 +132,21 @@ def _key_points(
         for i, (ok, text) in enumerate(zip(eligible, texts, strict=True))
     ]
     stretches = max(1, params.max_key_points)
-    key = rank_by_coverage(
-        texts,
-        eligible=candidates,
-        max_count=params.max_key_points,
-        boost=boost,
-        covered={c for i in summary for c in concepts_of(texts[i])},
-        groups=[i * stretches // len(texts) for i in range(len(texts))],
-        params=replace(params, length_exponent=params.key_point_length_exponent),
-    )
+    ranking = replace(params, length_exponent=params.key_point_length_exponent)
+    key: list[int] = []
+    # in a small pool no new concept may be mentioned twice: then one mention counts
+    for min_df in dict.fromkeys((params.min_concept_df, 1)):
+        key = rank_by_coverage(
+            texts,
+            eligible=candidates,
+            max_count=params.max_key_points,
+            boost=boost,
+            covered={c for i in summary for c in concepts_of(texts[i])},
+            groups=[i * stretches // len(texts) for i in range(len(texts))],
+            params=replace(ranking, min_concept_df=min_df),
+        )
+        if key:
+            break
     kept = set(distinct_points([texts[i] for i in key], ""))
     return sorted(i for i in key if texts[i] in kept)
 
