@@ -2,11 +2,14 @@
 
 Each meeting goes through the pipeline's own path: utterances -> chunk_utterances(2000, 150)
 -> summarize_chunk per chunk -> combine (a non-final pass per group while plan_reduce_groups
-needs more than one group at 6000 tokens) -> combine(final=True) -> `summary`. The summary is
-scored with ROUGE-1/2/L F1 (rouge-score, stemming) against the human "Summarize the whole
-meeting." answer. Both baselines get exactly as many words as our summary of that meeting:
-"lead" takes the first words of the cleaned transcript, "random" takes randomly chosen cleaned
-turns (seeded), kept in meeting order.
+needs more than one group at 6000 tokens) -> combine(final=True) -> final_notes (the checks
+the flow applies to every engine's final notes). Two views are scored with ROUGE-1/2/L F1
+(rouge-score, stemming) against the human "Summarize the whole meeting." answer: the summary
+alone, and the summary plus key points as the Markdown prints them (what a reader reads).
+Each view's baselines get exactly as many words as our text of that meeting: "lead" takes the
+first words of the cleaned transcript, "random" takes randomly chosen cleaned turns (seeded),
+kept in meeting order. Means are also given for two halves of the split (meetings sorted by
+name, odd and even positions), so a choice can be checked to hold on both.
 
     python benchmarks/summary_quality.py [DATA_DIR] [--json] [--seed N]
 
@@ -34,7 +37,9 @@ from tasks.chunking import chunk_utterances  # noqa: E402
 from tasks.summaries import MeetingNotes, Summarizer  # noqa: E402
 from tasks.summaries.engines.extractive.engine import ExtractiveSummarizer  # noqa: E402
 from tasks.summaries.engines.extractive.text import clean_text, is_backchannel  # noqa: E402
+from tasks.summaries.final import final_notes  # noqa: E402
 from tasks.summaries.reduce import plan_reduce_groups  # noqa: E402
+from tasks.summaries.speakers import speakers_of  # noqa: E402
 from tasks.transcripts import Utterance  # noqa: E402
 
 CHUNK_TOKENS = 2000
@@ -105,8 +110,24 @@ def random_baseline(turns: list[str], words: int, rng: random.Random) -> str:
     return " ".join(text.split()[:words])
 
 
+VIEWS = {
+    "summary": "summary alone",
+    "as_read": "summary + key points as read",
+}
+
+
+def as_read(notes: MeetingNotes) -> str:
+    """What a reader of the Markdown reads first: the summary, then one line per key point."""
+    return "\n".join([notes.summary, *(f"- {point}" for point in notes.key_points)])
+
+
 def run(data_dir: Path, seed: int, summarizer: Summarizer | None = None) -> dict[str, Any]:
-    """Score every meeting in `data_dir`; returns per-meeting rows and the means."""
+    """Score every meeting in `data_dir`; returns per-meeting rows, the means and both halves.
+
+    Two views are scored, each beside lead and random baselines of its own length: the summary
+    alone, and the summary plus key points as the Markdown prints them (after `final_notes`,
+    the checks the flow applies to every engine's final notes).
+    """
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
@@ -117,64 +138,80 @@ def run(data_dir: Path, seed: int, summarizer: Summarizer | None = None) -> dict
         utterances, reference = load_meeting(path)
         started = time.perf_counter()
         notes, chunk_count, passes = pipeline_notes(summarizer, utterances, path.stem)
+        notes = final_notes(notes, speakers_of(utterances))
         seconds = time.perf_counter() - started
-        words = len(notes.summary.split())
         turns = cleaned_turns(utterances)
-        systems = {
-            "offline-extractive": notes.summary,
-            "lead": lead_baseline(turns, words),
-            "random": random_baseline(turns, words, rng),
-        }
         row: dict[str, Any] = {
             "meeting": path.stem,
             "meeting_words": sum(len(u.text.split()) for u in utterances),
-            "summary_words": words,
+            "summary_words": len(notes.summary.split()),
+            "key_points": len(notes.key_points),
+            "key_point_words": sum(len(p.split()) for p in notes.key_points),
             "reference_words": len(reference.split()),
             "chunks": chunk_count,
             "reduce_passes": passes,
             "seconds": round(seconds, 3),
         }
-        for system, text in systems.items():
-            scores = scorer.score(reference, text)
-            row[system] = {m: round(scores[m].fmeasure, 4) for m in METRICS}
+        for view, text in (("summary", notes.summary), ("as_read", as_read(notes))):
+            words = len(text.split()) - len(notes.key_points) * (view == "as_read")
+            systems = {
+                "offline-extractive": text,
+                "lead": lead_baseline(turns, words),
+                "random": random_baseline(turns, words, rng),
+            }
+            row[view] = {
+                system: {m: round(scorer.score(reference, t)[m].fmeasure, 4) for m in METRICS}
+                for system, t in systems.items()
+            }
         rows.append(row)
-    systems_names = ["offline-extractive", "lead", "random"]
-    means = {
-        s: {m: round(statistics.fmean(r[s][m] for r in rows), 4) for m in METRICS}
-        for s in systems_names
-    }
+    halves = {"odd": rows[0::2], "even": rows[1::2]}
     return {
         "data_dir": str(data_dir),
         "meetings": len(rows),
         "engine": f"{summarizer.engine} {summarizer.model} {summarizer.version}",
         "seed": seed,
-        "mean": means,
-        "margin": {
-            baseline: {
-                m: round(means["offline-extractive"][m] - means[baseline][m], 4) for m in METRICS
-            }
-            for baseline in ("lead", "random")
-        },
-        "margin_ci95": {
-            baseline: {
-                m: _bootstrap_ci([r["offline-extractive"][m] - r[baseline][m] for r in rows], seed)
-                for m in METRICS
-            }
-            for baseline in ("lead", "random")
-        },
-        "wins": {
-            baseline: {
-                m: sum(r["offline-extractive"][m] > r[baseline][m] for r in rows) for m in METRICS
-            }
-            for baseline in ("lead", "random")
+        **{view: _view_report(rows, view, seed) for view in VIEWS},
+        "halves": {
+            half: {view: _view_report(part, view, seed)["mean"] for view in VIEWS}
+            for half, part in halves.items()
         },
         "seconds_per_meeting": {
             "mean": round(statistics.fmean(r["seconds"] for r in rows), 3),
             "max": max(r["seconds"] for r in rows),
         },
         "mean_summary_words": round(statistics.fmean(r["summary_words"] for r in rows), 1),
+        "mean_key_points": round(statistics.fmean(r["key_points"] for r in rows), 1),
+        "mean_key_point_words": round(statistics.fmean(r["key_point_words"] for r in rows), 1),
         "mean_reference_words": round(statistics.fmean(r["reference_words"] for r in rows), 1),
         "rows": rows,
+    }
+
+
+def _view_report(rows: list[dict[str, Any]], view: str, seed: int) -> dict[str, Any]:
+    """Means, margins over each baseline, their intervals and wins, for one view."""
+    systems_names = ["offline-extractive", "lead", "random"]
+    means = {
+        s: {m: round(statistics.fmean(r[view][s][m] for r in rows), 4) for m in METRICS}
+        for s in systems_names
+    }
+    ours = "offline-extractive"
+    return {
+        "mean": means,
+        "margin": {
+            b: {m: round(means[ours][m] - means[b][m], 4) for m in METRICS}
+            for b in ("lead", "random")
+        },
+        "margin_ci95": {
+            b: {
+                m: _bootstrap_ci([r[view][ours][m] - r[view][b][m] for r in rows], seed)
+                for m in METRICS
+            }
+            for b in ("lead", "random")
+        },
+        "wins": {
+            b: {m: sum(r[view][ours][m] > r[view][b][m] for r in rows) for m in METRICS}
+            for b in ("lead", "random")
+        },
     }
 
 
@@ -190,27 +227,39 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"QMSum validation: {report['meetings']} meetings from {report['data_dir']}")
     print(f"engine: {report['engine']}; random baseline seed {report['seed']}")
     print(
-        f"summary length: mean {report['mean_summary_words']} words "
+        f"summary length: mean {report['mean_summary_words']} words; key points: mean "
+        f"{report['mean_key_points']} of {report['mean_key_point_words']} words in all "
         f"(references: mean {report['mean_reference_words']})"
     )
+    for view, label in VIEWS.items():
+        part = report[view]
+        print()
+        print(f"{label} (baselines of the same length):")
+        print(f"{'system':<20} {'ROUGE-1':>8} {'ROUGE-2':>8} {'ROUGE-L':>8}")
+        for system, scores in part["mean"].items():
+            print(f"{system:<20} " + " ".join(f"{scores[m]:>8.4f}" for m in METRICS))
+        for baseline, margin in part["margin"].items():
+            wins = part["wins"][baseline]
+            print(
+                f"{'margin vs ' + baseline:<20} "
+                + " ".join(f"{margin[m]:>+8.4f}" for m in METRICS)
+                + f"   (wins {'/'.join(str(wins[m]) for m in METRICS)} of {report['meetings']})"
+            )
+        print("95% paired-bootstrap interval of each margin:")
+        for baseline, intervals in part["margin_ci95"].items():
+            print(
+                f"{'  vs ' + baseline:<20} "
+                + "  ".join(f"{m} [{lo:+.4f}, {hi:+.4f}]" for m, (lo, hi) in intervals.items())
+            )
     print()
-    print(f"{'system':<20} {'ROUGE-1':>8} {'ROUGE-2':>8} {'ROUGE-L':>8}")
-    for system, scores in report["mean"].items():
-        print(f"{system:<20} " + " ".join(f"{scores[m]:>8.4f}" for m in METRICS))
-    for baseline, margin in report["margin"].items():
-        wins = report["wins"][baseline]
-        print(
-            f"{'margin vs ' + baseline:<20} "
-            + " ".join(f"{margin[m]:>+8.4f}" for m in METRICS)
-            + f"   (wins {'/'.join(str(wins[m]) for m in METRICS)} of {report['meetings']})"
-        )
-    print()
-    print("95% paired-bootstrap interval of each margin:")
-    for baseline, intervals in report["margin_ci95"].items():
-        print(
-            f"{'  vs ' + baseline:<20} "
-            + "  ".join(f"{m} [{lo:+.4f}, {hi:+.4f}]" for m, (lo, hi) in intervals.items())
-        )
+    print("halves (meetings sorted by name; odd = 1st, 3rd, ...): ROUGE-1 ours / lead / random")
+    systems = ("offline-extractive", "lead", "random")
+    for half, views in report["halves"].items():
+        cells = [
+            f"{VIEWS[view]} " + " / ".join(f"{means[s]['rouge1']:.4f}" for s in systems)
+            for view, means in views.items()
+        ]
+        print(f"  {half:<5} " + ";  ".join(cells))
     timing = report["seconds_per_meeting"]
     print()
     print(

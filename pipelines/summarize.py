@@ -40,6 +40,7 @@ from tasks.summaries import (
     build_summarizer,
 )
 from tasks.summaries.chunks import chunk_transcript, summarize_chunks
+from tasks.summaries.final import final_notes
 from tasks.summaries.grouped import (
     GROUP_BYTES,
     GROUP_FILES,
@@ -49,7 +50,7 @@ from tasks.summaries.grouped import (
 )
 from tasks.summaries.outputs import existing_summary, output_names, write_summary
 from tasks.summaries.reduce import combine_notes, plan_reduce_groups
-from tasks.summaries.speakers import keep_to_speakers, speakers_of
+from tasks.summaries.speakers import speakers_of
 from tasks.transcripts import (
     Transcript,
     check_output_folder,
@@ -208,7 +209,7 @@ def summarize_transcripts(
             usage = Usage.total([r.usage for r in results]) + reduce_usage
             speakers = speakers_of(transcript.utterances)
             summary = TranscriptSummary(
-                **keep_to_speakers(notes, speakers).model_dump(),
+                **final_notes(notes, speakers).model_dump(),
                 source=source,
                 engine=summarizer.engine,
                 model=summarizer.model,

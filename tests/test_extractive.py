@@ -14,7 +14,12 @@ from tasks.summaries.engines.extractive.engine import (
     summarize_utterances,
 )
 from tasks.summaries.engines.extractive.items import find_action_items, find_decisions
-from tasks.summaries.engines.extractive.ranking import target_words_for
+from tasks.summaries.engines.extractive.ranking import (
+    DEFAULT_PARAMS,
+    concepts_of,
+    rank_by_coverage,
+    target_words_for,
+)
 from tasks.summaries.engines.extractive.text import (
     clean_text,
     is_backchannel,
@@ -23,6 +28,7 @@ from tasks.summaries.engines.extractive.text import (
     split_sentences,
     words_of,
 )
+from tasks.summaries.key_points import distinct_points
 from tasks.summaries.reduce import plan_reduce_groups
 from tasks.transcripts import Utterance
 
@@ -226,7 +232,9 @@ def test_chunk_and_combine_path_is_deterministic_and_extractive() -> None:
     first = _pipeline(summarizer, utterances)
     second = _pipeline(ExtractiveSummarizer(), utterances)
     assert first == second
-    assert first.summary.strip() and first.key_points
+    assert first.summary.strip()
+    # the summary already names all six topics: no key point could add to it
+    assert first.key_points == []
     assert first.participants == [
         "Project Manager",
         "Marketing",
@@ -241,6 +249,56 @@ def test_chunk_and_combine_path_is_deterministic_and_extractive() -> None:
         assert " ".join(words_of(sentence)) in transcript, sentence
     for point in first.key_points:
         assert " ".join(words_of(speaker_prefix.sub("", point))) in transcript, point
+
+
+def test_coverage_ranking_skips_what_is_said_and_takes_one_per_group() -> None:
+    texts = [
+        "red apples grow in the north",
+        "red apples grow in the south",
+        "blue pears ripen early",
+        "blue pears ripen late",
+    ]
+    assert sorted(rank_by_coverage(texts)) == [0, 2]
+    assert rank_by_coverage(texts, covered=concepts_of(texts[0])) in ([2], [3])
+    picked = rank_by_coverage([*texts, "red apples and blue pears"], groups=[0, 0, 0, 0, 0])
+    assert len(picked) == 1
+
+
+MANY_TOPICS = [
+    "the remote control needs a larger battery compartment and rubber buttons",
+    "marketing research shows young customers want a fancy look and feel",
+    "the budget allows twelve euros fifty per unit including the case",
+    "speech recognition is too expensive for the first version of the product",
+    "the industrial designer proposed a curved case made of soft plastic",
+    "the project manager will report the decisions to management next week",
+    "the company logo and colours must be visible on the front cover",
+    "teletext is outdated because most people browse news on the internet",
+    "a scroll wheel would replace the channel buttons on the side",
+    "the factory in Asia can deliver titanium parts within six weeks",
+    "customer surveys rank finding a lost remote as the biggest annoyance",
+    "solar cells could charge the battery when the remote lies near a window",
+    "the lcd screen doubles the price of every single unit",
+    "an evaluation workshop with twenty users is planned for the spring",
+]
+
+
+def test_key_points_add_to_the_summary_each_on_its_own_topic() -> None:
+    rows: list[tuple[str | None, str]] = []
+    speakers = ["Project Manager", "Marketing", "Industrial Designer", "User Interface"]
+    for i in range(420):
+        topic = MANY_TOPICS[(i // 10) % len(MANY_TOPICS)]
+        rows.append((speakers[i % 4], f"So in turn {i} I think {topic} , we agree ."))
+    final = summarize_utterances(_meeting(rows), target_words=60)
+    points = final.key_points
+    assert 2 <= len(points) <= DEFAULT_PARAMS.max_key_points
+    assert distinct_points(points, final.summary, final.participants) == points
+    bare = [re.sub(r"^[^:]+:\s+", "", p) for p in points]
+    assert all(len(p.split()) <= DEFAULT_PARAMS.key_point_max_words for p in bare)
+    turns = [int(re.search(r"turn (\d+)", p).group(1)) for p in bare]  # type: ignore[union-attr]
+    assert turns == sorted(turns)
+    topics = {MANY_TOPICS[(t // 10) % len(MANY_TOPICS)] for t in turns}
+    assert len(topics) == len(turns)
+    assert not any(topic in final.summary for topic in topics)
 
 
 def test_combine_dedupes_items_and_merges_participants() -> None:

@@ -1,10 +1,12 @@
-"""Output names of summaries: unique, stable, mirroring the input folders."""
+"""Final notes: unique output names, names kept to speakers, key points that add."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tasks.summaries import ActionItem, MeetingNotes
+from tasks.summaries.final import final_notes
+from tasks.summaries.key_points import distinct_points
 from tasks.summaries.outputs import output_names
 from tasks.summaries.speakers import keep_to_speakers, known_speaker, speakers_of
 from tasks.transcripts import Utterance, discover_transcripts
@@ -92,3 +94,59 @@ def test_notes_keep_only_speakers_as_participants_and_owners() -> None:
 
 def _utterance(speaker: str) -> Utterance:
     return Utterance(index=0, speaker=speaker, text="Hello.")
+
+
+SUMMARY = (
+    "Alice: The remote control gets rubber buttons and a larger battery compartment. "
+    "Bob: Marketing wants a fancy look for young customers."
+)
+
+
+def test_a_key_point_that_repeats_a_summary_sentence_is_dropped() -> None:
+    points = [
+        "Alice: The remote control gets rubber buttons and a larger battery compartment.",
+        "Rubber buttons for the remote control, with a larger battery compartment.",
+        "Young customers want a fancy look, marketing says.",
+        "The budget is twelve euros fifty per unit.",
+    ]
+    assert distinct_points(points, SUMMARY, ["Alice", "Bob"]) == [
+        "The budget is twelve euros fifty per unit."
+    ]
+
+
+def test_near_duplicate_key_points_keep_only_the_first() -> None:
+    points = [
+        "Carol: Speech recognition is too expensive for the first version.",
+        "Speech recognition is too expensive for a first version, Carol thinks.",
+        "The industrial designer proposed a curved case of soft plastic.",
+        "Carol: A curved case of soft plastic was proposed by the designer.",
+    ]
+    assert distinct_points(points, SUMMARY, ["Carol"]) == [points[0], points[2]]
+
+
+def test_distinct_key_points_are_all_kept_in_order() -> None:
+    points = [
+        "Alice: The budget is twelve euros fifty per unit.",
+        "Speech recognition is too expensive for the first version.",
+        "The project manager reports to management next week.",
+        # shares a few words with the summary, but most of its words are new
+        "Bob: Young testers preferred the curved case in yellow and grey.",
+    ]
+    assert distinct_points(points, SUMMARY, ["Alice", "Bob"]) == points
+
+
+def test_final_notes_keep_names_to_speakers_and_key_points_that_add() -> None:
+    notes = MeetingNotes(
+        summary=SUMMARY,
+        key_points=[
+            "Bob: Marketing wants a fancy look for young customers.",
+            "The budget is twelve euros fifty per unit.",
+            "The budget is twelve euros and fifty cents per unit.",
+        ],
+        action_items=[],
+        decisions=[],
+        participants=["Alice", "Bob", "Mallory"],
+    )
+    final = final_notes(notes, speakers_of([_utterance("Alice"), _utterance("Bob")]))
+    assert final.participants == ["Alice", "Bob"]
+    assert final.key_points == ["The budget is twelve euros fifty per unit."]

@@ -491,3 +491,48 @@ def test_a_rerun_with_nothing_new_answers_from_the_stored_hashes_without_task_ru
         str(folder / "incident-retro.md"): "cached",
         str(folder / "cues.srt"): "cached",
     }
+
+
+def repeating_notes_responder(request: dict[str, Any]) -> str:
+    """A model whose key points repeat its summary and each other, with one that adds."""
+    return json.dumps(
+        {
+            "summary": "Alice needs the quarterly numbers before the board meeting.",
+            "key_points": [
+                "Alice needs the quarterly numbers before the board meeting.",
+                "Bob prepares the quarterly numbers by Friday.",
+                "Bob will prepare the quarterly numbers by Friday.",
+            ],
+            "action_items": [],
+            "decisions": [],
+            "participants": ["Alice", "Bob"],
+        }
+    )
+
+
+@pytest.mark.parametrize("group_files", [1, 100])
+def test_key_points_that_repeat_the_summary_or_each_other_are_dropped(
+    data_dir: Path, group_files: int
+) -> None:
+    folder = data_dir / "transcripts"
+    folder.mkdir()
+    (folder / "numbers.txt").write_text(
+        "Alice: I need the quarterly numbers before the board meeting.\n"
+        "Bob: I will prepare the quarterly numbers by Friday.\n"
+    )
+    with FakeOpenAI(api_key=KEY, responder=repeating_notes_responder) as fake:
+        settings = llm_settings(data_dir, fake)
+        state = summarize_flow_for(settings)(
+            paths=[str(folder)],
+            settings=settings,
+            summarizer=build_summarizer(settings),
+            group_files=group_files,
+            return_state=True,
+        )
+    report = state_report(state)
+    assert isinstance(report, SummarizeReport) and state.is_completed(), state.message
+    output = Path(report.transcripts[0].output or "")
+    assert json.loads(output.read_text())["key_points"] == [
+        "Bob prepares the quarterly numbers by Friday."
+    ]
+    assert "Bob will prepare" not in output.with_suffix(".md").read_text()

@@ -10,6 +10,8 @@ cache     result-store keys of chunk and combined notes
 outputs   output names that never collide, the done-already check, Markdown, atomic writes
 grouped   small transcripts many to a task, each still ending (and failing) on its own
 speakers  participants and owners kept to the speakers a transcript has
+key_points  key points that add: none repeats the summary or another key point
+final     the checks every engine's final notes pass (speakers, then key points)
 """
 
 from tasks.summaries.engines import build_summarizer

@@ -30,9 +30,10 @@ from tasks.quality import (
 )
 from tasks.reporting import ItemOutcome, write_atomically
 from tasks.summaries.cache import chunk_cache_key, read_notes
+from tasks.summaries.final import final_notes
 from tasks.summaries.models import NotesResult, Summarizer, TranscriptSummary
 from tasks.summaries.outputs import existing_summary, render_markdown, summaries_frame
-from tasks.summaries.speakers import keep_to_speakers, speakers_of
+from tasks.summaries.speakers import speakers_of
 from tasks.transcripts.model import Transcript
 from tasks.transcripts.parsing import parse_transcript
 
@@ -247,7 +248,7 @@ def _summarize_one(
         if mapped.usage.calls:
             store.write(mapped, key=key)
     combined = summarizer.combine([mapped.notes], title=transcript.name, final=True)
-    notes = keep_to_speakers(combined.notes, speakers_of(transcript.utterances))
+    notes = final_notes(combined.notes, speakers_of(transcript.utterances))
     return TranscriptSummary(
         **notes.model_dump(),
         source=source,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tasks.chunking import Chunk
 from tasks.llm import Usage
@@ -19,6 +19,7 @@ from tasks.summaries.engines.extractive.items import (
 from tasks.summaries.engines.extractive.ranking import (
     DEFAULT_PARAMS,
     ExtractiveParams,
+    concepts_of,
     rank_by_coverage,
     target_words_for,
 )
@@ -31,14 +32,13 @@ from tasks.summaries.engines.extractive.text import (
     tidy_sentence,
     words_of,
 )
+from tasks.summaries.key_points import distinct_points, point_terms, repeats
 from tasks.summaries.models import MeetingNotes, NotesResult
 from tasks.transcripts.model import Utterance
 
 ENGINE = "offline-extractive"
 MODEL = "extractive-v1"
-VERSION = "extractive-2"
-
-MAX_KEY_POINTS = 8
+VERSION = "extractive-3"
 
 
 def _attributed(sentence: Sentence) -> str:
@@ -99,18 +99,56 @@ def _select(
         pool = rank_by_coverage(
             texts, eligible=eligible, max_count=pool_size, boost=boost, params=params
         )
-    key = rank_by_coverage(
-        texts,
-        eligible=[e and c <= 40 for e, c in zip(eligible, counts, strict=True)],
-        max_count=MAX_KEY_POINTS,
-        boost=boost,
-        params=params,
-    )
     return _Selection(
         summary=[sentences[i] for i in sorted(chosen)],
         pool=[sentences[i] for i in sorted(set(pool) | set(chosen))],
-        key_points=[sentences[i] for i in sorted(key)],
+        key_points=[sentences[i] for i in _key_points(texts, eligible, chosen, boost, params)],
     )
+
+
+def _key_points(
+    texts: Sequence[str],
+    eligible: Sequence[bool],
+    summary: Sequence[int],
+    boost: Sequence[float] | None,
+    params: ExtractiveParams,
+) -> list[int]:
+    """Key points that add to the summary, in meeting order.
+
+    Greedy coverage again, but with the summary's concepts counted as said: a point earns only
+    what the summary leaves out (MMR-style novelty against the summary and earlier points).
+    Candidates are short statements that repeat no summary sentence (`repeats`); the meeting
+    is cut into `max_key_points` equal stretches and each gives at most one point, so the
+    points stand for different parts of it.
+    """
+    said = [point_terms(texts[i]) for i in summary]
+    in_summary = set(summary)
+    candidates = [
+        ok
+        and i not in in_summary
+        and len(text.split()) <= params.key_point_max_words
+        and not text.rstrip().endswith("?")
+        and not any(repeats(point_terms(text), s) for s in said)
+        for i, (ok, text) in enumerate(zip(eligible, texts, strict=True))
+    ]
+    stretches = max(1, params.max_key_points)
+    ranking = replace(params, length_exponent=params.key_point_length_exponent)
+    key: list[int] = []
+    # in a small pool no new concept may be mentioned twice: then one mention counts
+    for min_df in dict.fromkeys((params.min_concept_df, 1)):
+        key = rank_by_coverage(
+            texts,
+            eligible=candidates,
+            max_count=params.max_key_points,
+            boost=boost,
+            covered={c for i in summary for c in concepts_of(texts[i])},
+            groups=[i * stretches // len(texts) for i in range(len(texts))],
+            params=replace(ranking, min_concept_df=min_df),
+        )
+        if key:
+            break
+    kept = set(distinct_points([texts[i] for i in key], ""))
+    return sorted(i for i in key if texts[i] in kept)
 
 
 def summarize_utterances(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from tasks.summaries.engines.extractive.text import CONVERSATIONAL, STOPWORDS, stem, words_of
@@ -36,6 +36,12 @@ class ExtractiveParams:
     """Extra gain for sentences that state the agenda or a decision (their words say so)."""
     attribute_summary: bool = True
     """Prefix summary sentences with their speaker ("Alice: ...")."""
+    max_key_points: int = 5
+    """Key points at most: one per equal stretch of the meeting, so they span its topics."""
+    key_point_max_words: int = 25
+    """Longest sentence that can be a key point: they are read as a list, short and dense."""
+    key_point_length_exponent: float = 1.0
+    """As `length_exponent`, for key points: their new concepts per word, the densest first."""
 
 
 DEFAULT_PARAMS = ExtractiveParams()
@@ -61,6 +67,8 @@ def rank_by_coverage(
     target_words: int | None = None,
     max_count: int | None = None,
     boost: Sequence[float] | None = None,
+    covered: Iterable[str] = (),
+    groups: Sequence[int] | None = None,
     params: ExtractiveParams = DEFAULT_PARAMS,
 ) -> list[int]:
     """Greedy concept coverage: repeatedly pick the sentence whose not-yet-covered concepts
@@ -69,6 +77,7 @@ def rank_by_coverage(
     Stops at about `target_words` (skipping sentences that would overshoot) or `max_count`;
     returns indices in the order picked, best first. Covered concepts earn nothing again, so
     redundancy is removed by construction. Lazy evaluation keeps it fast (gains only shrink).
+    `covered` concepts count as said already; with `groups`, at most one sentence per group.
     """
     concepts = [concepts_of(t) for t in texts]
     df = Counter(c for row in concepts for c in row)
@@ -77,10 +86,11 @@ def rank_by_coverage(
     norm = [length**params.length_exponent for length in lengths]
     if boost is not None:
         norm = [n / (1.0 + b) for n, b in zip(norm, boost, strict=True)]
-    covered: set[str] = set()
+    said = set(covered)
+    taken: set[int] = set()
 
     def gain(i: int) -> float:
-        return sum(weight.get(c, 0.0) for c in concepts[i] - covered) / norm[i]
+        return sum(weight.get(c, 0.0) for c in concepts[i] - said) / norm[i]
 
     heap = [(-gain(i), i) for i in range(len(texts)) if eligible is None or eligible[i]]
     heapq.heapify(heap)
@@ -98,9 +108,13 @@ def rank_by_coverage(
             break
         if chosen and total + lengths[i] > budget + slack:
             continue
+        if groups is not None:
+            if groups[i] in taken:
+                continue
+            taken.add(groups[i])
         chosen.append(i)
         total += lengths[i]
-        covered |= concepts[i]
+        said |= concepts[i]
     return chosen
 
 
