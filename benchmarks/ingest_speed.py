@@ -143,7 +143,7 @@ def distinct_chunk_texts(docs: Path, settings: Any) -> list[str]:
     """The distinct texts the flow will embed: its own loader and chunker, its own budget."""
     from tasks.documents import discover_documents
     from tasks.embeddings import LocalOnnxEmbedder
-    from tasks.ingestion import chunk_budget, prepare_documents
+    from tasks.ingestion.prepare import chunk_budget, prepare_documents
 
     counter = LocalOnnxEmbedder(MODEL_DIR)
     prepared, quarantine, _ = prepare_documents(

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import tasks.ingestion
+import tasks.ingestion.driver
 import tasks.vectorstore
 from tasks.embeddings import Vectors
 from tasks.errors import ConfigurationError, StoreUnavailableError
@@ -241,7 +241,7 @@ def test_a_server_restart_mid_run_is_retried_and_the_run_completes(
 ) -> None:
     from pipelines.ingest import ingest_documents
 
-    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)
+    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)
     docs = notes(tmp_path)
     with ExitStack() as servers:
         first = servers.enter_context(chroma_server(tmp_path / "db"))
@@ -270,7 +270,7 @@ def test_a_server_gone_for_good_stops_the_run_in_words_and_a_rerun_finishes(
 ) -> None:
     from pipelines.ingest import ingest_documents
 
-    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)
+    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)
     docs = notes(tmp_path)
     with chroma_server(tmp_path / "db") as server:
         settings = settings_for(tmp_path / "data", chroma_host=server.host, chroma_port=server.port)

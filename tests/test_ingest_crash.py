@@ -95,9 +95,11 @@ def ids(data_dir: Path) -> set[str]:
 
 @pytest.fixture
 def per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.ingestion
+    import tasks.ingestion.driver
 
-    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", ingest_child.DOCUMENTS_PER_BATCH)
+    monkeypatch.setattr(
+        tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", ingest_child.DOCUMENTS_PER_BATCH
+    )
 
 
 @pytest.mark.slow
