@@ -258,8 +258,8 @@ def _check_scheduler(
 
 def _check_chroma(settings: Settings) -> tuple[str, bool, str, str]:
     if settings.chroma_host:
+        from tasks.chroma_client import check_chroma_server
         from tasks.errors import ConfigurationError
-        from tasks.vectorstore import check_chroma_server
 
         try:
             return ("Chroma", True, f"server at {check_chroma_server(settings)}", "")

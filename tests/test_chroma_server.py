@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import tasks.chroma_client
 import tasks.ingestion.driver
-import tasks.vectorstore
+from tasks.chroma_client import open_chroma
 from tasks.embeddings import Vectors
 from tasks.errors import ConfigurationError, StoreUnavailableError
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, open_chroma
+from tasks.vectorstore import ChunkStore
 from tests.support.chroma_process import ChromaServer, chroma_server, free_port
 from tests.support.embedders import HashEmbedder
 
@@ -79,7 +80,7 @@ def test_a_server_that_never_answers_fails_within_the_timeout(
 ) -> None:
     # Accepts connections (the kernel's backlog) but never reads or answers, like a stopped
     # process: chromadb's own client, which has no timeout, would wait forever.
-    monkeypatch.setattr(tasks.vectorstore, "HEARTBEAT_TIMEOUT_S", 0.5, raising=False)
+    monkeypatch.setattr(tasks.chroma_client, "HEARTBEAT_TIMEOUT_S", 0.5)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(5)
@@ -301,9 +302,9 @@ def test_a_server_that_hangs_mid_run_times_out_in_words(
     import os
     import signal
 
-    from tasks.vectorstore import server_errors
+    from tasks.chroma_client import server_errors
 
-    monkeypatch.setattr(tasks.vectorstore, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(tasks.chroma_client, "REQUEST_TIMEOUT_S", 1.0)
     with chroma_server(tmp_path / "db") as running:
         settings = settings_for(tmp_path, chroma_host=running.host, chroma_port=running.port)
         embedder = HashEmbedder()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.chroma_client import open_chroma
 from tasks.documents import discover_documents
 from tasks.embeddings import Vectors
 from tasks.ingestion import IngestReport, ingest_files
@@ -15,7 +16,7 @@ from tasks.ingestion.batch import ingest_batch_plain
 from tasks.llm import Completion
 from tasks.reporting import state_report
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, open_chroma
+from tasks.vectorstore import ChunkStore
 from tests.support.embedders import HashEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -633,8 +634,8 @@ def test_cli_ingest_query_and_ask_contracts(
     from typer.testing import CliRunner
 
     from pipelines.cli import app
+    from tasks.chroma_client import acquire_writer_lock
     from tasks.model_files import missing_files
-    from tasks.vectorstore import acquire_writer_lock
 
     model_dir = REPO / "data" / "models" / "all-MiniLM-L6-v2"
     if missing_files(model_dir):

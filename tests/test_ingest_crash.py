@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from tasks.chroma_client import open_chroma
 from tasks.documents import discover_documents
 from tasks.ingestion import IngestReport, ingest_files
-from tasks.vectorstore import ChunkStore, open_chroma
+from tasks.vectorstore import ChunkStore
 from tests.support import ingest_child
 from tests.support.embedders import HashEmbedder
 

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.chroma_client import server_errors
 from tasks.errors import StoreUnavailableError
 from tasks.ingestion.batch import BatchOutcome, ingest_batch_plain
 from tasks.ingestion.store import delete_missing_sources, raise_for_problems, verify_sources
-from tasks.vectorstore import ChunkStore, server_errors
+from tasks.vectorstore import ChunkStore
 
 if TYPE_CHECKING:
     from prefect.states import State
