@@ -143,7 +143,7 @@ def distinct_chunk_texts(docs: Path, settings: Any) -> list[str]:
     """The distinct texts the flow will embed: its own loader and chunker, its own budget."""
     from tasks.documents import discover_documents
     from tasks.embeddings import LocalOnnxEmbedder
-    from tasks.ingestion import chunk_budget, prepare_documents
+    from tasks.ingestion.prepare import chunk_budget, prepare_documents
 
     counter = LocalOnnxEmbedder(MODEL_DIR)
     prepared, quarantine, _ = prepare_documents(
@@ -165,8 +165,9 @@ def time_raw(embedder: Any, texts: list[str]) -> tuple[float, float]:
 
 def throughput(tmp: Path, documents: int, rounds: int) -> dict[str, Any]:
     """Raw, then `rounds` times (flow on a fresh store, raw), then a re-ingest of round 1."""
+    from tasks.chroma_client import open_chroma
     from tasks.embeddings import LocalOnnxEmbedder
-    from tasks.vectorstore import ChunkStore, open_chroma
+    from tasks.vectorstore import ChunkStore
 
     docs, warm_docs = tmp / "corpus", tmp / "warm-up-corpus"
     corpus_bytes = write_corpus(docs, documents)

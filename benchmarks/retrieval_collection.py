@@ -139,13 +139,14 @@ def bm25s_ranker(chunks: dict[str, tuple[str, str]]) -> Callable[[str, int], lis
 def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
     import numpy as np
 
+    from tasks.chroma_client import open_chroma
     from tasks.documents import discover_documents
     from tasks.embeddings import LocalOnnxEmbedder
     from tasks.ingestion import ingest_files
     from tasks.lexical import open_lexical
     from tasks.retrieval import query_chunks
     from tasks.settings import Settings
-    from tasks.vectorstore import ChunkStore, open_chroma
+    from tasks.vectorstore import ChunkStore
 
     folder = tmp / fmt / "meetings"
     write_meetings(folder, meetings, fmt)

@@ -127,13 +127,14 @@ def random_hit(n: int, relevant: int, k: int) -> float:
 
 
 def run(data_dir: Path) -> dict[str, Any]:
+    from tasks.chroma_client import open_chroma
     from tasks.documents import discover_documents
     from tasks.embeddings import LocalOnnxEmbedder
     from tasks.ingestion import ingest_files
     from tasks.model_files import missing_files, provision_embedding_model
     from tasks.retrieval import query_chunks
     from tasks.settings import Settings
-    from tasks.vectorstore import ChunkStore, open_chroma
+    from tasks.vectorstore import ChunkStore
 
     if missing_files(MODEL_DIR):
         provision_embedding_model(MODEL_DIR)

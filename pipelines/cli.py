@@ -2,23 +2,38 @@
 
 Exit codes: 0 all done; 1 the run finished but some items failed (reported, the rest
 written); 2 bad usage or configuration. Heavy libraries (prefect, pandas, chromadb, GX) are
-imported inside the commands, so `gristmill --help` stays fast.
+imported inside the commands, so `gristmill --help` stays fast. What the commands share lives
+beside it: `console` (errors, exit codes, tables, progress), `environment` (settings, Prefect's
+server) and `terminal_reports` (each command's report on the terminal).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from pipelines.server import RunningServer
-    from tasks.settings import Settings
+from pipelines.console import (
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ProgressBar,
+    Spinner,
+    error_exit_code,
+    fail,
+    print_json,
+)
+from pipelines.environment import load_settings, prefect_home, prepare_prefect
+from pipelines.terminal_reports import (
+    print_answer,
+    print_batch_report,
+    print_hits,
+    print_ingest_report,
+    print_summarize_report,
+)
 
 app = typer.Typer(
     name="gristmill",
@@ -27,14 +42,6 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-
-EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """Print one line to stderr and exit."""
-    typer.echo(f"gristmill: error: {message}", err=True)
-    raise SystemExit(code)
 
 
 def _version(value: bool) -> None:
@@ -58,90 +65,6 @@ def _main(
     ] = False,
 ) -> None:
     """Prefect pipelines that grind raw text into useful products."""
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment and .env, with command-line overrides applied."""
-    from pydantic import ValidationError
-
-    from tasks.settings import Settings
-
-    try:
-        settings = Settings()
-        values = {k: v for k, v in overrides.items() if v is not None}
-        return settings.model_copy(update=values) if values else settings
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        fail(f"invalid setting GRISTMILL_{field.upper()}: {first['msg']}")
-
-
-def prepare_prefect(settings: Settings, *, verbose: bool = False) -> None:
-    """Point Prefect at a server, its result storage under the data dir; quieten its console.
-
-    The server: an exported PREFECT_API_URL wins; else the `gristmill server` up for this data
-    dir; else (GRISTMILL_SERVER=auto) one started now in the background and kept for the next
-    commands; else (ephemeral) a temporary one inside this process.
-    Must run before prefect is imported: Prefect reads these settings at import time. It then
-    imports prefect itself, to keep gristmill's own errors free of tracebacks on the terminal.
-    """
-    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.results_dir.resolve()))
-    if not os.environ.get("PREFECT_API_URL"):
-        local = _local_server(settings)
-        if local is not None:
-            os.environ["PREFECT_API_URL"] = local.api_url
-    if not os.environ.get("PREFECT_API_URL"):
-        # No server to report to: Prefect starts a temporary one for this command. Give it the
-        # database `gristmill server` serves, so these runs show in the UI once it starts.
-        database = prefect_home(settings) / "prefect.db"
-        database.parent.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault(
-            "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{database}"
-        )
-        # Prefect waits 20 s for that server; on a brand-new database (a first `make demo`) it
-        # needs ~20 s on its own, more on a busy 2-core machine: seen timing out in CI.
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # Run logs still reach the Prefect API and UI; only the terminal copy is quietened.
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    from tasks.reporting import own_errors_without_tracebacks
-
-    own_errors_without_tracebacks()
-
-
-def _local_server(settings: Settings) -> RunningServer | None:
-    """The healthy `gristmill server` of this data dir; with GRISTMILL_SERVER=auto and none up,
-    one started in the background now (said in one line on stderr)."""
-    from pipelines import server as local_server
-
-    home = prefect_home(settings)
-    found = local_server.find(home)
-    if found is None and settings.server == "auto":
-        command = [sys.executable, "-m", "pipelines.cli", "server"]
-        command += ["--idle-minutes", str(settings.server_idle_minutes)]
-        env = {**os.environ, "PREFECT_HOME": str(home)}
-        found, started = local_server.ensure(home, command, env)
-        if started:
-            typer.echo(
-                f"gristmill: started a Prefect server at {found.url} for this and later commands "
-                f"(stops after {settings.server_idle_minutes:g} idle minutes; "
-                "`gristmill server stop` ends it now)",
-                err=True,
-            )
-    if found is not None and found.idle_minutes is not None:
-        local_server.keep_alive(home, found.idle_minutes)
-    return found
-
-
-def prefect_home(settings: Settings) -> Path:
-    """Where `gristmill server` keeps Prefect's database: $PREFECT_HOME, else <data_dir>/prefect."""
-    return Path(os.environ.get("PREFECT_HOME") or settings.data_dir / "prefect").resolve()
-
-
-def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 @app.command()
@@ -185,7 +108,7 @@ def summarize(
 
     if needs_checks(paths, out, settings, summarizer, force):
         preload()  # GX's import overlaps the flow run's set-up; a cached re-run never pays it
-    with _spinner(not as_json, f"Summarising with {summarizer.engine} ({summarizer.model})"):
+    with Spinner(not as_json, f"Summarising with {summarizer.engine} ({summarizer.model})"):
         state = summarize_flow_for(settings)(
             paths=[str(p) for p in paths] if paths else None,
             out_dir=str(out) if out else None,
@@ -201,123 +124,8 @@ def summarize(
         fail(str(report), report.exit_code)
     if not isinstance(report, SummarizeReport):
         fail(f"the run did not finish: {state.message or report}", EXIT_ITEMS_FAILED)  # type: ignore[union-attr]
-    if as_json:
-        print_json(
-            {
-                "transcripts": [
-                    t.model_dump(include={"source", "status", "output", "error", "warnings"})
-                    for t in report.transcripts
-                ],
-                "llm_calls": report.llm_calls,
-                "usage": report.usage.model_dump(
-                    include={"prompt_tokens", "completion_tokens", "cost_usd"}
-                ),
-                "duration_s": report.duration_s,
-                "engine": report.engine,
-                "model": report.model,
-            }
-        )
-    else:
-        _print_summary_table(report, settings)
+    print_summarize_report(report, settings, as_json)
     raise typer.Exit(EXIT_ITEMS_FAILED if report.failed else EXIT_OK)
-
-
-class _spinner:
-    """A rich status spinner on stderr while a flow runs (nothing when output is JSON)."""
-
-    def __init__(self, enabled: bool, message: str) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.message = message
-        self._status: Any = None
-
-    def __enter__(self) -> _spinner:
-        if self.enabled:
-            from rich.console import Console
-
-            self._status = Console(stderr=True).status(self.message)
-            self._status.__enter__()
-        elif not self.enabled:
-            typer.echo(self.message + " ...", err=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._status is not None:
-            self._status.__exit__(*exc)
-
-
-class _ProgressBar:
-    """A rich progress bar on stderr for flows that report `(done, total)`; off when not a tty."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._progress: Any = None
-        self._bar: Any = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import Progress
-
-            self._progress = Progress(transient=True)
-
-    def start(self, label: str) -> None:
-        if self._progress is not None:
-            self._progress.start()
-            self._bar = self._progress.add_task(label, total=None)
-
-    def update(self, done: int, total: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._bar, completed=done, total=total)
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-def _print_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    """A rich table on a terminal; plain tab-separated lines when piped (CI logs, `| cat`),
-    so nothing wraps at 80 columns or splits a path mid-word."""
-    if not sys.stdout.isatty():
-        typer.echo(title)
-        for row in (columns, *rows):
-            typer.echo("\t".join(" ".join(cell.split()) for cell in row))
-        return
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=escape(title), title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(cell) for cell in row))
-    Console().print(table)
-
-
-def _print_summary_table(report: Any, settings: Settings) -> None:
-    rows = [
-        (
-            t.source,
-            t.status,
-            str(t.chunks),
-            str(t.llm_calls),
-            "\n".join(
-                [(t.output if t.status != "failed" else t.error) or ""]
-                + [f"warning: {w}" for w in t.warnings]
-            ),
-        )
-        for t in report.transcripts
-    ]
-    columns = ("Transcript", "Status", "Chunks", "LLM calls", "Output / reason")
-    _print_table(report.headline(), columns, rows)
-    usage = report.usage
-    typer.echo(
-        f"engine {report.engine} ({report.model}) · LLM calls {report.llm_calls} · "
-        f"tokens {usage.prompt_tokens}+{usage.completion_tokens} · cost ${usage.cost_usd:.4f} · "
-        f"{report.duration_s:.1f} s"
-    )
-    typer.echo(
-        "Run history in the Prefect UI: `gristmill server`, then open http://127.0.0.1:4200/runs "
-        "(this run is already in its database)"
-        if not os.environ.get("PREFECT_API_URL")
-        else f"Run history: {os.environ['PREFECT_API_URL'].removesuffix('/api')}/runs"
-    )
 
 
 @app.command()
@@ -437,7 +245,7 @@ def batch(
 
     preload()  # every batch checks its rows: import GX while the flow run is being set up
 
-    progress = _ProgressBar(enabled=not as_json)
+    progress = ProgressBar(enabled=not as_json)
     typer.echo(f"Processing {input_path} with {engine.name} ({engine.model}) ...", err=True)
     try:
         progress.start("rows")
@@ -456,21 +264,7 @@ def batch(
         fail(str(report), report.exit_code)
     if not isinstance(report, BatchReport):
         fail(f"the run did not finish: {state.message or report}", EXIT_ITEMS_FAILED)
-    if as_json:
-        print_json(report.model_dump(mode="json"))
-    else:
-        typer.echo(report.headline())
-        usage = report.usage
-        typer.echo(
-            f"{report.engine} ({report.model}) · LLM calls {report.llm_calls} · tokens "
-            f"{usage.prompt_tokens}+{usage.completion_tokens} · cost ${usage.cost_usd:.4f} · "
-            f"{report.duration_s:.1f} s ({report.rows_per_s:.1f} rows/s)"
-        )
-        typer.echo(f"output: {report.output}")
-        if report.dead_letter:
-            typer.echo(f"failed rows and reasons: {report.dead_letter}")
-        for line in report.quality_errors:
-            typer.echo(f"data quality: {line}", err=True)
+    print_batch_report(report, as_json)
     raise typer.Exit(EXIT_OK if report.success else EXIT_ITEMS_FAILED)
 
 
@@ -600,15 +394,6 @@ def server_stop() -> None:
         typer.echo(f"Stopped the Prefect server at {stopped.url} (pid {stopped.pid}).")
 
 
-def _error_exit_code(exc: Exception) -> int:
-    """Exit code for an error a flow ended with: bad checks on items 1, anything else 2."""
-    from tasks.errors import DataQualityError, GristmillError
-
-    if isinstance(exc, DataQualityError):
-        return EXIT_ITEMS_FAILED
-    return exc.exit_code if isinstance(exc, GristmillError) else EXIT_ITEMS_FAILED
-
-
 @app.command()
 def ingest(
     paths: Annotated[
@@ -648,10 +433,10 @@ def ingest(
     except GristmillError as exc:
         fail(str(exc))
     from pipelines.ingest import ingest_documents
-    from tasks.ingestion import IngestReport, skipped_lines
+    from tasks.ingestion import IngestReport
     from tasks.reporting import state_report
 
-    progress = _ProgressBar(enabled=not as_json)
+    progress = ProgressBar(enabled=not as_json)
     typer.echo(f"Ingesting into {settings.collection!r} with {embedder.name} ...", err=True)
     try:
         progress.start("documents")
@@ -670,29 +455,10 @@ def ingest(
         progress.stop()
     report = state_report(state)
     if isinstance(report, Exception):
-        fail(str(report), _error_exit_code(report))
+        fail(str(report), error_exit_code(report))
     if not isinstance(report, IngestReport):
         fail(f"the run did not finish: {state.message or report}", EXIT_ITEMS_FAILED)
-    if as_json:
-        print_json(
-            {
-                **report.counts(),
-                "duration_s": report.duration_s,
-                "collection": report.collection,
-                "embedding_model": report.embedding_model,
-                "quarantine": [r.model_dump() for r in report.quarantine],
-                "quarantine_path": report.quarantine_path,
-                "skipped_documents": [s.model_dump() for s in report.skipped_documents],
-            }
-        )
-    else:
-        typer.echo(report.headline() + f" ({report.duration_s:.1f} s)")
-        for line in skipped_lines(report.skipped_documents):
-            typer.echo(line, err=True)
-        for record in report.quarantine:
-            typer.echo(f"quarantined {record.source}: {record.reason}", err=True)
-        if report.quarantine_path:
-            typer.echo(f"quarantine report: {report.quarantine_path}", err=True)
+    print_ingest_report(report, as_json)
     raise typer.Exit(EXIT_ITEMS_FAILED if report.quarantine else EXIT_OK)
 
 
@@ -747,41 +513,7 @@ def query(
         fail(str(exc), exc.exit_code)
     except ValueError as exc:  # chromadb rejects a malformed filter
         fail(f"cannot query: {exc}")
-    if as_json:
-        print_json(
-            [
-                {
-                    "id": hit.id,
-                    "source": hit.metadata.get("source"),
-                    "heading": hit.metadata.get("heading"),
-                    "chunk_index": hit.metadata.get("chunk_index"),
-                    "text": hit.text,
-                    "score": round(hit.score, 4),
-                    "fused_score": hit.fused,
-                    "metadata": hit.metadata,
-                }
-                for hit in hits
-            ]
-        )
-        return
-    if not hits:
-        typer.echo(f"no chunks in collection {settings.collection!r} match")
-        return
-    rows = []
-    for rank, hit in enumerate(hits, start=1):
-        snippet = " ".join(hit.text.split())
-        rows.append(
-            (
-                str(rank),
-                f"{hit.score:.3f}",
-                str(hit.metadata.get("source", "")),
-                str(hit.metadata.get("heading", "")),
-                str(hit.metadata.get("chunk_index", "")),
-                snippet[:300] + ("…" if len(snippet) > 300 else ""),
-            )
-        )
-    columns = ("#", "Score", "Source", "Heading", "Chunk", "Text")
-    _print_table(f"{len(hits)} chunks for {text!r}", columns, rows)
+    print_hits(hits, text, settings.collection, as_json)
 
 
 @app.command()
@@ -817,7 +549,7 @@ def ask(
     )
     answer = state_report(state)
     if isinstance(answer, Exception):
-        fail(str(answer), _error_exit_code(answer))
+        fail(str(answer), error_exit_code(answer))
     if not isinstance(answer, Answer):
         fail(f"the run did not finish: {state.message or answer}", EXIT_ITEMS_FAILED)
     if as_json:
@@ -825,10 +557,7 @@ def ask(
     if answer.refused:
         fail(f"refused: {answer.reason}")
     if not as_json:
-        typer.echo(answer.answer)
-        for c in answer.citations:
-            where = f" > {c.heading}" if c.heading else ""
-            typer.echo(f"[{c.number}] {c.source}{where} (chunk {c.chunk_index}, {c.score:.3f})")
+        print_answer(answer)
 
 
 def main() -> None:

@@ -125,7 +125,7 @@ def _check_pins() -> tuple[str, bool, str, str]:
 
 
 def _local_api_url(settings: Settings) -> str | None:
-    from pipelines.cli import prefect_home
+    from pipelines.environment import prefect_home
     from pipelines.server import find
 
     local = find(prefect_home(settings))
@@ -133,7 +133,7 @@ def _local_api_url(settings: Settings) -> str | None:
 
 
 def _check_prefect(settings: Settings) -> tuple[str, bool, str, str]:
-    from pipelines.cli import prefect_home
+    from pipelines.environment import prefect_home
     from pipelines.server import find
 
     url = os.environ.get("PREFECT_API_URL")
@@ -258,8 +258,8 @@ def _check_scheduler(
 
 def _check_chroma(settings: Settings) -> tuple[str, bool, str, str]:
     if settings.chroma_host:
+        from tasks.chroma_client import check_chroma_server
         from tasks.errors import ConfigurationError
-        from tasks.vectorstore import check_chroma_server
 
         try:
             return ("Chroma", True, f"server at {check_chroma_server(settings)}", "")

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
+from tasks.chroma_client import open_chroma, server_errors, writer_lock
 from tasks.documents import discover_documents
 from tasks.embeddings import Embedder, build_embedder
 from tasks.errors import GristmillError, RunFailed
@@ -30,7 +31,7 @@ from tasks.ingestion import (
 from tasks.lexical import open_lexical
 from tasks.reporting import tag_flow_run
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, open_chroma, server_errors, writer_lock
+from tasks.vectorstore import ChunkStore
 
 REPORT_ARTIFACT_KEY = "ingest-documents-report"
 PROGRESS_ARTIFACT_KEY = "ingest-documents-progress"

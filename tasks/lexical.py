@@ -27,17 +27,29 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
-    from tasks.vectorstore import ChunkStore
 
 # English stop words left out of queries (Lucene's list, as bm25s and tasks.hybrid use): they
 # match nearly every chunk, add nothing to BM25's ranking and slow an OR query down.
 _STOPWORDS = """a an and are as at be but by for if in into is it no not of on or such that the
 their then there these they this to was will with"""
 STOPWORDS = frozenset(_STOPWORDS.split())
+
+
+class ChunkSource(Protocol):
+    """What `sync` reads from the chunk collection (a `tasks.vectorstore.ChunkStore`), declared
+    here so that the index and the store, which writes the index, do not import each other."""
+
+    def count(self) -> int: ...
+
+    def all_ids(self) -> set[str]: ...
+
+    def texts(self, ids: Sequence[str]) -> Iterator[tuple[str, str, str]]: ...
+
+
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 # Query terms at most: a pasted paragraph is not a sensible OR query of 500 terms.
 MAX_QUERY_TERMS = 64
@@ -164,14 +176,14 @@ class LexicalIndex:
 
     # -- repair --------------------------------------------------------------------------
 
-    def sync(self, store: ChunkStore) -> int:
+    def sync(self, store: ChunkSource) -> int:
         """Bring the index in step with `store` when it may be behind (dirty, or a different
         number of chunks); returns how many chunks were added or removed."""
         if not self.dirty() and self.count() == store.count():
             return 0
         return self.rebuild_from(store)
 
-    def rebuild_from(self, store: ChunkStore) -> int:
+    def rebuild_from(self, store: ChunkSource) -> int:
         """Make the index hold exactly the store's chunks (only the difference is written)."""
         held = self.ids()
         present = store.all_ids()

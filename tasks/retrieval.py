@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from tasks.chroma_client import open_chroma
 from tasks.embeddings import Embedder
 from tasks.hybrid import candidate_count, fuse, fuse_rankings
 from tasks.lexical import open_lexical
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, Hit, open_chroma
+from tasks.vectorstore import ChunkStore, Hit
 
 # Candidates from each ranking before fusion (see `ranked`).
 DENSE_CANDIDATES = 100

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from tasks.chroma_client import open_chroma
 from tasks.errors import ConfigurationError
 from tasks.settings import Settings
-from tasks.vectorstore import open_chroma
 from tests import test_ingest as ingest_scenarios
 from tests import test_vectorstore as store_scenarios
 from tests.support.chroma_process import ChromaServer, chroma_server

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import tasks.ingestion
-import tasks.vectorstore
+import tasks.chroma_client
+import tasks.ingestion.driver
+from tasks.chroma_client import open_chroma
 from tasks.embeddings import Vectors
 from tasks.errors import ConfigurationError, StoreUnavailableError
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, open_chroma
+from tasks.vectorstore import ChunkStore
 from tests.support.chroma_process import ChromaServer, chroma_server, free_port
 from tests.support.embedders import HashEmbedder
 
@@ -79,7 +80,7 @@ def test_a_server_that_never_answers_fails_within_the_timeout(
 ) -> None:
     # Accepts connections (the kernel's backlog) but never reads or answers, like a stopped
     # process: chromadb's own client, which has no timeout, would wait forever.
-    monkeypatch.setattr(tasks.vectorstore, "HEARTBEAT_TIMEOUT_S", 0.5, raising=False)
+    monkeypatch.setattr(tasks.chroma_client, "HEARTBEAT_TIMEOUT_S", 0.5)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(5)
@@ -241,7 +242,7 @@ def test_a_server_restart_mid_run_is_retried_and_the_run_completes(
 ) -> None:
     from pipelines.ingest import ingest_documents
 
-    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)
+    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)
     docs = notes(tmp_path)
     with ExitStack() as servers:
         first = servers.enter_context(chroma_server(tmp_path / "db"))
@@ -270,7 +271,7 @@ def test_a_server_gone_for_good_stops_the_run_in_words_and_a_rerun_finishes(
 ) -> None:
     from pipelines.ingest import ingest_documents
 
-    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)
+    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)
     docs = notes(tmp_path)
     with chroma_server(tmp_path / "db") as server:
         settings = settings_for(tmp_path / "data", chroma_host=server.host, chroma_port=server.port)
@@ -301,9 +302,9 @@ def test_a_server_that_hangs_mid_run_times_out_in_words(
     import os
     import signal
 
-    from tasks.vectorstore import server_errors
+    from tasks.chroma_client import server_errors
 
-    monkeypatch.setattr(tasks.vectorstore, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(tasks.chroma_client, "REQUEST_TIMEOUT_S", 1.0)
     with chroma_server(tmp_path / "db") as running:
         settings = settings_for(tmp_path, chroma_host=running.host, chroma_port=running.port)
         embedder = HashEmbedder()

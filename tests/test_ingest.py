@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from tasks.chroma_client import open_chroma
 from tasks.documents import discover_documents
 from tasks.embeddings import Vectors
-from tasks.ingestion import IngestReport, ingest_batch_plain, ingest_files
+from tasks.ingestion import IngestReport, ingest_files
+from tasks.ingestion.batch import ingest_batch_plain
 from tasks.llm import Completion
 from tasks.reporting import state_report
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, open_chroma
+from tasks.vectorstore import ChunkStore
 from tests.support.embedders import HashEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,19 +113,19 @@ def test_first_run_adds_and_second_run_computes_nothing(tmp_path: Path, settings
 def test_unchanged_files_are_not_parsed_and_a_new_budget_rechunks_them(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.ingestion
+    import tasks.ingestion.prepare
 
     docs = write_corpus(tmp_path)
     embedder = HashEmbedder()
     run(docs, settings, embedder)
     loaded: list[Path] = []
-    real_load = tasks.ingestion.load_document
+    real_load = tasks.ingestion.prepare.load_document
 
     def counting_load(path: Path, **kwargs: object) -> object:
         loaded.append(path)
         return real_load(path, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tasks.ingestion, "load_document", counting_load)
+    monkeypatch.setattr(tasks.ingestion.prepare, "load_document", counting_load)
     (docs / "notes.txt").write_text(NOTES + " Version 2.5 adds dark mode.")
     report = run(docs, settings, embedder)
     assert (report.updated, report.unchanged) == (1, 2)
@@ -172,9 +174,9 @@ def many_documents(tmp_path: Path) -> Path:
 def test_batches_in_flight_embed_one_at_a_time_and_report_in_order(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.ingestion
+    import tasks.ingestion.driver
 
-    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)
+    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)
     docs = many_documents(tmp_path)
     embedder = TakingTurns()
     progress: list[int] = []
@@ -192,9 +194,9 @@ def test_batches_in_flight_embed_one_at_a_time_and_report_in_order(
 def test_after_a_failed_batch_no_new_batch_starts(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.ingestion
+    import tasks.ingestion.driver
 
-    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)
+    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)
     docs = many_documents(tmp_path)
     embedder = TakingTurns(fail_on=2)
     with pytest.raises(RuntimeError, match="embedding service down"):
@@ -313,9 +315,9 @@ def write_empty_pages(docs: Path) -> None:
 def test_documents_with_nothing_to_index_are_skipped_in_words(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, per_batch: int
 ) -> None:
-    import tasks.ingestion
+    import tasks.ingestion.driver
 
-    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", per_batch)
+    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", per_batch)
     docs = write_corpus(tmp_path)
     write_empty_pages(docs)
     embedder = HashEmbedder()
@@ -354,7 +356,8 @@ def test_a_page_emptied_since_the_last_run_loses_its_chunks(
 
 
 def test_chunks_that_fail_the_quality_gate_are_quarantined(tmp_path: Path) -> None:
-    from tasks.ingestion import check_batch, prepare_documents
+    from tasks.ingestion.checks import check_batch
+    from tasks.ingestion.prepare import prepare_documents
 
     docs = write_corpus(tmp_path)
     embedder = HashEmbedder()
@@ -434,10 +437,10 @@ def test_ingest_flow_reports_and_publishes_an_artifact(
 ) -> None:
     from prefect.artifacts import Artifact
 
-    import tasks.ingestion
+    import tasks.ingestion.driver
     from pipelines.ingest import REPORT_ARTIFACT_KEY, ingest_documents
 
-    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", 1)  # batches side by side
+    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)  # batches side by side
     docs = write_corpus(tmp_path)
     embedder = HashEmbedder()
     state = ingest_documents(
@@ -631,8 +634,8 @@ def test_cli_ingest_query_and_ask_contracts(
     from typer.testing import CliRunner
 
     from pipelines.cli import app
+    from tasks.chroma_client import acquire_writer_lock
     from tasks.model_files import missing_files
-    from tasks.vectorstore import acquire_writer_lock
 
     model_dir = REPO / "data" / "models" / "all-MiniLM-L6-v2"
     if missing_files(model_dir):
@@ -704,7 +707,7 @@ def test_hybrid_ranking_lifts_the_chunk_with_the_querys_exact_words() -> None:
 def test_files_left_out_are_remembered_by_their_bytes_and_not_parsed_again(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.ingestion
+    import tasks.ingestion.prepare
     import tasks.quality
 
     docs = write_corpus(tmp_path)
@@ -717,7 +720,7 @@ def test_files_left_out_are_remembered_by_their_bytes_and_not_parsed_again(
 
     loaded: list[str] = []
     validated: list[str] = []
-    real_load, real_validate = tasks.ingestion.load_document, tasks.quality.validate_table
+    real_load, real_validate = tasks.ingestion.prepare.load_document, tasks.quality.validate_table
 
     def counting_load(path: Path, **kwargs: object) -> object:
         loaded.append(Path(path).name)
@@ -727,7 +730,7 @@ def test_files_left_out_are_remembered_by_their_bytes_and_not_parsed_again(
         validated.append(suite)
         return real_validate(frame, suite, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tasks.ingestion, "load_document", counting_load)
+    monkeypatch.setattr(tasks.ingestion.prepare, "load_document", counting_load)
     monkeypatch.setattr(tasks.quality, "validate_table", counting_validate)
     again = run(docs, settings, embedder)
     # Same bytes, same settings: the same verdicts and reasons, and no file parsed or checked

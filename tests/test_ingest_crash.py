@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from tasks.chroma_client import open_chroma
 from tasks.documents import discover_documents
 from tasks.ingestion import IngestReport, ingest_files
-from tasks.vectorstore import ChunkStore, open_chroma
+from tasks.vectorstore import ChunkStore
 from tests.support import ingest_child
 from tests.support.embedders import HashEmbedder
 
@@ -95,9 +96,11 @@ def ids(data_dir: Path) -> set[str]:
 
 @pytest.fixture
 def per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.ingestion
+    import tasks.ingestion.driver
 
-    monkeypatch.setattr(tasks.ingestion, "DOCUMENTS_PER_BATCH", ingest_child.DOCUMENTS_PER_BATCH)
+    monkeypatch.setattr(
+        tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", ingest_child.DOCUMENTS_PER_BATCH
+    )
 
 
 @pytest.mark.slow

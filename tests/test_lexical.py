@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from tasks.chroma_client import open_chroma
 from tasks.lexical import LexicalIndex, lexical_path, open_lexical, query_terms
 from tasks.retrieval import open_store, query_chunks
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, open_chroma
+from tasks.vectorstore import ChunkStore
 from tests.support.embedders import HashEmbedder
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import server as local_server
-from pipelines.cli import prepare_prefect
+from pipelines.environment import prepare_prefect
 from tasks.settings import Settings
 from tests.conftest import REPO
 

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tasks.chroma_client import acquire_writer_lock, open_chroma, writer_lock
 from tasks.errors import ConfigurationError, StoreLockedError
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore, acquire_writer_lock, open_chroma, writer_lock
+from tasks.vectorstore import ChunkStore
 from tests.support.embedders import HashEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,7 +225,7 @@ def test_writer_lock_held_by_another_process(tmp_path: Path) -> None:
                 f"""
                 import sys
                 from pathlib import Path
-                from tasks.vectorstore import acquire_writer_lock
+                from tasks.chroma_client import acquire_writer_lock
                 lock = acquire_writer_lock(Path({str(chroma_dir)!r}))
                 print("locked", flush=True)
                 sys.stdin.read()
@@ -290,8 +291,8 @@ def test_chroma_s_unflushed_segment_race_is_retried_like_a_lost_server() -> None
     "Nothing found on disk"; the ingest batch's retry condition takes StoreUnavailableError."""
     from chromadb.errors import InternalError
 
+    from tasks.chroma_client import server_errors
     from tasks.errors import StoreUnavailableError
-    from tasks.vectorstore import server_errors
 
     race = "Internal error: Error creating hnsw segment reader: Nothing found on disk"
     with (

@@ -90,12 +90,13 @@ def settings_for(data_dir: Path) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    import tasks.ingestion
+    import tasks.ingestion.driver
+    from tasks.chroma_client import open_chroma
     from tasks.documents import discover_documents
-    from tasks.vectorstore import ChunkStore, open_chroma
+    from tasks.vectorstore import ChunkStore
 
     data_dir, before, after, point, nth = argv
-    tasks.ingestion.DOCUMENTS_PER_BATCH = DOCUMENTS_PER_BATCH
+    tasks.ingestion.driver.DOCUMENTS_PER_BATCH = DOCUMENTS_PER_BATCH
     settings = settings_for(Path(data_dir))
     tripwire = Tripwire(point, int(nth))
     embedder = TrippingEmbedder(tripwire)

@@ -1,0 +1,102 @@
+"""What every `gristmill` command prints with: one-line errors and exit codes, JSON, tables
+(plain tab-separated lines when not a terminal), a spinner and progress bars on stderr.
+
+rich is imported only when a terminal will show its output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import typer
+
+EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print one line to stderr and exit."""
+    typer.echo(f"gristmill: error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def error_exit_code(exc: Exception) -> int:
+    """Exit code for an error a flow ended with: bad checks on items 1, anything else 2."""
+    from tasks.errors import DataQualityError, GristmillError
+
+    if isinstance(exc, DataQualityError):
+        return EXIT_ITEMS_FAILED
+    return exc.exit_code if isinstance(exc, GristmillError) else EXIT_ITEMS_FAILED
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+class Spinner:
+    """A rich status spinner on stderr while a flow runs (nothing when output is JSON)."""
+
+    def __init__(self, enabled: bool, message: str) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.message = message
+        self._status: Any = None
+
+    def __enter__(self) -> Spinner:
+        if self.enabled:
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status(self.message)
+            self._status.__enter__()
+        elif not self.enabled:
+            typer.echo(self.message + " ...", err=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+
+
+class ProgressBar:
+    """A rich progress bar on stderr for flows that report `(done, total)`; off when not a tty."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress: Any = None
+        self._bar: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self._progress = Progress(transient=True)
+
+    def start(self, label: str) -> None:
+        if self._progress is not None:
+            self._progress.start()
+            self._bar = self._progress.add_task(label, total=None)
+
+    def update(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._bar, completed=done, total=total)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def print_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """A rich table on a terminal; plain tab-separated lines when piped (CI logs, `| cat`),
+    so nothing wraps at 80 columns or splits a path mid-word."""
+    if not sys.stdout.isatty():
+        typer.echo(title)
+        for row in (columns, *rows):
+            typer.echo("\t".join(" ".join(cell.split()) for cell in row))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title), title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    Console().print(table)

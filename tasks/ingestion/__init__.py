@@ -1,0 +1,47 @@
+"""Document ingestion into the vector store: load and check, chunk, plan, embed, write, verify.
+
+The plain functions do the work; the `@task` wrappers (`steps`) give Prefect one task run per
+document batch (not per chunk, see ../shared/NOTES.md on task-run cost).
+
+Incremental and crash-safe by construction:
+- chunk ids are deterministic (`tasks.documents.chunk_id`), so every write is an idempotent upsert;
+- a document is skipped only when its hash matches the store and every expected id is there,
+  cut with the same chunking (`prepare.chunking_key`: chunker version, budget, overlap, JSON text
+  field; the collection pins the embedding model and so the tokenizer). A file whose bytes
+  hash to the stored hash and whose stored chunks are complete and record that chunking is
+  skipped before it is parsed, so an unchanged corpus costs a hash per file and one metadata
+  query per batch;
+- quality checks gate writes: they run on the documents that are to be written, and a
+  document's verdict never depends on which files share its batch (`checks.check_batch`);
+- documents with nothing to index are skipped, not quarantined; why a file was left out is
+  remembered per source with its hash and the settings (`LeftOutLedger`, in the store), so an
+  unchanged left-out file also costs only a hash and is reported again with the same verdict;
+- a changed document is replaced by upserting its new ids first and deleting its stale ids
+  after, so a crash in between leaves extra chunks that the next run removes, never a hole;
+- vectors are looked up by content hash in the store before any is computed, so texts
+  embedded before a crash, a rename or an edit elsewhere are not paid for twice.
+
+Modules, in the order a batch meets them: `driver` (`ingest_files`, batches in flight), `steps`
+(plain or Prefect task steps), `batch` (one batch), `prepare` (load, chunk), `checks` (quality
+gate), `store` (plan against the store, embed, write, delete, verify), `left_out` (remembered
+verdicts), `report` (`IngestReport`, quarantine file, markdown)."""
+
+from __future__ import annotations
+
+from tasks.ingestion.driver import ingest_files
+from tasks.ingestion.report import IngestReport, ingest_report_markdown, skipped_lines
+from tasks.ingestion.steps import PLAIN_STEPS, TASK_STEPS, IngestSteps
+from tasks.ingestion.store import CLEANUP_MODES, CleanupMode, check_cleanup
+
+__all__ = [
+    "CLEANUP_MODES",
+    "PLAIN_STEPS",
+    "TASK_STEPS",
+    "CleanupMode",
+    "IngestReport",
+    "IngestSteps",
+    "check_cleanup",
+    "ingest_files",
+    "ingest_report_markdown",
+    "skipped_lines",
+]

@@ -1,0 +1,121 @@
+"""One document batch, planned, loaded, checked, embedded and written (`ingest_batch_plain`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from tasks.documents import DEFAULT_MAX_BYTES, DocumentPath, file_hash
+from tasks.embeddings import Embedder
+from tasks.ingestion.checks import check_batch
+from tasks.ingestion.left_out import left_out_key, remember_verdicts, remembered
+from tasks.ingestion.prepare import PreparedDocument, chunking_key, prepare_documents
+from tasks.ingestion.report import QuarantineRecord, SkipRecord
+from tasks.ingestion.store import CleanupMode, is_unchanged, unchanged_files, write_documents
+from tasks.vectorstore import ChunkStore
+
+
+@dataclass
+class BatchOutcome:
+    """The result of one document batch."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    chunks_written: int = 0
+    chunks_deleted: int = 0
+    embeddings_computed: int = 0
+    embeddings_reused: int = 0
+    sources: list[str] = field(default_factory=list)
+    expected: dict[str, set[str]] = field(default_factory=dict)
+    quarantine: list[QuarantineRecord] = field(default_factory=list)
+    skipped: list[SkipRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def ingest_batch_plain(
+    paths: Sequence[DocumentPath],
+    store: ChunkStore,
+    embedder: Embedder,
+    stored: dict[str, str],
+    *,
+    max_tokens: int,
+    overlap_tokens: int,
+    cleanup: CleanupMode,
+    json_text_field: str = "text",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    label: str = "",
+) -> BatchOutcome:
+    """Plan, load, chunk, check, embed and write one batch of documents (`label` names the
+    task run).
+
+    Each file is hashed first. Unchanged files (`unchanged_files`) and files left out before
+    with the same bytes and settings (the store's `LeftOutLedger`) are set aside, so they are
+    neither parsed nor checked; the latter are reported again with their remembered verdict.
+    The verdicts of this batch are remembered last, after its chunks are written: a crash in
+    between leaves nothing that could give a file another verdict next time.
+    """
+    outcome = BatchOutcome()
+    outcome.sources = [p.source for p in paths]
+    chunking = chunking_key(max_tokens, overlap_tokens, json_text_field)
+    hashes = {p.source: file_hash(p.path, max_bytes) for p in paths}
+    unchanged = unchanged_files(paths, stored, store, chunking, max_bytes, hashes)
+    outcome.unchanged = len(unchanged)
+    ledger = store.left_out()
+    key = left_out_key(chunking, max_bytes)
+    held = ledger.find(sorted(s for s, h in hashes.items() if h and s not in unchanged))
+    skipped_before, quarantined_before = remembered(held, hashes, key)
+    known = unchanged | {r.source for r in skipped_before} | {r.source for r in quarantined_before}
+    prepared, quarantine, skipped_documents = prepare_documents(
+        [p for p in paths if p.source not in known],
+        embedder,
+        max_tokens=max_tokens,
+        overlap_tokens=overlap_tokens,
+        json_text_field=json_text_field,
+        max_bytes=max_bytes,
+    )
+    changed: list[PreparedDocument] = []
+    for item in prepared:
+        previous = stored.get(item.source)
+        if is_unchanged(item, previous, store, chunking=chunking, exact=cleanup != "none"):
+            outcome.unchanged += 1
+        else:
+            changed.append(item)
+    to_write, rejected, warnings = check_batch(changed, max_tokens, max_chars=max_bytes)
+    outcome.quarantine = quarantined_before + quarantine + rejected
+    outcome.skipped = skipped_before + skipped_documents
+    outcome.warnings = warnings
+    for item in to_write:
+        if item.source in stored:
+            outcome.updated += 1
+        else:
+            outcome.added += 1
+        outcome.expected[item.source] = item.expected_ids
+    written, deleted, computed, reused = write_documents(
+        to_write,
+        store,
+        embedder,
+        cleanup=cleanup,
+        ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        chunking=chunking,
+        stored=stored,
+    )
+    if cleanup != "none":
+        # A document that now holds nothing keeps no chunks of an older version.
+        for record in outcome.skipped:
+            if record.source in stored:
+                deleted += store.delete_source(record.source)
+                outcome.expected[record.source] = set()
+    remember_verdicts(
+        ledger,
+        hashes,
+        key,
+        [*skipped_documents, *quarantine, *rejected],
+        forget=[item.source for item in to_write if item.source in held],
+    )
+    outcome.chunks_written = written
+    outcome.chunks_deleted = deleted
+    outcome.embeddings_computed = computed
+    outcome.embeddings_reused = reused
+    return outcome
