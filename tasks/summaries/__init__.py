@@ -14,7 +14,7 @@ key_points  key points that add: none repeats the summary or another key point
 final     the checks every engine's final notes pass (speakers, then key points)
 """
 
-from tasks.summaries.engines import build_summarizer
+from tasks.summaries.engines.factory import build_summarizer
 from tasks.summaries.models import (
     ActionItem,
     MeetingNotes,

@@ -1,28 +1,8 @@
-"""The summary engines behind the `Summarizer` protocol, and the one place that picks one.
+"""The summary engines behind the `Summarizer` protocol; `factory.build_summarizer` picks one.
 
 llm         `LLMSummarizer`: a chat model through `tasks.llm`, validated structured output
 extractive  `ExtractiveSummarizer`: the offline engine, no model at all
+
+This package module imports nothing, so a shared module may use an engine's helpers (the key
+points check uses the extractive engine's text rules) without an import cycle.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from tasks.llm import OpenAILLM
-from tasks.summaries.engines.extractive.engine import ExtractiveSummarizer
-from tasks.summaries.engines.llm import LLMSummarizer
-from tasks.summaries.models import Summarizer
-
-if TYPE_CHECKING:
-    from tasks.settings import Settings
-
-
-def build_summarizer(settings: Settings) -> Summarizer:
-    """The summariser the settings ask for: a chat model, or the offline extractive engine."""
-    if settings.llm_engine == "openai":
-        return LLMSummarizer(
-            OpenAILLM.from_settings(settings),
-            attempts=settings.llm_validation_attempts,
-            temperature=settings.llm_temperature,
-        )
-    return ExtractiveSummarizer()
