@@ -267,7 +267,10 @@ class FakeOpenAI:
     ends), `batch_failed_ids` (custom_ids answered with a 500 line) and `batch_expire_after`
     (lines processed before a batch expires); batch settings apply to batches created afterwards.
     Read: `requests`, `calls` (chat and embeddings requests, faulted ones included),
-    `completed_calls` (answered 200), `max_concurrency` (peak calls in flight), `files`.
+    `completed_calls` (answered 200), `max_concurrency` (peak calls in flight), `files`,
+    `batch_lines` (request lines run by batches), `batch_events` ((monotonic time, event, batch
+    id) for each batch created, ended or asked to cancel) and `batch_status(id)`.
+    `release_batches()` lets batches already running end at their next poll.
     """
 
     def __init__(
@@ -317,6 +320,8 @@ class FakeOpenAI:
             self.files: dict[str, dict[str, Any]] = {}
             self._contents: dict[str, bytes] = {}
             self._batches: dict[str, _BatchJob] = {}
+            self.batch_lines = 0
+            self.batch_events: list[tuple[float, str, str]] = []
 
     def start(self) -> FakeOpenAI:
         """Bind a free port and serve from a daemon thread."""
@@ -374,6 +379,22 @@ class FakeOpenAI:
         """Queued faults not yet consumed."""
         with self._lock:
             return len(self._faults)
+
+    def release_batches(self) -> None:
+        """Let every batch still running end at its next poll (slow batches made quick)."""
+        with self._batch_lock:
+            for job in self._batches.values():
+                job.polls_needed = 1
+
+    def batch_status(self, batch_id: str) -> str | None:
+        """A batch's status as the server holds it, None for an unknown id."""
+        with self._batch_lock:
+            job = self._batches.get(batch_id)
+            return None if job is None else str(job.record["status"])
+
+    def _event(self, event: str, batch_id: str) -> None:
+        with self._lock:
+            self.batch_events.append((time.monotonic(), event, batch_id))
 
     def handle(
         self, method: str, target: str, headers: dict[str, str], raw: bytes
@@ -566,6 +587,7 @@ class FakeOpenAI:
         job = _BatchJob(record, lines, polls, failed_ids, self.batch_expire_after)
         with self._batch_lock:
             self._batches[record["id"]] = job
+        self._event("created", record["id"])
         return _json(200, record)
 
     def _get_batch(self, _: _Request, batch_id: str) -> _Reply:
@@ -577,11 +599,13 @@ class FakeOpenAI:
             job.polls += 1
             if record["status"] == "cancelling":
                 record.update(status="cancelled", cancelled_at=now)
+                self._event("ended", batch_id)
             elif record["status"] in ("validating", "in_progress"):
                 record["in_progress_at"] = record["in_progress_at"] or now
                 record["status"] = "in_progress"
                 if job.polls >= job.polls_needed:
                     self._run_batch(job)
+                    self._event("ended", batch_id)
             return _json(200, record)
 
     def _cancel_batch(self, _: _Request, batch_id: str) -> _Reply:
@@ -591,7 +615,8 @@ class FakeOpenAI:
                 return _error(404, f"No such batch: {batch_id}")
             if job.record["status"] in ("validating", "in_progress"):
                 job.record.update(status="cancelling", cancelling_at=int(time.time()))
-            return _json(200, job.record)
+        self._event("cancel", batch_id)
+        return _json(200, job.record)
 
     def _run_batch(self, job: _BatchJob) -> None:
         """Answer every line through the chat responder and write output and error files."""
@@ -606,6 +631,8 @@ class FakeOpenAI:
                 errors.append({**entry, "response": None, "error": error})
                 continue
             status, body = 500, error_body(500)
+            with self._lock:
+                self.batch_lines += 1
             if line["custom_id"] not in job.failed_ids:
                 request, url = line.get("body") or {}, str(line.get("url", ""))
                 answer = self._embedding_list if url.endswith("/embeddings") else self._completion
