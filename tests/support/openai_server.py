@@ -270,7 +270,8 @@ class FakeOpenAI:
     `completed_calls` (answered 200), `max_concurrency` (peak calls in flight), `files`,
     `batch_lines` (request lines run by batches), `batch_events` ((monotonic time, event, batch
     id) for each batch created, ended or asked to cancel) and `batch_status(id)`.
-    `release_batches()` lets batches already running end at their next poll.
+    `release_batches()` lets batches already running end at their next poll;
+    `run_open_batches()` runs the open ones at once.
     """
 
     def __init__(
@@ -385,6 +386,19 @@ class FakeOpenAI:
         with self._batch_lock:
             for job in self._batches.values():
                 job.polls_needed = 1
+
+    def run_open_batches(self) -> None:
+        """Run every batch still open now, polled or not, as the real service does with batches
+        nobody polls any more (a cancelling one ends cancelled): `batch_lines` then counts
+        every line a client would pay for."""
+        with self._batch_lock:
+            for batch_id, job in self._batches.items():
+                if job.record["status"] == "cancelling":
+                    job.record.update(status="cancelled", cancelled_at=int(time.time()))
+                    self._event("ended", batch_id)
+                elif job.record["status"] in ("validating", "in_progress"):
+                    self._run_batch(job)
+                    self._event("ended", batch_id)
 
     def batch_status(self, batch_id: str) -> str | None:
         """A batch's status as the server holds it, None for an unknown id."""
