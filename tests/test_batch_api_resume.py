@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from tasks.batch.dispatch import run_row_batch
 from tasks.batch.engines.batch_api import BatchAPIEngine
 from tasks.batch.job import RecordJob, load_schema
-from tasks.batch.journal import BatchLedger, RowJournal
+from tasks.batch.journal import BatchLedger, RowJournal, SubmittedBatch
 from tasks.batch.reading import Row, iter_row_chunks, preflight
 from tasks.settings import Settings
 from tests.conftest import REPO
@@ -172,6 +172,59 @@ def test_failed_lines_of_a_resumed_batch_are_the_only_ones_sent_again(
     resent = sorted((settings.batch_dir / "requests").glob("*-r2.jsonl"))
     assert [json.loads(line)["custom_id"] for line in resent[0].open()] == ["row-2"]
     assert fake.batch_lines == 9
+
+
+def test_a_batch_created_but_not_yet_recorded_when_the_run_died_is_found_and_resumed(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    import openai
+
+    job = classify_job()
+    settings = settings_for(fake, tmp_path / "data", rows_per_batch=10)
+    rows = usable_rows(tickets(tmp_path / "t.csv", 6), job)
+    output = tmp_path / "out.jsonl"
+    client = openai.OpenAI(base_url=fake.base_url, api_key=KEY)
+    lines = "".join(
+        json.dumps(
+            {
+                "custom_id": f"row-{r.number}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": job.model,
+                    "messages": job.messages(r.text),
+                    "response_format": job.response_format(use_json_schema=True),
+                },
+            }
+        )
+        + "\n"
+        for r in rows
+    )
+    uploaded = client.files.create(file=("killed.jsonl", lines.encode()), purpose="batch")
+    ledger = BatchLedger(BatchLedger.path_for(settings.batch_dir, output))
+    ledger.creating(  # what the killed run wrote just before creating its batch ...
+        SubmittedBatch(
+            "", uploaded.id, job.key, 1, {f"row-{r.number}": r.key for r in rows}, at=time.time()
+        )
+    )
+    never = client.files.create(file=("died-before.jsonl", lines.encode()), purpose="batch")
+    ledger.creating(SubmittedBatch("", never.id, job.key, 1, {}, at=time.time()))  # no batch
+    ledger.close()
+    orphan = client.batches.create(  # ... which it created, then died before recording its id
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    client.close()
+
+    engine = BatchAPIEngine.from_settings(settings, job, output=output, poll_interval_s=0.01)
+    results = run_row_batch(rows, engine, None)
+    engine.close()
+
+    assert [r.status for r in results] == ["ok"] * 6
+    assert engine.batches == [] and engine.resumed == [orphan.id]
+    assert created(fake) == [orphan.id] and fake.batch_lines == 6
+    ledger = BatchLedger(BatchLedger.path_for(settings.batch_dir, output))
+    assert ledger.unconfirmed() == []  # the one never created is marked abandoned
+    ledger.close()
 
 
 def test_a_changed_job_cancels_the_old_live_batches_and_says_so(

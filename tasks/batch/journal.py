@@ -102,6 +102,8 @@ class SubmittedBatch:
     """custom_id -> row key of every request line it carries."""
     ended: str | None = None
     """Its final status once seen (completed, failed, expired, cancelled), else None."""
+    at: float = 0.0
+    """When it was (about to be) created, Unix time."""
 
     @property
     def usable(self) -> bool:
@@ -114,14 +116,17 @@ class BatchLedger:
 
     One file per output path under `<batch_dir>/journal/`, so a re-run of a changed job on the
     same output finds (and cancels) the old job's live batches. Each batch is appended, flushed
-    and fsynced right after it is created and before it is polled; its end is appended when seen.
-    A torn last line is ignored on load. One writer per output at a time.
+    and fsynced twice: `creating` (its input file and rows) just before it is created, so a kill
+    between creating and recording it leaves a trace the next run looks up by input file, and
+    `submitted` (its id) right after, before it is polled; its end is appended when seen. A torn
+    last line is ignored on load. One writer per output at a time.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._batches: dict[str, SubmittedBatch] = {}
+        self._creating: dict[str, SubmittedBatch] = {}
         if path.is_file():
             with path.open(encoding="utf-8") as handle:
                 for line in handle:
@@ -139,15 +144,24 @@ class BatchLedger:
         return batch_dir / "journal" / f"batches-{scope}.jsonl"
 
     def _load(self, entry: dict[str, Any]) -> None:
-        if entry["event"] == "submitted":
-            self._batches[entry["batch_id"]] = SubmittedBatch(
-                batch_id=str(entry["batch_id"]),
+        event = entry["event"]
+        if event in ("creating", "submitted"):
+            batch = SubmittedBatch(
+                batch_id=str(entry.get("batch_id") or ""),
                 input_file_id=str(entry["input_file_id"]),
                 fingerprint=str(entry["fingerprint"]),
                 round=int(entry.get("round", 1)),
                 rows={str(k): str(v) for k, v in entry["rows"].items()},
+                at=float(entry.get("at", 0.0)),
             )
-        elif entry["event"] == "ended" and entry["batch_id"] in self._batches:
+            if event == "creating":
+                self._creating[batch.input_file_id] = batch
+            else:
+                self._creating.pop(batch.input_file_id, None)
+                self._batches[batch.batch_id] = batch
+        elif event == "abandoned":
+            self._creating.pop(str(entry["input_file_id"]), None)
+        elif event == "ended" and entry["batch_id"] in self._batches:
             self._batches[entry["batch_id"]].ended = str(entry["status"])
 
     def batches(self) -> list[SubmittedBatch]:
@@ -163,18 +177,40 @@ class BatchLedger:
                 latest.update(dict.fromkeys(batch.rows.values(), batch))
         return latest
 
+    def unconfirmed(self) -> list[SubmittedBatch]:
+        """Batches about to be created when a run stopped, never recorded as created (no id)."""
+        with self._lock:
+            return list(self._creating.values())
+
+    def creating(self, batch: SubmittedBatch) -> None:
+        """`batch` (without its id yet) is about to be created."""
+        with self._lock:
+            self._creating[batch.input_file_id] = batch
+            self._append(self._entry("creating", batch))
+
     def submitted(self, batch: SubmittedBatch) -> None:
-        entry = {
-            "event": "submitted",
-            "batch_id": batch.batch_id,
+        with self._lock:
+            self._creating.pop(batch.input_file_id, None)
+            self._batches[batch.batch_id] = batch
+            self._append(self._entry("submitted", batch))
+
+    def abandoned(self, input_file_id: str) -> None:
+        """No batch was created from this input file: stop looking for one."""
+        with self._lock:
+            if self._creating.pop(input_file_id, None) is not None:
+                self._append({"event": "abandoned", "input_file_id": input_file_id})
+
+    @staticmethod
+    def _entry(event: str, batch: SubmittedBatch) -> dict[str, Any]:
+        return {
+            "event": event,
+            "batch_id": batch.batch_id or None,
             "input_file_id": batch.input_file_id,
             "fingerprint": batch.fingerprint,
             "round": batch.round,
             "rows": batch.rows,
+            "at": batch.at,
         }
-        with self._lock:
-            self._batches[batch.batch_id] = batch
-            self._append(entry)
 
     def ended(self, batch_id: str, status: str) -> None:
         with self._lock:

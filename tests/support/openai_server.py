@@ -622,6 +622,15 @@ class FakeOpenAI:
                     self._event("ended", batch_id)
             return _json(200, record)
 
+    def _list_batches(self, _: _Request) -> _Reply:
+        """Every batch, newest first, in one page."""
+        with self._batch_lock:
+            data = [job.record for job in reversed(self._batches.values())]
+            first = data[0]["id"] if data else None
+            last = data[-1]["id"] if data else None
+            page = {"object": "list", "data": data, "has_more": False}
+            return _json(200, page | {"first_id": first, "last_id": last})
+
     def _cancel_batch(self, _: _Request, batch_id: str) -> _Reply:
         with self._batch_lock:
             job = self._batches.get(batch_id)
@@ -682,6 +691,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"/v1/files/([^/]+)", "_get_file"),
         ("GET", r"/v1/files/([^/]+)/content", "_file_content"),
         ("POST", r"/v1/batches", "_create_batch"),
+        ("GET", r"/v1/batches", "_list_batches"),
         ("GET", r"/v1/batches/([^/]+)", "_get_batch"),
         ("POST", r"/v1/batches/([^/]+)/cancel", "_cancel_batch"),
     ]

@@ -4,6 +4,7 @@ the online price; the batches are journaled so a killed run resumes them instead
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -129,6 +130,7 @@ class BatchAPIEngine:
 
     def process(self, rows: list[Row], on_done: RowCallback) -> list[RowResult]:
         ledger = self._open_ledger()
+        self._find_unrecorded(ledger)
         self._cancel_changed_job(ledger)
         results: dict[int, RowResult] = {}
         base = {
@@ -203,6 +205,28 @@ class BatchAPIEngine:
         except MissingContextError:
             logger.warning(message)
 
+    def _find_unrecorded(self, ledger: BatchLedger) -> None:
+        """Batches an earlier run was killed creating (before it recorded their ids): looked up
+        by input file among the account's batches since then, recorded, or marked abandoned."""
+        import openai
+
+        waiting = {batch.input_file_id: batch for batch in ledger.unconfirmed()}
+        if not waiting:
+            return
+        since = min(batch.at for batch in waiting.values()) - 300  # clock skew
+        try:
+            for found in self.client.batches.list(limit=100):  # newest first, pages followed
+                known = waiting.pop(found.input_file_id, None)
+                if known is not None:
+                    ledger.submitted(dataclasses.replace(known, batch_id=found.id))
+                if not waiting or found.created_at < since:
+                    break
+        except openai.APIError as exc:
+            logger.warning("cannot list batches to find unrecorded ones: %s", exc)
+            return
+        for input_file_id in waiting:
+            ledger.abandoned(input_file_id)
+
     def _cancel_changed_job(self, ledger: BatchLedger) -> None:
         """Cancel the live batches an earlier run on this output submitted for another job."""
         import openai
@@ -272,19 +296,22 @@ class BatchAPIEngine:
         write_atomically(path, "".join(line + "\n" for _, line in group))
         with path.open("rb") as handle:
             uploaded = self.client.files.create(file=(name, handle), purpose="batch")
+        batch = SubmittedBatch(
+            batch_id="",
+            input_file_id=uploaded.id,
+            fingerprint=self.job.key,
+            round=round_number,
+            rows={f"row-{row.number}": _key(row) for row, _ in group},
+            at=time.time(),
+        )
+        ledger.creating(batch)
         created = self.client.batches.create(
             input_file_id=uploaded.id,
             endpoint="/v1/chat/completions",
             completion_window="24h",
             metadata={"source": "gristmill", "round": str(round_number)},
         )
-        batch = SubmittedBatch(
-            batch_id=created.id,
-            input_file_id=uploaded.id,
-            fingerprint=self.job.key,
-            round=round_number,
-            rows={f"row-{row.number}": _key(row) for row, _ in group},
-        )
+        batch = dataclasses.replace(batch, batch_id=created.id)
         ledger.submitted(batch)
         self.batches.append(batch.batch_id)
         return batch
