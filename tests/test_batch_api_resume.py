@@ -97,6 +97,15 @@ def killed_mid_poll(settings: Settings, job: RecordJob, rows: list[Row], output:
     return engine.batches
 
 
+def peak_open(server: FakeOpenAI) -> int:
+    """Most batches open (created, not yet ended) at the same time."""
+    open_now = peak = 0
+    for _, event, _ in server.batch_events:
+        open_now += {"created": 1, "ended": -1}.get(event, 0)
+        peak = max(peak, open_now)
+    return peak
+
+
 def created(server: FakeOpenAI) -> list[str]:
     return [batch_id for _, event, batch_id in server.batch_events if event == "created"]
 
@@ -116,6 +125,28 @@ def test_all_batches_are_created_before_the_first_one_ends(
     assert events.count("created") == 7  # 32 rows, 5 a batch
     assert events.index("ended") > max(i for i, e in enumerate(events) if e == "created")
     assert fake.batch_lines == 32
+
+
+def test_the_enqueued_token_limit_paces_the_batches_without_failing_rows(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    job = classify_job()
+    rows = usable_rows(tickets(tmp_path / "t.csv", 30), job)
+    for attempt, rounds in (("unlimited", 3), ("limited", 1)):
+        settings = settings_for(fake, tmp_path / attempt, rows_per_batch=5)
+        engine = BatchAPIEngine.from_settings(settings, job, poll_interval_s=0.01, rounds=rounds)
+        results = run_row_batch(rows, engine, None)
+        engine.close()
+        assert [r.status for r in results] == ["ok"] * 30, attempt  # in one round when limited
+        if attempt == "unlimited":
+            room = int(2.5 * max(fake.batch_tokens.values()))  # two batches fit, three do not
+            fake.reset()
+            fake.batch_polls, fake.batch_token_limit = 2, room
+
+    assert fake.batch_lines == 30
+    assert len(created(fake)) == 6  # each batch accepted once ...
+    assert [e for _, e, _ in fake.batch_events].count("refused") > 0  # ... some after a refusal
+    assert peak_open(fake) == 2
 
 
 def test_a_rerun_after_a_kill_polls_the_journaled_batches_and_sends_nothing_again(
@@ -147,6 +178,26 @@ def test_a_rerun_after_a_kill_polls_the_journaled_batches_and_sends_nothing_agai
     assert engine.batches == [] and engine.resumed == first
     assert len(fake.files) == uploads + 3  # only the three batches' output files
     assert fake.batch_lines == 10
+
+
+def test_a_journaled_batch_the_api_does_not_know_is_sent_again(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    job = classify_job()
+    settings = settings_for(fake, tmp_path / "data", rows_per_batch=4)
+    rows = usable_rows(tickets(tmp_path / "t.csv", 6), job)
+    fake.batch_polls = NEVER
+    killed_mid_poll(settings, job, rows, tmp_path / "out.jsonl")
+    fake.reset()  # another endpoint: the journaled batch ids mean nothing there
+    fake.batch_polls = 1
+
+    engine = BatchAPIEngine.from_settings(
+        settings, job, output=tmp_path / "out.jsonl", poll_interval_s=0.01, rounds=1
+    )
+    results = run_row_batch(rows, engine, None)
+    engine.close()
+    assert [r.status for r in results] == ["ok"] * 6
+    assert len(engine.batches) == 2 and fake.batch_lines == 6
 
 
 def test_failed_lines_of_a_resumed_batch_are_the_only_ones_sent_again(

@@ -128,6 +128,7 @@ class _BatchJob:
     failed_ids: frozenset[str]
     expire_after: int | None
     polls: int = 0
+    tokens: int = 0
 
 
 class _BadRequest(Exception):
@@ -264,12 +265,15 @@ class FakeOpenAI:
 
     Settable at any time: `latency` (seconds added to every chat/embeddings call), `responder`,
     `fault_rate` with `fault_kind` (seeded random faults), `batch_polls` (GET polls until a batch
-    ends), `batch_failed_ids` (custom_ids answered with a 500 line) and `batch_expire_after`
-    (lines processed before a batch expires); batch settings apply to batches created afterwards.
+    ends), `batch_failed_ids` (custom_ids answered with a 500 line), `batch_expire_after`
+    (lines processed before a batch expires) and `batch_token_limit` (tokens of open batches
+    beyond which a new one fails with token_limit_exceeded); batch settings apply to batches
+    created afterwards.
     Read: `requests`, `calls` (chat and embeddings requests, faulted ones included),
     `completed_calls` (answered 200), `max_concurrency` (peak calls in flight), `files`,
     `batch_lines` (request lines run by batches), `batch_events` ((monotonic time, event, batch
-    id) for each batch created, ended or asked to cancel) and `batch_status(id)`.
+    id) for each batch created, refused (failed at once: a bad line, the token limit), ended or
+    asked to cancel), `batch_tokens` (tokens of each batch, by id) and `batch_status(id)`.
     `release_batches()` lets batches already running end at their next poll;
     `run_open_batches()` runs the open ones at once.
     """
@@ -318,11 +322,13 @@ class FakeOpenAI:
             self.fault_rate = 0.0
             self.batch_failed_ids: set[str] = set()
             self.batch_expire_after: int | None = None
+            self.batch_token_limit: int | None = None
             self.files: dict[str, dict[str, Any]] = {}
             self._contents: dict[str, bytes] = {}
             self._batches: dict[str, _BatchJob] = {}
             self.batch_lines = 0
             self.batch_events: list[tuple[float, str, str]] = []
+            self.batch_tokens: dict[str, int] = {}
 
     def start(self) -> FakeOpenAI:
         """Bind a free port and serve from a daemon thread."""
@@ -599,9 +605,22 @@ class FakeOpenAI:
             record["errors"] = {"object": "list", "data": problems}
         polls, failed_ids = max(1, self.batch_polls), frozenset(self.batch_failed_ids)
         job = _BatchJob(record, lines, polls, failed_ids, self.batch_expire_after)
+        job.tokens = sum(count_tokens(json.dumps(line.get("body", {}))) for line in lines)
         with self._batch_lock:
+            queued = sum(
+                other.tokens
+                for other in self._batches.values()
+                if other.record["status"] in ("validating", "in_progress")
+            )
+            limit = self.batch_token_limit
+            if not problems and limit is not None and queued + job.tokens > limit:
+                message = f"Enqueued token limit reached: {queued} of {limit} in use."
+                record |= {"status": "failed", "failed_at": now}
+                error = {"code": "token_limit_exceeded", "line": None, "message": message}
+                record["errors"] = {"object": "list", "data": [error]}
             self._batches[record["id"]] = job
-        self._event("created", record["id"])
+            self.batch_tokens[record["id"]] = job.tokens
+        self._event("refused" if record["errors"] else "created", record["id"])
         return _json(200, record)
 
     def _get_batch(self, _: _Request, batch_id: str) -> _Reply:

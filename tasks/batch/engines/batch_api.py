@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -40,6 +41,12 @@ MAX_REQUESTS_PER_BATCH = 50_000
 """The Batch API's limit on request lines in one input file."""
 MAX_FILE_BYTES = 190_000_000
 """The Batch API takes input files up to 200 MB; kept below it."""
+
+
+def _over_token_limit(batch: Any) -> bool:
+    """The API refused the batch because the model's enqueued-token limit was reached."""
+    data = batch.errors.data if batch.status == "failed" and batch.errors else None
+    return any(getattr(error, "code", None) == "token_limit_exceeded" for error in data or [])
 
 
 def _key(row: Row) -> str:
@@ -159,7 +166,9 @@ class BatchAPIEngine:
                 )
             batches = [*earlier.values(), *self._submit(fresh, messages, round_number, ledger)]
             sent = {_key(row): messages[row.number] for row in pending}
-            answers, errors = self._wait_all(batches, sent, ledger)
+            by_key = {_key(row): row for row in pending}
+            again = functools.partial(self._resubmit, by_key, messages, round_number, ledger)
+            answers, errors = self._wait_all(batches, sent, ledger, again)
             still: list[Row] = []
             for row in pending:
                 completion = answers.get(_key(row))
@@ -287,6 +296,20 @@ class BatchAPIEngine:
             size += length
         return [self._create(group, round_number, ledger) for group in groups]
 
+    def _resubmit(
+        self,
+        by_key: dict[str, Row],
+        messages: dict[int, list[Any]],
+        round_number: int,
+        ledger: BatchLedger,
+        refused: SubmittedBatch,
+    ) -> list[SubmittedBatch]:
+        """The rows of a refused batch, submitted again."""
+        keys = dict.fromkeys(refused.rows.values())
+        return self._submit(
+            [by_key[k] for k in keys if k in by_key], messages, round_number, ledger
+        )
+
     def _create(
         self, group: list[tuple[Row, str]], round_number: int, ledger: BatchLedger
     ) -> SubmittedBatch:
@@ -317,16 +340,37 @@ class BatchAPIEngine:
         return batch
 
     def _wait_all(
-        self, batches: list[SubmittedBatch], sent: dict[str, list[Any]], ledger: BatchLedger
+        self,
+        batches: list[SubmittedBatch],
+        sent: dict[str, list[Any]],
+        ledger: BatchLedger,
+        again: Callable[[SubmittedBatch], list[SubmittedBatch]],
     ) -> tuple[dict[str, Completion], dict[str, str]]:
-        """Poll every batch until all have ended: the answers and the errors, by row key."""
+        """Poll every batch until all have ended: the answers and the errors, by row key.
+
+        A batch the API refused for its enqueued-token limit is held, and sent `again` when one
+        of the others ends (or at once when none is left): the limit paces the job, it does not
+        fail rows or use up rounds. An earlier run's batch the API does not know (another
+        endpoint) is sent again at once.
+        """
+        import openai
+
         answers: dict[str, Completion] = {}
         errors: dict[str, str] = {}
         live = {batch.batch_id: batch for batch in batches}
+        held: list[SubmittedBatch] = []
         deadline = time.monotonic() + self.timeout_s
-        while live:
+        while live or held:
+            freed = 0
             for batch_id, known in list(live.items()):
-                batch = self.client.batches.retrieve(batch_id)
+                try:
+                    batch = self.client.batches.retrieve(batch_id)
+                except openai.NotFoundError:  # a ledger from another endpoint or account
+                    logger.warning("batch %s is unknown to the API: its rows are sent", batch_id)
+                    del live[batch_id]
+                    ledger.ended(batch_id, "unknown")
+                    live.update((batch.batch_id, batch) for batch in again(known))
+                    continue
                 counts = batch.request_counts.model_dump() if batch.request_counts else {}
                 if self.on_poll is not None:
                     self.on_poll(batch.status, counts)
@@ -335,10 +379,20 @@ class BatchAPIEngine:
                     continue
                 del live[batch_id]
                 ledger.ended(batch_id, batch.status)
+                if _over_token_limit(batch):
+                    held.append(known)
+                    continue
+                freed += 1
                 self._collect(batch, known, sent, answers, errors)
-            if not live:
+            for refused in held[: max(freed, 0 if live else 1)]:
+                held.remove(refused)
+                live.update((batch.batch_id, batch) for batch in again(refused))
+            if not live and not held:
                 break
             if time.monotonic() > deadline:
+                for known in held:
+                    for key in known.rows.values():
+                        errors.setdefault(key, "the enqueued-token limit never left room")
                 for batch_id in live:
                     with contextlib.suppress(Exception):
                         self.client.batches.cancel(batch_id)
