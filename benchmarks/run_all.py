@@ -22,6 +22,7 @@ BENCHMARKS = [
     "retrieval_quality",
     "retrieval_collection",
     "batch_throughput",
+    "batch_api_resume",
     "many_small_transcripts",
     "cli_startup",
 ]

@@ -157,6 +157,8 @@ def _process(
     """The run itself: every row once, in input order, written atomically; then the report."""
     job, engine = plan.job, plan.engine
     journal = RowJournal.for_job(plan.settings.batch_dir, job) if engine.journaled else None
+    if engine.whole_job:  # the Batch API: every row in one submission, so one wait
+        chunk_rows = chunk_rows or plan.reader.estimate_rows() + 1
     chunk_rows = chunk_rows or max(1000, plan.settings.batch_rows_per_task * 10)
     progress = _Progress(plan, on_progress)
     gates = QualityGates(job, plan.input_suite, plan.output_suite)
@@ -203,8 +205,10 @@ def _process(
 def _run_batches(
     plan: BatchPlan, rows: list[Row], journal: RowJournal | None
 ) -> Iterator[tuple[list[Row], list[RowResult]]]:
-    """The rows as tasks of `batch_rows_per_task` rows side by side; each batch's results, in
-    order (a batch whose task failed as a whole ends `failed` with the reason)."""
+    """The rows as tasks of `batch_rows_per_task` rows side by side (one task for a whole-job
+    engine); each batch's results, in order (a batch whose task failed as a whole ends `failed`
+    with the reason)."""
+    size = len(rows) if plan.engine.whole_job else plan.settings.batch_rows_per_task
     futures = [
         (
             batch,
@@ -215,7 +219,7 @@ def _run_batches(
                 name=f"{plan.source.name} rows {batch[0].number}-{batch[-1].number}",
             ),
         )
-        for batch in row_batches(rows, plan.settings.batch_rows_per_task)
+        for batch in row_batches(rows, max(size, 1))
     ]
     for batch, future in futures:
         try:

@@ -5,13 +5,20 @@ Resume: every row that ends `ok` is appended at once to a JSONL journal under
 temperature). A re-run (after a kill, a crash or a changed input) takes finished rows from the
 journal and pays only for the rest. The journal is per row, not per task, because a task is a
 batch of rows: Prefect's task cache would lose every finished row of a task killed midway.
+
+Batch API jobs also keep a `BatchLedger`: every batch submitted (its id, input file, job
+fingerprint and the rows it carries), written before it is polled, so a re-run after a kill
+resumes polling those batches instead of paying for the same rows again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +83,147 @@ class RowJournal:
             self._done[row.key] = entry
             self._handle.write(line)
             self._handle.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()
+
+
+@dataclass
+class SubmittedBatch:
+    """One Batch API batch as the ledger knows it."""
+
+    batch_id: str
+    input_file_id: str
+    fingerprint: str
+    """`RecordJob.key` of the job that submitted it."""
+    round: int
+    rows: dict[str, str]
+    """custom_id -> row key of every request line it carries."""
+    ended: str | None = None
+    """Its final status once seen (completed, failed, expired, cancelled), else None."""
+    at: float = 0.0
+    """When it was (about to be) created, Unix time."""
+
+    @property
+    def usable(self) -> bool:
+        """Live or completed: its rows need not (must not) be sent again unless a line failed."""
+        return self.ended in (None, "completed")
+
+
+class BatchLedger:
+    """Append-only JSONL of the Batch API batches submitted for one output.
+
+    One file per output path under `<batch_dir>/journal/`, so a re-run of a changed job on the
+    same output finds (and cancels) the old job's live batches. Each batch is appended, flushed
+    and fsynced twice: `creating` (its input file and rows) just before it is created, so a kill
+    between creating and recording it leaves a trace the next run looks up by input file, and
+    `submitted` (its id) right after, before it is polled; its end is appended when seen. A torn
+    last line is ignored on load. One writer per output at a time.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._batches: dict[str, SubmittedBatch] = {}
+        self._creating: dict[str, SubmittedBatch] = {}
+        if path.is_file():
+            with path.open(encoding="utf-8") as handle:
+                for line in handle:
+                    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                        self._load(json.loads(line))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = path.open("a", encoding="utf-8")
+
+    @staticmethod
+    def path_for(batch_dir: Path, output: Path | None) -> Path:
+        """The ledger of the runs writing `output` (one shared ledger when there is none)."""
+        if output is None:
+            return batch_dir / "journal" / "batches.jsonl"
+        scope = hashlib.sha256(str(Path(output).resolve()).encode()).hexdigest()[:16]
+        return batch_dir / "journal" / f"batches-{scope}.jsonl"
+
+    def _load(self, entry: dict[str, Any]) -> None:
+        event = entry["event"]
+        if event in ("creating", "submitted"):
+            batch = SubmittedBatch(
+                batch_id=str(entry.get("batch_id") or ""),
+                input_file_id=str(entry["input_file_id"]),
+                fingerprint=str(entry["fingerprint"]),
+                round=int(entry.get("round", 1)),
+                rows={str(k): str(v) for k, v in entry["rows"].items()},
+                at=float(entry.get("at", 0.0)),
+            )
+            if event == "creating":
+                self._creating[batch.input_file_id] = batch
+            else:
+                self._creating.pop(batch.input_file_id, None)
+                self._batches[batch.batch_id] = batch
+        elif event == "abandoned":
+            self._creating.pop(str(entry["input_file_id"]), None)
+        elif event == "ended" and entry["batch_id"] in self._batches:
+            self._batches[entry["batch_id"]].ended = str(entry["status"])
+
+    def batches(self) -> list[SubmittedBatch]:
+        """Every batch in submission order."""
+        with self._lock:
+            return list(self._batches.values())
+
+    def carrying(self, fingerprint: str) -> dict[str, SubmittedBatch]:
+        """Row key -> the latest batch of this job that carries it."""
+        latest: dict[str, SubmittedBatch] = {}
+        for batch in self.batches():
+            if batch.fingerprint == fingerprint:
+                latest.update(dict.fromkeys(batch.rows.values(), batch))
+        return latest
+
+    def unconfirmed(self) -> list[SubmittedBatch]:
+        """Batches about to be created when a run stopped, never recorded as created (no id)."""
+        with self._lock:
+            return list(self._creating.values())
+
+    def creating(self, batch: SubmittedBatch) -> None:
+        """`batch` (without its id yet) is about to be created."""
+        with self._lock:
+            self._creating[batch.input_file_id] = batch
+            self._append(self._entry("creating", batch))
+
+    def submitted(self, batch: SubmittedBatch) -> None:
+        with self._lock:
+            self._creating.pop(batch.input_file_id, None)
+            self._batches[batch.batch_id] = batch
+            self._append(self._entry("submitted", batch))
+
+    def abandoned(self, input_file_id: str) -> None:
+        """No batch was created from this input file: stop looking for one."""
+        with self._lock:
+            if self._creating.pop(input_file_id, None) is not None:
+                self._append({"event": "abandoned", "input_file_id": input_file_id})
+
+    @staticmethod
+    def _entry(event: str, batch: SubmittedBatch) -> dict[str, Any]:
+        return {
+            "event": event,
+            "batch_id": batch.batch_id or None,
+            "input_file_id": batch.input_file_id,
+            "fingerprint": batch.fingerprint,
+            "round": batch.round,
+            "rows": batch.rows,
+            "at": batch.at,
+        }
+
+    def ended(self, batch_id: str, status: str) -> None:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None or batch.ended == status:
+                return
+            batch.ended = status
+            self._append({"event": "ended", "batch_id": batch_id, "status": status})
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
 
     def close(self) -> None:
         with self._lock:

@@ -94,7 +94,7 @@ def plan_batch(
     mode = parameters.get("mode", "online")
     if engine is None:
         engine = build_row_engine(
-            run, job, mode, poll_interval_s=parameters.get("poll_interval_s", 10.0)
+            run, job, mode, poll_interval_s=parameters.get("poll_interval_s", 10.0), output=output
         )
     return BatchPlan(
         source=source,
@@ -166,8 +166,10 @@ def build_row_engine(
     *,
     embedder: Embedder | None = None,
     poll_interval_s: float = 10.0,
+    output: Path | None = None,
 ) -> RowEngine:
-    """The engine for a job: offline for built-in tasks, else the online or Batch API path."""
+    """The engine for a job: offline for built-in tasks, else the online or Batch API path
+    (whose ledger of submitted batches belongs to the run's `output`)."""
     if mode not in ("online", "batch-api"):
         raise UsageError(f"--mode must be online or batch-api, not {mode!r}")
     if job.task is not None:
@@ -179,5 +181,7 @@ def build_row_engine(
             embedder = build_embedder(settings)
         return OfflineRowEngine(job, embedder)
     if mode == "batch-api":
-        return BatchAPIEngine.from_settings(settings, job, poll_interval_s=poll_interval_s)
+        return BatchAPIEngine.from_settings(
+            settings, job, output=output, poll_interval_s=poll_interval_s
+        )
     return ChatRowEngine.from_settings(settings, job)

@@ -128,6 +128,7 @@ class _BatchJob:
     failed_ids: frozenset[str]
     expire_after: int | None
     polls: int = 0
+    tokens: int = 0
 
 
 class _BadRequest(Exception):
@@ -264,10 +265,17 @@ class FakeOpenAI:
 
     Settable at any time: `latency` (seconds added to every chat/embeddings call), `responder`,
     `fault_rate` with `fault_kind` (seeded random faults), `batch_polls` (GET polls until a batch
-    ends), `batch_failed_ids` (custom_ids answered with a 500 line) and `batch_expire_after`
-    (lines processed before a batch expires); batch settings apply to batches created afterwards.
+    ends), `batch_failed_ids` (custom_ids answered with a 500 line), `batch_expire_after`
+    (lines processed before a batch expires) and `batch_token_limit` (tokens of open batches
+    beyond which a new one fails with token_limit_exceeded); batch settings apply to batches
+    created afterwards.
     Read: `requests`, `calls` (chat and embeddings requests, faulted ones included),
-    `completed_calls` (answered 200), `max_concurrency` (peak calls in flight), `files`.
+    `completed_calls` (answered 200), `max_concurrency` (peak calls in flight), `files`,
+    `batch_lines` (request lines run by batches), `batch_events` ((monotonic time, event, batch
+    id) for each batch created, refused (failed at once: a bad line, the token limit), ended or
+    asked to cancel), `batch_tokens` (tokens of each batch, by id) and `batch_status(id)`.
+    `release_batches()` lets batches already running end at their next poll;
+    `run_open_batches()` runs the open ones at once.
     """
 
     def __init__(
@@ -314,9 +322,13 @@ class FakeOpenAI:
             self.fault_rate = 0.0
             self.batch_failed_ids: set[str] = set()
             self.batch_expire_after: int | None = None
+            self.batch_token_limit: int | None = None
             self.files: dict[str, dict[str, Any]] = {}
             self._contents: dict[str, bytes] = {}
             self._batches: dict[str, _BatchJob] = {}
+            self.batch_lines = 0
+            self.batch_events: list[tuple[float, str, str]] = []
+            self.batch_tokens: dict[str, int] = {}
 
     def start(self) -> FakeOpenAI:
         """Bind a free port and serve from a daemon thread."""
@@ -374,6 +386,35 @@ class FakeOpenAI:
         """Queued faults not yet consumed."""
         with self._lock:
             return len(self._faults)
+
+    def release_batches(self) -> None:
+        """Let every batch still running end at its next poll (slow batches made quick)."""
+        with self._batch_lock:
+            for job in self._batches.values():
+                job.polls_needed = 1
+
+    def run_open_batches(self) -> None:
+        """Run every batch still open now, polled or not, as the real service does with batches
+        nobody polls any more (a cancelling one ends cancelled): `batch_lines` then counts
+        every line a client would pay for."""
+        with self._batch_lock:
+            for batch_id, job in self._batches.items():
+                if job.record["status"] == "cancelling":
+                    job.record.update(status="cancelled", cancelled_at=int(time.time()))
+                    self._event("ended", batch_id)
+                elif job.record["status"] in ("validating", "in_progress"):
+                    self._run_batch(job)
+                    self._event("ended", batch_id)
+
+    def batch_status(self, batch_id: str) -> str | None:
+        """A batch's status as the server holds it, None for an unknown id."""
+        with self._batch_lock:
+            job = self._batches.get(batch_id)
+            return None if job is None else str(job.record["status"])
+
+    def _event(self, event: str, batch_id: str) -> None:
+        with self._lock:
+            self.batch_events.append((time.monotonic(), event, batch_id))
 
     def handle(
         self, method: str, target: str, headers: dict[str, str], raw: bytes
@@ -564,8 +605,22 @@ class FakeOpenAI:
             record["errors"] = {"object": "list", "data": problems}
         polls, failed_ids = max(1, self.batch_polls), frozenset(self.batch_failed_ids)
         job = _BatchJob(record, lines, polls, failed_ids, self.batch_expire_after)
+        job.tokens = sum(count_tokens(json.dumps(line.get("body", {}))) for line in lines)
         with self._batch_lock:
+            queued = sum(
+                other.tokens
+                for other in self._batches.values()
+                if other.record["status"] in ("validating", "in_progress")
+            )
+            limit = self.batch_token_limit
+            if not problems and limit is not None and queued + job.tokens > limit:
+                message = f"Enqueued token limit reached: {queued} of {limit} in use."
+                record |= {"status": "failed", "failed_at": now}
+                error = {"code": "token_limit_exceeded", "line": None, "message": message}
+                record["errors"] = {"object": "list", "data": [error]}
             self._batches[record["id"]] = job
+            self.batch_tokens[record["id"]] = job.tokens
+        self._event("refused" if record["errors"] else "created", record["id"])
         return _json(200, record)
 
     def _get_batch(self, _: _Request, batch_id: str) -> _Reply:
@@ -577,12 +632,23 @@ class FakeOpenAI:
             job.polls += 1
             if record["status"] == "cancelling":
                 record.update(status="cancelled", cancelled_at=now)
+                self._event("ended", batch_id)
             elif record["status"] in ("validating", "in_progress"):
                 record["in_progress_at"] = record["in_progress_at"] or now
                 record["status"] = "in_progress"
                 if job.polls >= job.polls_needed:
                     self._run_batch(job)
+                    self._event("ended", batch_id)
             return _json(200, record)
+
+    def _list_batches(self, _: _Request) -> _Reply:
+        """Every batch, newest first, in one page."""
+        with self._batch_lock:
+            data = [job.record for job in reversed(self._batches.values())]
+            first = data[0]["id"] if data else None
+            last = data[-1]["id"] if data else None
+            page = {"object": "list", "data": data, "has_more": False}
+            return _json(200, page | {"first_id": first, "last_id": last})
 
     def _cancel_batch(self, _: _Request, batch_id: str) -> _Reply:
         with self._batch_lock:
@@ -591,7 +657,8 @@ class FakeOpenAI:
                 return _error(404, f"No such batch: {batch_id}")
             if job.record["status"] in ("validating", "in_progress"):
                 job.record.update(status="cancelling", cancelling_at=int(time.time()))
-            return _json(200, job.record)
+        self._event("cancel", batch_id)
+        return _json(200, job.record)
 
     def _run_batch(self, job: _BatchJob) -> None:
         """Answer every line through the chat responder and write output and error files."""
@@ -606,6 +673,8 @@ class FakeOpenAI:
                 errors.append({**entry, "response": None, "error": error})
                 continue
             status, body = 500, error_body(500)
+            with self._lock:
+                self.batch_lines += 1
             if line["custom_id"] not in job.failed_ids:
                 request, url = line.get("body") or {}, str(line.get("url", ""))
                 answer = self._embedding_list if url.endswith("/embeddings") else self._completion
@@ -641,6 +710,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"/v1/files/([^/]+)", "_get_file"),
         ("GET", r"/v1/files/([^/]+)/content", "_file_content"),
         ("POST", r"/v1/batches", "_create_batch"),
+        ("GET", r"/v1/batches", "_list_batches"),
         ("GET", r"/v1/batches/([^/]+)", "_get_batch"),
         ("POST", r"/v1/batches/([^/]+)/cancel", "_cancel_batch"),
     ]

@@ -53,6 +53,7 @@ class ChatRowEngine:
 
     name = "openai"
     journaled = True
+    whole_job = False
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ class OfflineRowEngine:
     """The built-in tasks without an LLM: extractive summary, zero-shot classify, embed."""
 
     journaled = False
+    whole_job = False
     limiter = None
 
     def __init__(self, job: RecordJob, embedder: Embedder | None = None) -> None:

@@ -20,6 +20,9 @@ class RowEngine(Protocol):
     model: str
     journaled: bool
     """Its `ok` rows go into the resume journal (paid-for results)."""
+    whole_job: bool
+    """`process` takes every pending row of the job in one call (the Batch API: one submission,
+    one wait), not a task's worth at a time."""
 
     @property
     def limiter(self) -> RateLimiter | None:
