@@ -179,7 +179,11 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(16, ge=1, description="Batch requests in flight at once.")
     batch_rpm: int | None = Field(None, ge=1, description="Batch requests per minute limit.")
     batch_tpm: int | None = Field(None, ge=1, description="Batch tokens per minute limit.")
-    batch_rows_per_task: int = Field(100, ge=1, description="Rows per batch task run.")
+    batch_rows_per_task: int = Field(
+        100,
+        ge=1,
+        description="Rows per batch task run (chat mode); lines per batch file (Batch API mode).",
+    )
     batch_global_limit: str | None = Field(
         None,
         description="Name of a Prefect global concurrency limit with slot decay that rate-limits "
