@@ -21,7 +21,6 @@ from pipelines.console import (
     EXIT_OK,
     EXIT_USAGE,
     ProgressBar,
-    Spinner,
     error_exit_code,
     fail,
     print_json,
@@ -108,15 +107,21 @@ def summarize(
 
     if needs_checks(paths, out, settings, summarizer, force):
         preload()  # GX's import overlaps the flow run's set-up; a cached re-run never pays it
-    with Spinner(not as_json, f"Summarising with {summarizer.engine} ({summarizer.model})"):
+    progress = ProgressBar(enabled=not as_json)
+    typer.echo(f"Summarising with {summarizer.engine} ({summarizer.model}) ...", err=True)
+    try:
+        progress.start("transcripts")
         state = summarize_flow_for(settings)(
             paths=[str(p) for p in paths] if paths else None,
             out_dir=str(out) if out else None,
             force=force,
             settings=settings,
             summarizer=summarizer,
+            on_progress=progress.update,
             return_state=True,
         )
+    finally:
+        progress.stop()
     from tasks.reporting import SummarizeReport, state_report
 
     report = state_report(state)

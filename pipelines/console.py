@@ -34,39 +34,35 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
-class Spinner:
-    """A rich status spinner on stderr while a flow runs (nothing when output is JSON)."""
-
-    def __init__(self, enabled: bool, message: str) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.message = message
-        self._status: Any = None
-
-    def __enter__(self) -> Spinner:
-        if self.enabled:
-            from rich.console import Console
-
-            self._status = Console(stderr=True).status(self.message)
-            self._status.__enter__()
-        elif not self.enabled:
-            typer.echo(self.message + " ...", err=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._status is not None:
-            self._status.__exit__(*exc)
-
-
 class ProgressBar:
-    """A rich progress bar on stderr for flows that report `(done, total)`; off when not a tty."""
+    """A rich progress bar on stderr for flows that report `(done, total)`: items done of
+    total, elapsed time and an estimate of the time left; off when not a tty."""
 
     def __init__(self, enabled: bool) -> None:
         self._progress: Any = None
         self._bar: Any = None
         if enabled and sys.stderr.isatty():
-            from rich.progress import Progress
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self._progress = Progress(transient=True)
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("elapsed"),
+                TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
 
     def start(self, label: str) -> None:
         if self._progress is not None:

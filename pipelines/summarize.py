@@ -17,10 +17,17 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import Flow, flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -60,6 +67,7 @@ from tasks.transcripts import (
 )
 
 REPORT_ARTIFACT_KEY = "summarize-transcripts-report"
+PROGRESS_ARTIFACT_KEY = "summarize-transcripts-progress"
 
 
 def _run_name() -> str:
@@ -67,6 +75,38 @@ def _run_name() -> str:
     paths = params.get("paths") or ["data/transcripts"]
     what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} paths"
     return f"summarize {what}"
+
+
+class _Outcomes(dict[str, ItemOutcome]):
+    """Each transcript's outcome by source; every new one moves the progress on (the CLI's bar
+    through `on_progress`, and the run's progress artifact in the UI)."""
+
+    def __init__(self, total: int, on_progress: Callable[[int, int], None] | None) -> None:
+        super().__init__()
+        self.total = total
+        self.on_progress = on_progress
+        self.artifact: UUID | None = None
+        try:
+            made = create_progress_artifact(
+                progress=0.0, key=PROGRESS_ARTIFACT_KEY, description="transcripts done (%)"
+            )
+            self.artifact = cast(UUID, made) if made is not None else None
+        except Exception:  # outside a flow run (tests calling .fn()): no artifact
+            self.artifact = None
+        self._report()
+
+    def __setitem__(self, source: str, outcome: ItemOutcome) -> None:
+        new = source not in self
+        super().__setitem__(source, outcome)
+        if new:
+            self._report()
+
+    def _report(self) -> None:
+        done, total = len(self), max(self.total, len(self))
+        if self.on_progress is not None:
+            self.on_progress(done, total)
+        if self.artifact is not None:
+            update_progress_artifact(self.artifact, 100.0 * done / max(total, 1))
 
 
 def _reason(exc: BaseException) -> str:
@@ -88,11 +128,14 @@ def summarize_transcripts(
     summarizer: Summarizer | None = None,
     group_files: int = GROUP_FILES,
     group_bytes: int = GROUP_BYTES,
+    on_progress: Any = None,
 ) -> SummarizeReport | State:
     """Summarise every transcript under `paths` into `out_dir`.
 
     Small transcripts go in groups of up to `group_files` files and `group_bytes` bytes, one
     task per group (`group_files` below 2 gives every transcript its own tasks).
+    `on_progress(done, total)` is called as transcripts end (the CLI's bar); the run's
+    progress artifact moves with it.
     """
     started = time.monotonic()
     logger = get_run_logger()
@@ -100,10 +143,9 @@ def summarize_transcripts(
     summarizer = summarizer or build_summarizer(settings)
     inputs = [Path(p) for p in paths] if paths else [settings.transcripts_dir]
     out = Path(out_dir) if out_dir else settings.summaries_dir
-    outcomes: dict[str, ItemOutcome] = {}
-
     check_output_folder(inputs, out)
     files, problems = discover_transcripts(inputs, skip=out)
+    outcomes = _Outcomes(len(files) + len(problems), on_progress)
     for source, reason in problems:
         outcomes[source] = ItemOutcome(source=source, status="failed", error=reason)
     logger.info(

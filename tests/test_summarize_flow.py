@@ -536,3 +536,35 @@ def test_key_points_that_repeat_the_summary_or_each_other_are_dropped(
         "Bob prepares the quarterly numbers by Friday."
     ]
     assert "Bob will prepare" not in output.with_suffix(".md").read_text()
+
+
+def test_progress_counts_every_transcript_from_zero_to_the_total_and_moves_the_artifact(
+    data_dir: Path,
+) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from pipelines.summarize import PROGRESS_ARTIFACT_KEY
+
+    folder = copy_samples(data_dir, "weekly-standup.txt", "incident-retro.md", "customer-call.srt")
+    (folder / "empty.txt").write_text("")  # fails: it counts as done too
+    settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
+    calls: list[tuple[int, int]] = []
+    state = summarize_flow_for(settings)(
+        paths=[str(folder)],
+        settings=settings,
+        summarizer=build_summarizer(settings),
+        on_progress=lambda done, total: calls.append((done, total)),
+        return_state=True,
+    )
+    report = state_report(state)
+    assert isinstance(report, SummarizeReport) and len(report.transcripts) == 4
+    assert calls[0] == (0, 4) and calls[-1] == (4, 4), calls
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert {total for _, total in calls} == {4}
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[PROGRESS_ARTIFACT_KEY]))
+        )
+    assert any(a.data == 100.0 and str(a.flow_run_id) == report.flow_run_id for a in found), [
+        (a.data, a.flow_run_id) for a in found
+    ]

@@ -140,6 +140,8 @@ def ingest_files(
     report.quarantine += duplicates
     done = len(duplicates)
     serial = OneEmbedAtATime(embedder)
+    if on_progress is not None:  # the count of documents before the first batch ends
+        on_progress(done, len(files) + len(duplicates))
 
     def run_batch(batch: list[DocumentPath]) -> BatchOutcome:
         return steps.batch(
