@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import random
 import re
 import statistics
 import sys
@@ -45,10 +43,15 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "qmsum-val"
-MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks.retrieval_quality import (  # noqa: E402  (the repo root is on sys.path now)
+    DEFAULT_DATA,
+    MODEL_DIR,
+    bootstrap_ci,
+    random_hit,
+)
 
 KS = (5, 10)
 COVERAGE = 0.8
@@ -87,14 +90,6 @@ def is_hit(source: str, text: str, meeting: str, turns: list[set[str]]) -> bool:
         return False
     chunk = words(text)
     return any(len(turn & chunk) >= COVERAGE * len(turn) for turn in turns)
-
-
-def random_hit(n: int, relevant: int, k: int) -> float:
-    if relevant == 0:
-        return 0.0
-    if n - relevant < k:
-        return 1.0
-    return 1.0 - math.comb(n - relevant, k) / math.comb(n, k)
 
 
 def write_meetings(folder: Path, meetings: dict[str, Any], fmt: str) -> None:
@@ -235,13 +230,6 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
             for k in KS
         },
     }
-
-
-def bootstrap_ci(diffs: list[float], seed: int = 0, resamples: int = 2000) -> list[float]:
-    """95 % paired-bootstrap interval of the mean per-query difference."""
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
-    return [round(means[int(0.025 * resamples)], 3), round(means[int(0.975 * resamples) - 1], 3)]
 
 
 def print_report(report: dict[str, Any]) -> None:

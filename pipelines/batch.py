@@ -17,15 +17,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
-from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -40,7 +34,7 @@ from tasks.batch.report import BatchReport, batch_report, batch_report_markdown
 from tasks.batch.results import RowResult, failed_result
 from tasks.batch.writing import RecordWriter
 from tasks.errors import GristmillError, RunFailed
-from tasks.reporting import tag_flow_run
+from tasks.reporting import RunProgress, tag_flow_run
 from tasks.settings import Settings
 
 REPORT_ARTIFACT_KEY = "process-records-report"
@@ -235,14 +229,8 @@ class _Progress:
     def __init__(self, plan: BatchPlan, on_progress: ProgressCallback | None) -> None:
         self.total = plan.reader.estimate_rows()
         self.done = 0
-        self.on_progress = on_progress
-        self.artifact = cast(
-            UUID,
-            create_progress_artifact(
-                progress=0.0,
-                key=PROGRESS_ARTIFACT_KEY,
-                description=f"{plan.source.name}: rows processed",
-            ),
+        self.report = RunProgress(
+            PROGRESS_ARTIFACT_KEY, f"{plan.source.name}: rows processed", on_progress
         )
         get_run_logger().info(
             "%s: ~%d rows with %s (%s)",
@@ -256,11 +244,7 @@ class _Progress:
         if rows == 0:
             return
         self.done += rows
-        update_progress_artifact(
-            self.artifact, min(100.0 * self.done / max(self.total, self.done, 1), 100.0)
-        )
-        if self.on_progress is not None:
-            self.on_progress(self.done, max(self.total, self.done))
+        self.report(self.done, self.total)
 
     def finish(self) -> None:
-        update_progress_artifact(self.artifact, 100.0)
+        self.report.complete()

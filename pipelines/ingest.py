@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, cast
-from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -29,7 +28,7 @@ from tasks.ingestion import (
     ingest_report_markdown,
 )
 from tasks.lexical import open_lexical
-from tasks.reporting import tag_flow_run
+from tasks.reporting import RunProgress, tag_flow_run
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore
 
@@ -88,7 +87,6 @@ def _ingest(
     embedder: Any,
     on_progress: Any,
 ) -> IngestReport | State:
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     logger = get_run_logger()
     settings = settings or Settings()
@@ -98,15 +96,7 @@ def _ingest(
     files = discover_documents(inputs, include=include, exclude=exclude)
     name = collection or settings.collection
     logger.info("%d documents to ingest into %r (cleanup %s)", len(files), name, mode)
-    progress = create_progress_artifact(
-        progress=0.0, key=PROGRESS_ARTIFACT_KEY, description="documents ingested (%)"
-    )
-
-    def report_progress(done: int, total: int) -> None:
-        if on_progress is not None:
-            on_progress(done, total)
-        if progress is not None:
-            update_progress_artifact(cast(UUID, progress), 100.0 * done / max(total, 1))
+    report_progress = RunProgress(PROGRESS_ARTIFACT_KEY, "documents ingested (%)", on_progress)
 
     tag_flow_run("pipeline:ingest", f"collection:{name}", f"embedder:{embedder.name}")
     with writer_lock(settings), server_errors():

@@ -19,15 +19,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
-from uuid import UUID
+from typing import Any
 
 from prefect import Flow, flow, get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -36,7 +31,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks.chunking import Chunk
 from tasks.errors import GristmillError, RunFailed
 from tasks.llm import Usage
-from tasks.reporting import ItemOutcome, SummarizeReport, summarize_report_markdown, tag_flow_run
+from tasks.reporting import (
+    ItemOutcome,
+    RunProgress,
+    SummarizeReport,
+    summarize_report_markdown,
+    tag_flow_run,
+)
 from tasks.settings import Settings
 from tasks.summaries import (
     PROMPT_VERSION,
@@ -84,29 +85,14 @@ class _Outcomes(dict[str, ItemOutcome]):
     def __init__(self, total: int, on_progress: Callable[[int, int], None] | None) -> None:
         super().__init__()
         self.total = total
-        self.on_progress = on_progress
-        self.artifact: UUID | None = None
-        try:
-            made = create_progress_artifact(
-                progress=0.0, key=PROGRESS_ARTIFACT_KEY, description="transcripts done (%)"
-            )
-            self.artifact = cast(UUID, made) if made is not None else None
-        except Exception:  # outside a flow run (tests calling .fn()): no artifact
-            self.artifact = None
-        self._report()
+        self.progress = RunProgress(PROGRESS_ARTIFACT_KEY, "transcripts done (%)", on_progress)
+        self.progress(0, total)
 
     def __setitem__(self, source: str, outcome: ItemOutcome) -> None:
         new = source not in self
         super().__setitem__(source, outcome)
         if new:
-            self._report()
-
-    def _report(self) -> None:
-        done, total = len(self), max(self.total, len(self))
-        if self.on_progress is not None:
-            self.on_progress(done, total)
-        if self.artifact is not None:
-            update_progress_artifact(self.artifact, 100.0 * done / max(total, 1))
+            self.progress(len(self), self.total)
 
 
 def _reason(exc: BaseException) -> str:

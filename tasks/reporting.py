@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+from uuid import UUID
 
 from pydantic import BaseModel, Field
 
@@ -88,6 +90,35 @@ def tag_flow_run(*new_tags: str) -> None:
             client.update_flow_run(run_id, tags=sorted({*current, *new_tags}))
     except Exception as exc:  # tags are for people browsing runs; never fail a run for them
         logger.warning("could not tag flow run %s: %s", run_id, exc)
+
+
+class RunProgress:
+    """Items done of a total, moved together in the run's Prefect progress artifact (the UI)
+    and the caller's `on_progress(done, total)` (the CLI's bar). Call it from a flow run."""
+
+    def __init__(
+        self, key: str, description: str, on_progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        made = create_progress_artifact(progress=0.0, key=key, description=description)
+        self.artifact = cast(UUID, made) if made is not None else None
+        self.on_progress = on_progress
+
+    def __call__(self, done: int, total: int) -> None:
+        total = max(total, done)
+        if self.on_progress is not None:
+            self.on_progress(done, total)
+        self._set(100.0 * done / max(total, 1))
+
+    def complete(self) -> None:
+        self._set(100.0)
+
+    def _set(self, percent: float) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        if self.artifact is not None:
+            update_progress_artifact(self.artifact, percent)
 
 
 class ItemOutcome(BaseModel):
