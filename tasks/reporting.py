@@ -104,6 +104,7 @@ class RunProgress:
         made = create_progress_artifact(progress=0.0, key=key, description=description)
         self.artifact = cast(UUID, made) if made is not None else None
         self.on_progress = on_progress
+        self._shown = 0
 
     def __call__(self, done: int, total: int) -> None:
         total = max(total, done)
@@ -115,9 +116,12 @@ class RunProgress:
         self._set(100.0)
 
     def _set(self, percent: float) -> None:
+        """One API call per whole percent at most: 2,000 small items must not cost 2,000
+        round trips to the Prefect server."""
         from prefect.artifacts import update_progress_artifact
 
-        if self.artifact is not None:
+        if self.artifact is not None and int(percent) > self._shown:
+            self._shown = int(percent)
             update_progress_artifact(self.artifact, percent)
 
 
