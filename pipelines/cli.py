@@ -21,6 +21,7 @@ from pipelines.console import (
     EXIT_OK,
     EXIT_USAGE,
     ProgressBar,
+    Shards,
     error_exit_code,
     fail,
     print_json,
@@ -81,6 +82,7 @@ def summarize(
         typer.Option("--engine", help="offline or openai.", show_default="from settings"),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute, ignoring caches.")] = False,
+    shards: Shards = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
 ) -> None:
@@ -117,6 +119,7 @@ def summarize(
             force=force,
             settings=settings,
             summarizer=summarizer,
+            shards=shards,
             on_progress=progress.update,
             return_state=True,
         )
@@ -203,6 +206,7 @@ def batch(
     poll_interval: Annotated[
         float, typer.Option("--poll-interval", help="Seconds between Batch API polls.")
     ] = 10.0,
+    shards: Shards = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
 ) -> None:
@@ -237,6 +241,7 @@ def batch(
         "input_expectations_path": str(input_expectations) if input_expectations else None,
         "max_chars": max_chars,
         "poll_interval_s": poll_interval,
+        "shards": shards,
     }
     if output.resolve() == input_path.resolve():
         fail("--output must not be the input file")
@@ -422,6 +427,7 @@ def ingest(
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Glob of files to skip (repeatable).")
     ] = None,
+    shards: Shards = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
 ) -> None:
@@ -454,6 +460,7 @@ def ingest(
             settings=settings,
             embedder=embedder,
             on_progress=progress.update,
+            shards=shards,
             return_state=True,
         )
     finally:

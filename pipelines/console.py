@@ -8,11 +8,21 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
+
+Shards = Annotated[
+    int,
+    typer.Option(
+        "--shards",
+        min=1,
+        help="Cut the job into N parts, each its own flow run (on GRISTMILL_WORK_POOL's workers "
+        "when set, else here); a re-run makes the same parts.",
+    ),
+]
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -8,6 +8,7 @@ with nothing to index (empty, front matter only) are skipped, in words, and fail
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,16 +17,30 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
+from pipelines.shards import (
+    ShardProgress,
+    in_shard,
+    is_parent,
+    leave_report,
+    run_shards,
+    shard_label,
+    shard_of,
+)
 from tasks.chroma_client import open_chroma, server_errors, writer_lock
 from tasks.documents import discover_documents
 from tasks.embeddings import Embedder, build_embedder
-from tasks.errors import GristmillError, RunFailed
+from tasks.errors import ConfigurationError, GristmillError, RunFailed, UsageError
 from tasks.ingestion import (
     TASK_STEPS,
     IngestReport,
+    QuarantineRecord,
     check_cleanup,
+    delete_missing_sources,
     ingest_files,
     ingest_report_markdown,
+    merge_ingest_reports,
+    unique_sources,
+    write_quarantine,
 )
 from tasks.lexical import open_lexical
 from tasks.reporting import RunProgress, tag_flow_run
@@ -40,7 +55,7 @@ def _run_name() -> str:
     params = flow_run.parameters
     paths = params.get("paths") or ["data/documents"]
     what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} paths"
-    return f"ingest {what}"
+    return f"ingest {what}{shard_label(params.get('shard'), params.get('shards', 1))}"
 
 
 @flow(
@@ -58,15 +73,41 @@ def ingest_documents(
     settings: Settings | None = None,
     embedder: Any = None,
     on_progress: Any = None,
+    shards: int = 1,
+    shard: int | None = None,
 ) -> IngestReport | State:
     """Bring the collection in line with the documents under `paths`.
 
     `embedder` is an `Embedder` (typed Any: Prefect cannot build a parameter schema for a
-    Protocol); `on_progress(done, total)` is called after each document batch.
+    Protocol); `on_progress(done, total)` is called after each document batch. With `shards`
+    above 1 the documents are cut by a hash of their source name: without `shard` the run
+    starts one run per shard (here or on the work pool, see pipelines/shards.py), merges their
+    reports and then does the full cleanup once; with `shard` it ingests that part only.
     """
     try:
+        if is_parent(shards, shard):
+            return _sharded(
+                paths,
+                collection,
+                cleanup,
+                include,
+                exclude,
+                settings,
+                embedder,
+                on_progress,
+                shards,
+            )
         return _ingest(
-            paths, collection, cleanup, include, exclude, settings, embedder, on_progress
+            paths,
+            collection,
+            cleanup,
+            include,
+            exclude,
+            settings,
+            embedder,
+            on_progress,
+            shard,
+            shards,
         )
     except GristmillError as exc:
         # Chroma unreachable, the writer lock held, another embedding model: a Failed state
@@ -86,16 +127,26 @@ def _ingest(
     settings: Settings | None,
     embedder: Any,
     on_progress: Any,
+    shard: int | None = None,
+    shards: int = 1,
 ) -> IngestReport | State:
-
     logger = get_run_logger()
     settings = settings or Settings()
     mode = check_cleanup(cleanup)
+    if shard is not None and mode == "full":
+        raise UsageError("a shard cannot do a full cleanup: its parent does, after every shard")
     embedder = cast(Embedder, embedder or build_embedder(settings))
     inputs = [Path(p) for p in paths] if paths else [settings.documents_dir]
     files = discover_documents(inputs, include=include, exclude=exclude)
+    files = [f for f in files if in_shard(f.source, shard, shards)]
     name = collection or settings.collection
-    logger.info("%d documents to ingest into %r (cleanup %s)", len(files), name, mode)
+    logger.info(
+        "%d documents to ingest into %r (cleanup %s)%s",
+        len(files),
+        name,
+        mode,
+        shard_label(shard, shards),
+    )
     report_progress = RunProgress(PROGRESS_ARTIFACT_KEY, "documents ingested (%)", on_progress)
 
     tag_flow_run("pipeline:ingest", f"collection:{name}", f"embedder:{embedder.name}")
@@ -118,14 +169,88 @@ def _ingest(
             steps=TASK_STEPS,
             on_progress=report_progress,
         )
+    if shard is not None:
+        leave_report(settings, report)
+    return _finish(report)
+
+
+def _finish(report: IngestReport) -> State:
+    """The run's report artifact and final state: Failed when a document was quarantined."""
     create_markdown_artifact(
         key=REPORT_ARTIFACT_KEY,
         markdown=ingest_report_markdown(report),
         description=report.headline(),
     )
-    logger.info(report.headline())
+    get_run_logger().info(report.headline())
     if report.quarantine:
         reasons = "; ".join(f"{r.source}: {r.reason}" for r in report.quarantine[:5])
         message = f"{report.headline()}. Quarantined: {reasons}"
         return Failed(message=message, data=RunFailed(message, report=report))
     return Completed(message=report.headline(), data=report)
+
+
+def _sharded(
+    paths: list[str] | None,
+    collection: str | None,
+    cleanup: str,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    settings: Settings | None,
+    embedder: Any,
+    on_progress: Any,
+    shards: int,
+) -> State:
+    """The parent of a sharded ingest: the shards (each with incremental cleanup at most), their
+    reports merged, then what must happen once: a full cleanup deletes the documents that no
+    shard saw, and the collection is counted."""
+    started = time.monotonic()
+    settings = settings or Settings()
+    mode = check_cleanup(cleanup)
+    if settings.work_pool and not settings.chroma_host:
+        raise ConfigurationError(
+            "shards on a work pool write from several machines: an on-disk Chroma has one "
+            "writer; set GRISTMILL_CHROMA_HOST (and _PORT) to a Chroma server (`chroma run`)"
+        )
+    name = collection or settings.collection
+    inputs = [Path(p) for p in paths] if paths else [settings.documents_dir]
+    files, _ = unique_sources(discover_documents(inputs, include=include, exclude=exclude))
+    parameters = {
+        "paths": paths,
+        "collection": name,
+        "cleanup": "incremental" if mode == "full" else mode,
+        "include": include,
+        "exclude": exclude,
+    }
+    local = {"settings": settings, "embedder": embedder}
+    progress = ShardProgress(on_progress, len(files)) if on_progress else None
+    results = run_shards(
+        ingest_documents, parameters, shards, settings, IngestReport, local, progress
+    )
+    report = merge_ingest_reports([r.report for r in results if r.report is not None])
+    report.collection, report.cleanup = name, mode
+    report.run_id = str(flow_run.id) if flow_run.id else report.run_id
+    lost = {r.shard: r.error for r in results if r.report is None}
+    for found in files:
+        if (number := shard_of(found.source, shards)) in lost:
+            reason = f"shard {number + 1}/{shards} did not finish: {lost[number]}"
+            report.quarantine.append(
+                QuarantineRecord(source=found.source, reason=reason, unexpected=True)
+            )
+    embedder = cast(Embedder, embedder or build_embedder(settings))
+    with writer_lock(settings), server_errors():
+        store = ChunkStore(
+            open_chroma(settings),
+            name,
+            embedder.name,
+            embedder.dimension,
+            lexical=open_lexical(settings, name),
+        )
+        if mode == "full" and not lost:  # with a shard lost, its documents were not seen
+            gone, chunks = delete_missing_sources(store, store.sources(), {f.source for f in files})
+            report.deleted, report.chunks_deleted = len(gone), report.chunks_deleted + chunks
+        report.collection_count = store.count()
+    report.quarantined = len(report.quarantine)
+    report.duration_s = round(time.monotonic() - started, 3)
+    path = write_quarantine(settings.quarantine_dir, report.run_id, report.quarantine)
+    report.quarantine_path = str(path) if path else None
+    return _finish(report)

@@ -28,6 +28,15 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipelines.shards import (
+    ShardProgress,
+    in_shard,
+    is_parent,
+    leave_report,
+    run_shards,
+    shard_label,
+    shard_of,
+)
 from tasks.chunking import Chunk
 from tasks.errors import GristmillError, RunFailed
 from tasks.llm import Usage
@@ -75,7 +84,7 @@ def _run_name() -> str:
     params = flow_run.parameters
     paths = params.get("paths") or ["data/transcripts"]
     what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} paths"
-    return f"summarize {what}"
+    return f"summarize {what}{shard_label(params.get('shard'), params.get('shards', 1))}"
 
 
 class _Outcomes(dict[str, ItemOutcome]):
@@ -115,8 +124,14 @@ def summarize_transcripts(
     group_files: int = GROUP_FILES,
     group_bytes: int = GROUP_BYTES,
     on_progress: Any = None,
+    shards: int = 1,
+    shard: int | None = None,
 ) -> SummarizeReport | State:
     """Summarise every transcript under `paths` into `out_dir`.
+
+    With `shards` above 1 the run is cut by transcript (a hash of its output name): without
+    `shard` it starts one run per shard, here or on the work pool, and merges their reports
+    (see pipelines/shards.py); with `shard` it summarises that shard's transcripts only.
 
     Small transcripts go in groups of up to `group_files` files and `group_bytes` bytes, one
     task per group (`group_files` below 2 gives every transcript its own tasks).
@@ -130,16 +145,29 @@ def summarize_transcripts(
     inputs = [Path(p) for p in paths] if paths else [settings.transcripts_dir]
     out = Path(out_dir) if out_dir else settings.summaries_dir
     check_output_folder(inputs, out)
+    if is_parent(shards, shard):
+        parameters = {"paths": paths, "out_dir": out_dir, "force": force}
+        local = {"settings": settings, "summarizer": summarizer, "group_files": group_files}
+        return _sharded(parameters, local, shards, inputs, out, on_progress, summarizer, started)
     files, problems = discover_transcripts(inputs, skip=out)
+    names = output_names(files)
+    if shard is not None:  # this run's part of the job; names come from every file, as above
+        mine = [in_shard(stem, shard, shards) for stem in names]
+        files = [f for f, keep in zip(files, mine, strict=True) if keep]
+        names = [n for n, keep in zip(names, mine, strict=True) if keep]
+        problems = [(s, reason) for s, reason in problems if in_shard(s, shard, shards)]
     outcomes = _Outcomes(len(files) + len(problems), on_progress)
     for source, reason in problems:
         outcomes[source] = ItemOutcome(source=source, status="failed", error=reason)
     logger.info(
-        "%d transcripts to summarise with %s (%s)", len(files), summarizer.engine, summarizer.model
+        "%d transcripts to summarise with %s (%s)%s",
+        len(files),
+        summarizer.engine,
+        summarizer.model,
+        shard_label(shard, shards),
     )
 
     tag_flow_run("pipeline:summarize", f"engine:{summarizer.engine}")
-    names = output_names(files)
     shared = {n for n, count in Counter(n.casefold() for n in names).items() if count > 1}
     items: list[GroupItem] = []
     for found, stem in zip(files, names, strict=True):
@@ -270,9 +298,16 @@ def summarize_transcripts(
             warnings=transcript.warnings,
         )
 
-    ordered = [outcomes[s] for s in sorted(outcomes)]
+    report = _report(list(outcomes.values()), summarizer, started)
+    if shard is not None:
+        leave_report(settings, report)
+    return _finish(report)
+
+
+def _report(outcomes: list[ItemOutcome], summarizer: Summarizer, started: float) -> SummarizeReport:
+    ordered = sorted(outcomes, key=lambda o: o.source)
     total = Usage.total([o.usage for o in ordered])
-    report = SummarizeReport(
+    return SummarizeReport(
         transcripts=ordered,
         engine=summarizer.engine,
         model=summarizer.model,
@@ -281,17 +316,51 @@ def summarize_transcripts(
         duration_s=round(time.monotonic() - started, 3),
         flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
+
+
+def _finish(report: SummarizeReport) -> State:
+    """The run's report artifact and its final state: Failed when a transcript failed."""
     create_markdown_artifact(
         key=REPORT_ARTIFACT_KEY,
         markdown=summarize_report_markdown(report),
         description=report.headline(),
     )
-    logger.info(report.headline())
+    get_run_logger().info(report.headline())
     if report.failed:
         reasons = "; ".join(f"{Path(t.source).name}: {t.error}" for t in report.failed[:5])
         message = f"{report.headline()}. {reasons}"
         return Failed(message=message, data=RunFailed(message, report=report))
     return Completed(message=report.headline(), data=report)
+
+
+def _sharded(
+    parameters: dict[str, Any],
+    local: dict[str, Any],
+    shards: int,
+    inputs: list[Path],
+    out: Path,
+    on_progress: Callable[[int, int], None] | None,
+    summarizer: Summarizer,
+    started: float,
+) -> State:
+    """The parent of a sharded job: run the shards, merge their reports. A transcript of a
+    shard that left no report (it crashed more than `shard_attempts` times) ends `failed` with
+    that reason: nothing is lost from the report."""
+    files, problems = discover_transcripts(inputs, skip=out)
+    keys = [(n, str(f.path)) for f, n in zip(files, output_names(files), strict=True)]
+    keys += [(source, source) for source, _ in problems]
+    progress = ShardProgress(on_progress, len(keys)) if on_progress else None
+    settings = local["settings"]
+    results = run_shards(
+        summarize_transcripts, parameters, shards, settings, SummarizeReport, local, progress
+    )
+    outcomes = [o for r in results if r.report is not None for o in r.report.transcripts]
+    lost = {r.shard: r.error for r in results if r.report is None}
+    for key, source in keys:
+        if (number := shard_of(key, shards)) in lost:
+            error = f"shard {number + 1}/{shards} did not finish: {lost[number]}"
+            outcomes.append(ItemOutcome(source=source, status="failed", error=error))
+    return _finish(_report(outcomes, summarizer, started))
 
 
 def _size(path: Path) -> int | None:

@@ -176,6 +176,18 @@ class Settings(BaseSettings):
         "gristmill command or a running flow run.",
     )
 
+    work_pool: str | None = Field(
+        None,
+        description="Prefect work pool whose workers run the shards of a `--shards N` job (each "
+        "a child flow run of the pipeline's `shard` deployment); unset: shards run in this "
+        "process. Every worker needs the same data_dir (a shared filesystem).",
+    )
+    shard_attempts: int = Field(
+        3,
+        ge=1,
+        description="Times a shard that crashed (its worker killed, its machine lost) is run.",
+    )
+
     batch_concurrency: int = Field(16, ge=1, description="Batch requests in flight at once.")
     batch_rpm: int | None = Field(None, ge=1, description="Batch requests per minute limit.")
     batch_tpm: int | None = Field(None, ge=1, description="Batch tokens per minute limit.")

@@ -28,10 +28,22 @@ verdicts), `report` (`IngestReport`, quarantine file, markdown)."""
 
 from __future__ import annotations
 
-from tasks.ingestion.driver import ingest_files
-from tasks.ingestion.report import IngestReport, ingest_report_markdown, skipped_lines
+from tasks.ingestion.driver import ingest_files, unique_sources
+from tasks.ingestion.report import (
+    IngestReport,
+    QuarantineRecord,
+    ingest_report_markdown,
+    merge_ingest_reports,
+    skipped_lines,
+    write_quarantine,
+)
 from tasks.ingestion.steps import PLAIN_STEPS, TASK_STEPS, IngestSteps
-from tasks.ingestion.store import CLEANUP_MODES, CleanupMode, check_cleanup
+from tasks.ingestion.store import (
+    CLEANUP_MODES,
+    CleanupMode,
+    check_cleanup,
+    delete_missing_sources,
+)
 
 __all__ = [
     "CLEANUP_MODES",
@@ -40,8 +52,13 @@ __all__ = [
     "CleanupMode",
     "IngestReport",
     "IngestSteps",
+    "QuarantineRecord",
     "check_cleanup",
+    "delete_missing_sources",
     "ingest_files",
     "ingest_report_markdown",
+    "merge_ingest_reports",
     "skipped_lines",
+    "unique_sources",
+    "write_quarantine",
 ]

@@ -80,6 +80,38 @@ class IngestReport(BaseModel):
         }
 
 
+SUMMED = (
+    "added",
+    "updated",
+    "unchanged",
+    "deleted",
+    "skipped",
+    "quarantined",
+    "chunks_written",
+    "chunks_deleted",
+    "embeddings_computed",
+    "embeddings_reused",
+)
+
+
+def merge_ingest_reports(reports: list[IngestReport]) -> IngestReport:
+    """One report for the shards of a job: counts summed, the documents' lists joined (in
+    source order), the longest shard's duration (they may run side by side)."""
+    merged = IngestReport(
+        **(reports[0].model_dump(include={"collection", "embedding_model"}) if reports else {})
+    )
+    for report in reports:
+        for key in SUMMED:
+            setattr(merged, key, getattr(merged, key) + getattr(report, key))
+        merged.quarantine += report.quarantine
+        merged.skipped_documents += report.skipped_documents
+        merged.warnings += report.warnings
+        merged.duration_s = max(merged.duration_s, report.duration_s)
+    merged.quarantine.sort(key=lambda r: r.source)
+    merged.skipped_documents.sort(key=lambda r: r.source)
+    return merged
+
+
 def write_quarantine(directory: Path, run_id: str, records: list[QuarantineRecord]) -> Path | None:
     """`<directory>/<run_id>.jsonl`, one record a line; nothing when no document was quarantined."""
     if not records:

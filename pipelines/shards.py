@@ -1,0 +1,245 @@
+"""A job cut into shards: the same flow run once per shard, here or on a work pool's workers.
+
+A flow called with `shards=N` (N > 1) and no `shard` is the *parent*: it starts the flow once
+per shard with `shard=i, shards=N`, waits, merges the shards' reports into its own, and does
+what must happen once after all of them (ingestion's full cleanup, batch's output file). A run
+with `shard=i` takes only its part of the job, chosen deterministically (`in_shard` hashes a
+stable key such as the file's path under its input folder; batch cuts row ranges), so a re-run
+makes the same shards and a finished shard costs only its cache look-ups.
+
+Where the shards run:
+- no work pool (`GRISTMILL_WORK_POOL` unset): one after another in this process, each a child
+  flow run of the parent (the UI shows the parent with its shards);
+- `GRISTMILL_WORK_POOL=NAME`: each a run of the pipeline's `shard` deployment on that pool
+  (`run_deployment`, all submitted at once, also children of the parent), so any worker on any
+  machine takes one. A shard whose run crashes (its worker killed, its machine lost) is
+  submitted again, up to `shard_attempts` runs. Its report comes back through a JSON file under
+  `<data_dir>/shards/`, which is why every worker must see the same data dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
+
+from tasks.errors import ConfigurationError, UsageError
+from tasks.reporting import state_report, write_json_atomically
+
+if TYPE_CHECKING:
+    from prefect import Flow
+
+    from tasks.settings import Settings
+
+SHARD_DEPLOYMENT = "shard"
+POLL_SECONDS = 2.0
+FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+ReportT = TypeVar("ReportT", bound=BaseModel)
+
+
+def check_shards(shards: int, shard: int | None) -> None:
+    """Refuse shard numbers that cannot work, in words."""
+    if not isinstance(shards, int) or shards < 1:
+        raise UsageError(f"shards must be a whole number of at least 1, not {shards!r}")
+    if shard is not None and not 0 <= shard < shards:
+        raise UsageError(f"shard must be between 0 and {shards - 1}, not {shard!r}")
+
+
+def is_parent(shards: int, shard: int | None) -> bool:
+    """Whether a run with these parameters starts shards rather than doing work itself."""
+    check_shards(shards, shard)
+    return shards > 1 and shard is None
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard a key belongs to: a hash, so the same key lands in the same shard on every
+    run and machine, and keys spread evenly whatever their names."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+def in_shard(key: str, shard: int | None, shards: int) -> bool:
+    return shard is None or shards <= 1 or shard_of(key, shards) == shard
+
+
+def row_range(total: int, shard: int, shards: int) -> range:
+    """Shard `shard`'s contiguous rows of `total` (0-based): ranges differ by at most one row
+    and, in shard order, cover every row once."""
+    return range(total * shard // shards, total * (shard + 1) // shards)
+
+
+def shard_label(shard: int | None, shards: int) -> str:
+    return "" if shard is None or shards <= 1 else f" [shard {shard + 1}/{shards}]"
+
+
+def report_path(settings: Settings, flow_run_id: str) -> Path:
+    """Where a shard run leaves its report for its parent (on the shared data dir)."""
+    return settings.data_dir / "shards" / f"{flow_run_id}.json"
+
+
+def leave_report(settings: Settings, report: BaseModel) -> None:
+    """Called by a shard run at its end: its report for the parent (a run on a worker cannot
+    hand back a Python object; its flow run id names the file)."""
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        write_json_atomically(report_path(settings, str(flow_run.id)), report.model_dump())
+
+
+@dataclass
+class ShardResult:
+    """One shard's end: its report, or why there is none."""
+
+    shard: int
+    report: Any = None
+    error: str | None = None
+    flow_run_id: str | None = None
+    attempts: int = 1
+
+
+class ShardProgress:
+    """The items of shards run one after another in this process, as one count for the
+    caller's `on_progress(done, total)` (the CLI's bar); `total` is the whole job's."""
+
+    def __init__(self, on_progress: Callable[[int, int], None], total: int) -> None:
+        self.on_progress = on_progress
+        self.total = total
+        self.base = 0
+        self.current = 0
+
+    def __call__(self, done: int, shard_total: int) -> None:
+        self.current = shard_total
+        self.on_progress(min(self.base + done, self.total), self.total)
+
+    def next_shard(self) -> None:
+        self.base += self.current
+        self.current = 0
+
+
+def run_shards(
+    flow: Flow[..., Any],
+    parameters: dict[str, Any],
+    shards: int,
+    settings: Settings,
+    report_type: type[ReportT],
+    local: dict[str, Any] | None = None,
+    progress: ShardProgress | None = None,
+) -> list[ShardResult]:
+    """Run `flow` once per shard with `parameters` (JSON, as a deployment takes them) and wait.
+
+    `local` are the in-process-only arguments (settings, engine objects) given to shards run in
+    this process; shards on a work pool build their own from their worker's environment.
+    """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()  # the running flow, with the caller's options (task runner)
+    flow = context.flow if context is not None and context.flow is not None else flow
+    if settings.work_pool:
+        return _on_pool(flow, parameters, shards, settings, report_type)
+    results: list[ShardResult] = []
+    for shard in range(shards):
+        state = flow(
+            **parameters,
+            **(local or {}),
+            on_progress=progress,
+            shard=shard,
+            shards=shards,
+            return_state=True,
+        )
+        if progress is not None:
+            progress.next_shard()
+        assert state is not None  # return_state=True
+        report = state_report(state)
+        run_id = state.state_details.flow_run_id
+        if run_id is not None:  # the file is for a parent on another machine; not needed here
+            report_path(settings, str(run_id)).unlink(missing_ok=True)
+        if isinstance(report, report_type):
+            results.append(ShardResult(shard, report=report))
+        else:
+            results.append(ShardResult(shard, error=str(state.message or report)))
+    return results
+
+
+def _on_pool(
+    flow: Flow[..., Any],
+    parameters: dict[str, Any],
+    shards: int,
+    settings: Settings,
+    report_type: type[ReportT],
+) -> list[ShardResult]:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    name = f"{flow.name}/{SHARD_DEPLOYMENT}"
+    _check_deployment(name, settings.work_pool or "")
+
+    def submit(shard: int) -> str:
+        run: Any = run_deployment(
+            name,
+            parameters={**parameters, "shard": shard, "shards": shards},
+            timeout=0,  # submit only; all shards wait together below
+            tags=[f"shard:{shard + 1}/{shards}"],
+        )
+        return str(run.id)
+
+    running = {shard: submit(shard) for shard in range(shards)}
+    attempts = dict.fromkeys(running, 1)
+    results: dict[int, ShardResult] = {}
+    with get_client(sync_client=True) as client:
+        while running:
+            time.sleep(POLL_SECONDS)
+            for shard, run_id in list(running.items()):
+                state = client.read_flow_run(run_id).state  # type: ignore[arg-type]
+                kind = state.type.value if state is not None else "PENDING"
+                if kind not in FINAL:
+                    continue
+                del running[shard]
+                path = report_path(settings, run_id)
+                if path.is_file():
+                    report = report_type.model_validate_json(path.read_text(encoding="utf-8"))
+                    path.unlink()
+                    results[shard] = ShardResult(shard, report, None, run_id, attempts[shard])
+                elif kind == "CRASHED" and attempts[shard] < settings.shard_attempts:
+                    attempts[shard] += 1  # its worker died: run the shard again, elsewhere
+                    running[shard] = submit(shard)
+                else:
+                    message = (state.message if state is not None else None) or kind.lower()
+                    results[shard] = ShardResult(shard, None, message, run_id, attempts[shard])
+    return [results[shard] for shard in range(shards)]
+
+
+def _check_deployment(name: str, pool: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise ConfigurationError(
+                f"GRISTMILL_WORK_POOL={pool} but the server has no deployment {name}: run "
+                f"`prefect --no-prompt deploy --all` from the repo root (prefect.yaml)"
+            ) from None
+    if deployment.work_pool_name != pool:
+        raise ConfigurationError(
+            f"deployment {name} is on work pool {deployment.work_pool_name!r}, not "
+            f"GRISTMILL_WORK_POOL={pool!r}: deploy it to {pool!r} or change the setting"
+        )
+
+
+def shard_failures(results: Sequence[ShardResult]) -> list[str]:
+    """The shards that left no report, in words."""
+    return [
+        f"shard {r.shard + 1}/{len(results)} left no report ({r.error})"
+        for r in results
+        if r.report is None
+    ]
+
+
+def merged(results: Sequence[ShardResult], merge: Callable[[list[Any]], ReportT]) -> ReportT:
+    return merge([r.report for r in results if r.report is not None])
