@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -24,16 +26,30 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipelines.shards import (
+    ShardProgress,
+    is_parent,
+    leave_report,
+    row_range,
+    run_shards,
+    shard_failures,
+)
 from tasks.batch.dispatch import process_row_batch, row_batches, settle_known_rows
 from tasks.batch.engines.protocol import RowEngine
 from tasks.batch.journal import RowJournal
+from tasks.batch.parts import join_parts, part_path
 from tasks.batch.plan import BatchPlan, plan_batch
 from tasks.batch.quality import QualityGates
-from tasks.batch.reading import Row, iter_row_chunks
-from tasks.batch.report import BatchReport, batch_report, batch_report_markdown
+from tasks.batch.reading import Row, count_rows, iter_row_chunks
+from tasks.batch.report import (
+    BatchReport,
+    batch_report,
+    batch_report_markdown,
+    merge_batch_reports,
+)
 from tasks.batch.results import RowResult, failed_result
 from tasks.batch.writing import RecordWriter
-from tasks.errors import GristmillError, RunFailed
+from tasks.errors import GristmillError, RunFailed, ShardsUnfinished, UsageError
 from tasks.reporting import RunProgress, tag_flow_run
 from tasks.settings import Settings
 
@@ -75,6 +91,8 @@ def process_records(
     max_chars: int = 100_000,
     poll_interval_s: float = 10.0,
     chunk_rows: int | None = None,
+    shards: int = 1,
+    shard: int | None = None,
     *,
     settings: Settings | None = None,
     engine: RowEngine | None = None,
@@ -108,6 +126,10 @@ def process_records(
         max_chars: Longest row text accepted; longer rows end invalid_input.
         poll_interval_s: Seconds between Batch API polls.
         chunk_rows: Rows read into memory at a time; default: 10 tasks' worth (at least 1000).
+        shards: Cut the rows into this many contiguous ranges, each its own flow run (on the
+            work pool's workers when GRISTMILL_WORK_POOL is set, else here); the parent joins
+            their outputs in input order. See pipelines/shards.py.
+        shard: The range this run processes (set by the parent of a sharded job).
         settings: Override of the settings read from the environment (CLI and tests).
         engine: A row engine built for the same job (CLI and tests); default: built from
             the settings.
@@ -118,6 +140,9 @@ def process_records(
     logger = get_run_logger()
     try:
         plan = plan_batch(settings or Settings(), parameters, engine=engine)
+        if shards > 1 and plan.engine.whole_job:
+            raise UsageError("--shards needs --mode online: the Batch API takes a job at once")
+        parent = is_parent(shards, shard)
     except GristmillError as exc:
         # the Failed state's message carries the reason to the UI; logged at INFO so the
         # terminal does not print it twice beside the CLI's one line
@@ -125,7 +150,17 @@ def process_records(
         return Failed(message=str(exc), data=exc)
     tag_flow_run("pipeline:batch", f"engine:{plan.engine.name}")
     try:
-        report = _process(plan, chunk_rows=chunk_rows, on_progress=on_progress, started=started)
+        if parent:
+            local = {"settings": plan.settings, "engine": plan.engine}  # one rate limiter
+            report = _sharded(plan, parameters, local, shards, on_progress, started)
+        else:
+            report = _process(
+                plan,
+                chunk_rows=chunk_rows,
+                on_progress=on_progress,
+                started=started,
+                shard=(shard, shards) if shard is not None else None,
+            )
     except GristmillError as exc:
         # the output cannot be written, a Batch API job was refused, ...: the reason in words,
         # as a Failed state, instead of a traceback on the terminal
@@ -146,22 +181,36 @@ _OVERRIDES = frozenset({"settings", "engine", "on_progress"})
 
 
 def _process(
-    plan: BatchPlan, *, chunk_rows: int | None, on_progress: ProgressCallback | None, started: float
+    plan: BatchPlan,
+    *,
+    chunk_rows: int | None,
+    on_progress: ProgressCallback | None,
+    started: float,
+    shard: tuple[int, int] | None = None,
 ) -> BatchReport:
-    """The run itself: every row once, in input order, written atomically; then the report."""
+    """The run itself: every row once, in input order, written atomically; then the report.
+    A shard `(i, n)` does the i-th of n row ranges into its part file (see tasks/batch/parts.py),
+    with its own journal file."""
     job, engine = plan.job, plan.engine
-    journal = RowJournal.for_job(plan.settings.batch_dir, job) if engine.journaled else None
+    numbers, writer_name = None, ""
+    if shard is not None:
+        numbers = row_range(count_rows(plan.reader), *shard)
+        writer_name = f"{shard[0] + 1}-of-{shard[1]}"
+        plan = replace(plan, output=part_path(plan.output, *shard))
+    journal = (
+        RowJournal.for_job(plan.settings.batch_dir, job, writer_name) if engine.journaled else None
+    )
     if engine.whole_job:  # the Batch API: every row in one submission, so one wait
         chunk_rows = chunk_rows or plan.reader.estimate_rows() + 1
     chunk_rows = chunk_rows or max(1000, plan.settings.batch_rows_per_task * 10)
-    progress = _Progress(plan, on_progress)
+    progress = _Progress(plan, on_progress, len(numbers) if numbers is not None else None)
     gates = QualityGates(job, plan.input_suite, plan.output_suite)
     writer = RecordWriter(
         plan.output, job, plan.reader.columns, input_schema=plan.reader.arrow_schema
     )
     outcomes: list[RowResult] = []
     try:
-        for rows in iter_row_chunks(plan.reader, job, chunk_rows):
+        for rows in iter_row_chunks(plan.reader, job, chunk_rows, numbers):
             gates.check_input(rows)
             results, todo = settle_known_rows(rows, plan.previous)
             progress.advance(len(rows) - len(todo))
@@ -188,6 +237,8 @@ def _process(
         duration_s=time.monotonic() - started,
         flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
+    if shard is not None:
+        leave_report(plan.settings, report)
     create_markdown_artifact(
         key=REPORT_ARTIFACT_KEY,
         markdown=batch_report_markdown(report),
@@ -223,11 +274,49 @@ def _run_batches(
             yield batch, [failed_result(row, reason) for row in batch]
 
 
+def _sharded(
+    plan: BatchPlan,
+    parameters: dict[str, Any],
+    local: dict[str, Any],
+    shards: int,
+    on_progress: ProgressCallback | None,
+    started: float,
+) -> BatchReport:
+    """The parent of a sharded job: the shards (row ranges), then their parts joined into the
+    output in input order and their reports merged. A shard that left no report fails the job
+    in words, with no output written: a re-run takes its finished rows from the journal."""
+    jobs = {k: v for k, v in parameters.items() if k not in ("shards", "shard")}
+    total = count_rows(plan.reader)
+    progress = ShardProgress(on_progress, total) if on_progress else None
+    results = run_shards(process_records, jobs, shards, plan.settings, BatchReport, local, progress)
+    problems = shard_failures(results)
+    if problems:
+        raise ShardsUnfinished(
+            "; ".join(problems) + ": run it again to finish (done rows are kept)"
+        )
+    reports = [r.report for r in results]
+    rows, dead_letter = join_parts(plan.output, shards)
+    report = merge_batch_reports(reports, plan.output, dead_letter, time.monotonic() - started)
+    report.flow_run_id = str(flow_run.id) if flow_run.id else None
+    if rows != total or report.rows != total:
+        report.quality_errors.append(
+            f"every row once: {total} input rows, {report.rows} processed, {rows} written"
+        )
+    create_markdown_artifact(
+        key=REPORT_ARTIFACT_KEY,
+        markdown=batch_report_markdown(report),
+        description=report.headline(),
+    )
+    return report
+
+
 class _Progress:
     """Rows done of rows expected: the run's progress artifact, and the CLI's bar."""
 
-    def __init__(self, plan: BatchPlan, on_progress: ProgressCallback | None) -> None:
-        self.total = plan.reader.estimate_rows()
+    def __init__(
+        self, plan: BatchPlan, on_progress: ProgressCallback | None, total: int | None = None
+    ) -> None:
+        self.total = plan.reader.estimate_rows() if total is None else total
         self.done = 0
         self.report = RunProgress(
             PROGRESS_ARTIFACT_KEY, f"{plan.source.name}: rows processed", on_progress

@@ -111,3 +111,10 @@ class StoreUnavailableError(GristmillError):
 class NothingToIndex(InputError):
     """A document that is fine but holds no text to index (empty, front matter only, blank):
     reported as skipped, with the reason in words, not as a failure."""
+
+
+class ShardsUnfinished(GristmillError):
+    """A sharded job whose shard left no report (it crashed on every attempt): nothing is
+    written as a whole; a re-run makes the same shards and redoes only the unfinished work."""
+
+    exit_code = 1

@@ -31,17 +31,19 @@ from tasks.errors import UsageError
 class RowJournal:
     """Append-only JSONL of rows that ended `ok`, keyed on `RecordJob.row_key`.
 
-    One file per job key under `<batch_dir>/journal/`; loaded once (a dict of finished rows),
-    appended and flushed per row so a killed run loses at most the rows in flight. A torn last
-    line is ignored on load. One writer per job at a time.
+    One file per job key under `<batch_dir>/journal/` (and one per shard of a sharded job);
+    loaded once (a dict of finished rows), appended and flushed per row so a killed run loses
+    at most the rows in flight. A torn last line is ignored on load. One writer per file.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._done: dict[str, dict[str, Any]] = {}
-        if path.is_file():
-            with path.open(encoding="utf-8") as handle:
+        # the job's other files too: each shard of a sharded job appends to its own
+        stem = path.name.split(".", 1)[0]
+        for part in sorted(path.parent.glob(f"{stem}*.jsonl")) if path.parent.is_dir() else ():
+            with part.open(encoding="utf-8") as handle:
                 for line in handle:
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         entry = json.loads(line)
@@ -50,8 +52,11 @@ class RowJournal:
         self._handle = path.open("a", encoding="utf-8")
 
     @classmethod
-    def for_job(cls, batch_dir: Path, job: RecordJob) -> RowJournal:
-        return cls(batch_dir / "journal" / f"{job.key[:24]}.jsonl")
+    def for_job(cls, batch_dir: Path, job: RecordJob, writer: str = "") -> RowJournal:
+        """The job's journal; `writer` names this writer's own file (a shard: `3-of-4`), so
+        shards on several machines never append to one file, and each reads them all."""
+        name = job.key[:24] + (f".{writer}" if writer else "")
+        return cls(batch_dir / "journal" / f"{name}.jsonl")
 
     def __len__(self) -> int:
         return len(self._done)

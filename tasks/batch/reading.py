@@ -256,17 +256,30 @@ def _all_empty(values: dict[str, Any], columns: list[str]) -> bool:
     return bool(used) and all(v is None or str(v).strip() == "" for v in used)
 
 
-def iter_row_chunks(reader: RecordReader, job: RecordJob, chunk_rows: int) -> Iterator[list[Row]]:
-    """The input as screened rows, `chunk_rows` at a time."""
+def iter_row_chunks(
+    reader: RecordReader, job: RecordJob, chunk_rows: int, numbers: range | None = None
+) -> Iterator[list[Row]]:
+    """The input as screened rows, `chunk_rows` at a time; with `numbers`, only those rows (a
+    shard's range), their ids given as in a whole run (repeats are counted from the top)."""
     ids = RowIds(job.id_column)
     chunk: list[tuple[int, dict[str, Any], str | None]] = []
     for number, (values, problem) in enumerate(reader.raw_rows()):
+        if numbers is not None and number not in numbers:
+            if number >= numbers.stop:
+                break  # a row's id depends on the rows before it only
+            ids.assign(values, problem, number)
+            continue
         chunk.append((number, values, problem))
         if len(chunk) >= chunk_rows:
             yield screen_rows(job, ids, chunk)
             chunk = []
     if chunk:
         yield screen_rows(job, ids, chunk)
+
+
+def count_rows(reader: RecordReader) -> int:
+    """The exact number of input rows (a read of the whole input): what shards cut by range."""
+    return sum(1 for _ in reader.raw_rows())
 
 
 def preflight(path: Path, job: RecordJob, *, sample_rows: int = 100) -> RecordReader:

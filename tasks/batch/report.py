@@ -124,3 +124,26 @@ def batch_report(
         ][:10],
         flow_run_id=flow_run_id,
     )
+
+
+def merge_batch_reports(
+    reports: list[BatchReport], output: Path, dead_letter: Path | None, duration_s: float
+) -> BatchReport:
+    """One report for the shards of a job, whose parts were joined into `output`."""
+    first = reports[0]
+    counted = ("rows", "ok", "failed", "invalid_input", "reused", "llm_calls", "rate_limit_pauses")
+    merged = first.model_copy(
+        update={
+            **{key: sum(getattr(r, key) for r in reports) for key in counted},
+            "output": str(output),
+            "dead_letter": str(dead_letter) if dead_letter else None,
+            "usage": Usage.total([r.usage for r in reports]),
+            "duration_s": round(duration_s, 3),
+            "paused_s": round(sum(r.paused_s for r in reports), 2),
+            "quality": list(dict.fromkeys(q for r in reports for q in r.quality)),
+            "quality_errors": [e for r in reports for e in r.quality_errors][:10],
+            "failures": [f for r in reports for f in r.failures][:10],
+        }
+    )
+    merged.rows_per_s = round(merged.rows / duration_s, 2) if duration_s > 0 else 0.0
+    return merged
