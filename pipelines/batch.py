@@ -49,7 +49,7 @@ from tasks.batch.report import (
 )
 from tasks.batch.results import RowResult, failed_result
 from tasks.batch.writing import RecordWriter
-from tasks.errors import GristmillError, RunFailed, ShardsUnfinished, UsageError
+from tasks.errors import GristmillError, RunFailed, ShardsUnfinished
 from tasks.reporting import RunProgress, tag_flow_run
 from tasks.settings import Settings
 
@@ -140,8 +140,6 @@ def process_records(
     logger = get_run_logger()
     try:
         plan = plan_batch(settings or Settings(), parameters, engine=engine)
-        if shards > 1 and plan.engine.whole_job:
-            raise UsageError("--shards needs --mode online: the Batch API takes a job at once")
         parent = is_parent(shards, shard)
     except GristmillError as exc:
         # the Failed state's message carries the reason to the UI; logged at INFO so the

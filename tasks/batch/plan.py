@@ -96,6 +96,8 @@ def plan_batch(
         engine = build_row_engine(
             run, job, mode, poll_interval_s=parameters.get("poll_interval_s", 10.0), output=output
         )
+    if (parameters.get("shards") or 1) > 1 and engine.whole_job:
+        raise UsageError("--shards needs --mode online: the Batch API takes a whole job at once")
     return BatchPlan(
         source=source,
         output=output,

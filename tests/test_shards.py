@@ -1,0 +1,281 @@
+"""`--shards N`: a job cut into shards makes the same outputs as the whole job, every item once,
+nothing paid twice; the shards are the same on every run; what must happen once happens once."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from pipelines.shards import row_range, shard_of
+from tasks.settings import Settings
+from tests.conftest import SAMPLE_TRANSCRIPTS
+from tests.support.embedders import HashEmbedder
+from tests.support.openai_server import FakeOpenAI
+
+KEY = "sk-test-shards-secret-0123456789"
+CLASSIFY: dict[str, Any] = {
+    "template": "Classify this ticket: {{ text }}",
+    "schema": "category,priority:int",
+    "id_column": "id",
+}
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    with FakeOpenAI(api_key=KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server: FakeOpenAI) -> FakeOpenAI:
+    server.reset()
+    server.latency = 0.0
+    return server
+
+
+def llm_settings(fake: FakeOpenAI, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "openai_base_url": fake.base_url,
+        "openai_api_key": SecretStr(KEY),
+        "data_dir": data_dir,
+        "llm_timeout_s": 2.0,
+        "llm_max_retries": 0,
+        "batch_concurrency": 4,
+        "batch_rows_per_task": 4,
+    }
+    return Settings.model_validate(values | overrides)
+
+
+def test_a_key_lands_in_the_same_shard_every_time_and_keys_spread_evenly() -> None:
+    keys = [f"meetings/2026-{i:04d}.txt" for i in range(2000)]
+    first = [shard_of(k, 4) for k in keys]
+    assert first == [shard_of(k, 4) for k in keys]
+    assert shard_of("meetings/2026-0000.txt", 4) == first[0]
+    counts = Counter(first)
+    assert set(counts) == {0, 1, 2, 3}
+    assert all(400 < c < 600 for c in counts.values()), counts
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3, 7])
+def test_row_ranges_cover_every_row_once_in_order(shards: int) -> None:
+    for total in range(0, 40):
+        numbers = [n for shard in range(shards) for n in row_range(total, shard, shards)]
+        assert numbers == list(range(total))
+
+
+def tickets(path: Path, count: int) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        for i in range(count):
+            writer.writerow([str(i), f"ticket {i}: the printer on floor {i} is jammed"])
+        writer.writerow(["3", "a repeated id"])  # invalid_input, in its place
+        writer.writerow(["99", ""])  # nothing to send: invalid_input
+    return path
+
+
+def run_batch(src: Path, out: Path, settings: Settings, **parameters: Any) -> tuple[Any, Any]:
+    from pipelines.batch import process_records
+    from tasks.reporting import state_report
+
+    state = process_records(
+        input_path=str(src), output_path=str(out), settings=settings, **CLASSIFY, **parameters,
+        return_state=True,
+    )  # fmt: skip
+    return state, state_report(state)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.open(encoding="utf-8")]
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_a_sharded_batch_writes_the_whole_jobs_output_and_pays_each_row_once(
+    prefect_harness: None, fake: FakeOpenAI, tmp_path: Path, suffix: str
+) -> None:
+    src = tickets(tmp_path / "tickets.csv", 21)
+    whole, sharded = tmp_path / f"whole{suffix}", tmp_path / f"sharded{suffix}"
+    state, report = run_batch(src, whole, llm_settings(fake, tmp_path / "a"))
+    assert (report.rows, report.ok, report.invalid_input) == (23, 21, 2)
+    assert fake.calls == 21
+
+    fake.reset()
+    settings = llm_settings(fake, tmp_path / "b")
+    state, report = run_batch(src, sharded, settings, shards=3)
+    assert fake.calls == 21  # each valid row once, across the shards
+    assert (report.rows, report.ok, report.invalid_input, report.reused) == (23, 21, 2, 0)
+    assert state.is_failed()  # the invalid rows fail the job, as without shards
+    assert read_rows(sharded) == read_rows(whole)  # the same rows, in input order
+    dead = [json.loads(line) for line in sharded.with_name("sharded.dead-letter.jsonl").open()]
+    assert [d["row_number"] for d in dead] == [21, 22]
+    assert not any(p.name.endswith(".shards") for p in tmp_path.iterdir())  # parts joined
+    journals = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "b/batch/journal").iterdir())
+    assert journals == ["1-of-3.jsonl", "2-of-3.jsonl", "3-of-3.jsonl"]
+
+    fake.reset()  # the same shards again: every finished row from the shards' journals
+    state, report = run_batch(src, sharded, settings, shards=3)
+    assert fake.calls == 0 and report.reused == 21
+    assert read_rows(sharded) == read_rows(whole)
+
+
+def test_a_shard_that_fails_leaves_no_output_and_the_rerun_pays_only_for_the_rest(
+    prefect_harness: None, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    from tasks.batch.parts import part_path
+
+    src = tickets(tmp_path / "tickets.csv", 12)
+    out = tmp_path / "out.csv"
+    settings = llm_settings(fake, tmp_path / "data")
+    # the second shard cannot move its part into place: its run fails before its report
+    blocker = part_path(out, 1, 3)
+    blocker.mkdir(parents=True)  # a folder where its part file must go
+    state, report = run_batch(src, out, settings, shards=3)
+    assert state.is_failed()
+    assert "shard 2/3 left no report" in state.message and "run it again" in state.message
+    assert not out.exists()
+    paid = fake.calls
+    assert 0 < paid <= 12
+
+    blocker.rmdir()
+    fake.reset()
+    state, report = run_batch(src, out, settings, shards=3)
+    assert report.rows == 14 and report.ok == 12
+    assert fake.calls == 12 - report.reused and report.reused == paid  # none paid twice
+
+
+def test_a_sharded_summarize_writes_what_the_whole_job_writes(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    from pipelines.summarize import summarize_transcripts
+    from tasks.reporting import state_report
+
+    transcripts = tmp_path / "transcripts"
+    shutil.copytree(SAMPLE_TRANSCRIPTS, transcripts)
+    (transcripts / "empty.txt").write_text("")  # fails, in its shard, with its reason
+    settings = Settings(data_dir=tmp_path / "data", engine="offline")
+    reports = {}
+    for name, shards in (("whole", 1), ("sharded", 3)):
+        state = summarize_transcripts(
+            paths=[str(transcripts)], out_dir=str(tmp_path / name), settings=settings,
+            shards=shards, return_state=True,
+        )  # fmt: skip
+        reports[name] = state_report(state)
+        assert state.is_failed() and "empty.txt" in state.message
+    whole, sharded = reports["whole"], reports["sharded"]
+    assert [(t.source, t.status) for t in sharded.transcripts] == [
+        (t.source, t.status) for t in whole.transcripts
+    ]
+    assert len(sharded.transcripts) == 7 and len(sharded.failed) == 1
+    for path in sorted((tmp_path / "whole").glob("*.json")):
+        ours = json.loads((tmp_path / "sharded" / path.name).read_text())
+        theirs = json.loads(path.read_text())
+        assert ours["summary"] == theirs["summary"] and ours["key_points"] == theirs["key_points"]
+
+    state = summarize_transcripts(
+        paths=[str(transcripts)], out_dir=str(tmp_path / "sharded"), settings=settings,
+        shards=3, return_state=True,
+    )  # fmt: skip
+    again = state_report(state)
+    assert Counter(t.status for t in again.transcripts) == {"cached": 6, "failed": 1}
+
+
+def test_a_sharded_ingest_matches_the_whole_one_and_cleans_up_once(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    from pipelines.ingest import ingest_documents
+    from tasks.chroma_client import open_chroma
+    from tasks.reporting import state_report
+
+    docs = tmp_path / "docs"
+    for i in range(9):
+        (docs / f"part{i % 3}").mkdir(parents=True, exist_ok=True)
+        (docs / f"part{i % 3}" / f"doc{i}.md").write_text(
+            f"# Document {i}\n\n" + f"Paragraph {i} about topic {i * 7}. " * 40
+        )
+    settings = Settings(data_dir=tmp_path / "data", doc_chunk_tokens=80)
+    embedder = HashEmbedder()
+
+    def ingest(collection: str, shards: int, cleanup: str = "incremental") -> Any:
+        state = ingest_documents(
+            paths=[str(docs)], collection=collection, cleanup=cleanup, settings=settings,
+            embedder=embedder, shards=shards, return_state=True,
+        )  # fmt: skip
+        assert state.is_completed(), state.message
+        return state_report(state)
+
+    def ids(collection: str) -> set[str]:
+        return set(open_chroma(settings).get_collection(collection).get(include=[])["ids"])
+
+    whole, sharded = ingest("whole", 1), ingest("sharded", 3)
+    assert (
+        (sharded.added, sharded.chunks_written)
+        == (whole.added, whole.chunks_written)
+        == (
+            9,
+            whole.chunks_written,
+        )
+    )
+    assert ids("sharded") == ids("whole") and sharded.collection_count == len(ids("whole"))
+
+    (docs / "part1" / "doc4.md").unlink()
+    after = ingest("sharded", 3, cleanup="full")
+    assert (after.unchanged, after.deleted) == (8, 1)
+    assert after.cleanup == "full"
+    ingest("whole", 1, cleanup="full")
+    assert ids("sharded") == ids("whole")
+
+
+def test_shards_on_a_work_pool_need_a_chroma_server_and_the_shard_deployment(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    from pipelines.ingest import ingest_documents
+    from pipelines.summarize import summarize_transcripts
+
+    settings = Settings(data_dir=tmp_path / "data", work_pool="gpu-boxes", engine="offline")
+    state = ingest_documents(
+        paths=[str(tmp_path)], settings=settings, embedder=HashEmbedder(), shards=2,
+        return_state=True,
+    )  # fmt: skip
+    assert state.is_failed() and "GRISTMILL_CHROMA_HOST" in state.message
+
+    (tmp_path / "t.txt").write_text("Ann: hello there.\nBob: hi, Ann.\n")
+    with pytest.raises(Exception, match=r"no deployment summarize-transcripts/shard"):
+        summarize_transcripts(paths=[str(tmp_path / "t.txt")], settings=settings, shards=2)
+
+
+def test_the_cli_refuses_shards_that_cannot_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.cli import app
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    src = tickets(tmp_path / "tickets.csv", 2)
+    runner = CliRunner()
+    result = runner.invoke(app, ["summarize", "--shards", "0"])
+    assert result.exit_code == 2 and "--shards" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "batch", str(src), "-o", str(tmp_path / "o.csv"), "--template", "{{ text }}",
+            "--mode", "batch-api", "--shards", "2", "--id-column", "id",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "gristmill: error: --shards needs --mode online" in result.output
+    assert "Processing" not in result.output and KEY not in result.output
