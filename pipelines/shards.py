@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from tasks.settings import Settings
 
 SHARD_DEPLOYMENT = "shard"
+SHARD_TAG = "gristmill-shard"
+CRASH_AUTOMATION = "gristmill: silent shard runs crashed"
 POLL_SECONDS = 2.0
 FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 ReportT = TypeVar("ReportT", bound=BaseModel)
@@ -177,13 +179,14 @@ def _on_pool(
 
     name = f"{flow.name}/{SHARD_DEPLOYMENT}"
     _check_deployment(name, settings.work_pool or "")
+    ensure_crash_detection(settings.shard_silence_s)
 
     def submit(shard: int) -> str:
         run: Any = run_deployment(
             name,
             parameters={**parameters, "shard": shard, "shards": shards},
             timeout=0,  # submit only; all shards wait together below
-            tags=[f"shard:{shard + 1}/{shards}"],
+            tags=[SHARD_TAG, f"shard:{shard + 1}/{shards}"],
         )
         return str(run.id)
 
@@ -230,6 +233,56 @@ def _check_deployment(name: str, pool: str) -> None:
             f"deployment {name} is on work pool {deployment.work_pool_name!r}, not "
             f"GRISTMILL_WORK_POOL={pool!r}: deploy it to {pool!r} or change the setting"
         )
+
+
+def ensure_crash_detection(silence_s: float) -> None:
+    """The server marks a shard run Crashed when it goes silent: no heartbeat (a flow run sends
+    one every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds, 180 by default) and no end for
+    `silence_s` seconds, which is what a worker killed with its machine looks like. Prefect's
+    documented way ("detect zombie flows"): a proactive automation on the heartbeat events,
+    limited to shard runs by their tag. Created once per server; updated if the silence changed.
+    The parent then sees the Crashed run and submits the shard again."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    ends = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    wanted = Automation(
+        name=CRASH_AUTOMATION,
+        description="Marks gristmill shard runs Crashed when their worker stops answering, so "
+        "the job's parent runs them again (pipelines/shards.py).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *ends},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            match_related=ResourceSpecification(
+                {"prefect.resource.id": f"prefect.tag.{SHARD_TAG}", "prefect.resource.role": "tag"}
+            ),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=silence_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {silence_s:.0f} s: its worker is gone",
+            )
+        ],
+    )
+    try:
+        found: Any = Automation.read(name=CRASH_AUTOMATION)  # sync here (async_dispatch)
+    except ValueError:
+        wanted.create()
+        return
+    trigger = found.trigger
+    if getattr(trigger, "within", None) != timedelta(seconds=silence_s):
+        found.trigger, found.actions = wanted.trigger, wanted.actions
+        found.update()
 
 
 def shard_failures(results: Sequence[ShardResult]) -> list[str]:

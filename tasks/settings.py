@@ -187,6 +187,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Times a shard that crashed (its worker killed, its machine lost) is run.",
     )
+    shard_silence_s: float = Field(
+        600.0,
+        ge=10,
+        description="A shard run on a work pool with no heartbeat for this long is marked "
+        "Crashed and run again; keep it a few times the workers' "
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY (180 s by default).",
+    )
 
     batch_concurrency: int = Field(16, ge=1, description="Batch requests in flight at once.")
     batch_rpm: int | None = Field(None, ge=1, description="Batch requests per minute limit.")

@@ -156,3 +156,15 @@ def test_serve_takes_the_schedules_from_settings() -> None:
     assert entry.schedule.interval == timedelta(seconds=15)
     assert ingest.schedules == []
     assert describe_schedule(ingest) == "on demand"
+
+
+def test_every_pipeline_has_a_shard_deployment_on_the_pool() -> None:
+    """`--shards N` with GRISTMILL_WORK_POOL runs `<flow>/shard` (pipelines/shards.py)."""
+    from pipelines.shards import SHARD_DEPLOYMENT
+
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    shards = {d["entrypoint"] for d in config["deployments"] if d["name"] == SHARD_DEPLOYMENT}
+    assert shards == {d.entrypoint for d in build_deployments()}
+    for entry in config["deployments"]:
+        if entry["name"] == SHARD_DEPLOYMENT:
+            assert entry["work_pool"]["name"] == "gristmill" and not entry["schedules"]
