@@ -22,6 +22,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -207,17 +208,30 @@ def _process(
         plan.output, job, plan.reader.columns, input_schema=plan.reader.arrow_schema
     )
     outcomes: list[RowResult] = []
+
+    def finish(rows: list[Row], results: dict[int, RowResult], submitted: Submitted) -> None:
+        for batch, batch_results in _results(submitted):
+            results.update((result.number, result) for result in batch_results)
+            progress.advance(len(batch))
+        chunk = [results[row.number] for row in rows]
+        gates.check_output(writer.write_rows(rows, chunk), chunk)
+        outcomes.extend(result.outcome() for result in chunk)
+
     try:
+        # One chunk ahead: the next chunk's tasks are queued before this one's results are
+        # awaited, so the engine does not drain at a chunk boundary (before, every call of a
+        # chunk ended before the next chunk was read, screened and submitted).
+        ahead: tuple[list[Row], dict[int, RowResult], Submitted] | None = None
         for rows in iter_row_chunks(plan.reader, job, chunk_rows, numbers):
             gates.check_input(rows)
             results, todo = settle_known_rows(rows, plan.previous)
             progress.advance(len(rows) - len(todo))
-            for batch, batch_results in _run_batches(plan, todo, journal):
-                results.update((result.number, result) for result in batch_results)
-                progress.advance(len(batch))
-            chunk = [results[row.number] for row in rows]
-            gates.check_output(writer.write_rows(rows, chunk), chunk)
-            outcomes += [result.outcome() for result in chunk]
+            submitted = _submit(plan, todo, journal)
+            if ahead is not None:
+                finish(*ahead)
+            ahead = (rows, results, submitted)
+        if ahead is not None:
+            finish(*ahead)
         gates.check_every_row_once(len(outcomes))
     except BaseException:
         writer.abort()
@@ -245,14 +259,14 @@ def _process(
     return report
 
 
-def _run_batches(
-    plan: BatchPlan, rows: list[Row], journal: RowJournal | None
-) -> Iterator[tuple[list[Row], list[RowResult]]]:
-    """The rows as tasks of `batch_rows_per_task` rows side by side (one task for a whole-job
-    engine); each batch's results, in order (a batch whose task failed as a whole ends `failed`
-    with the reason)."""
+Submitted = list[tuple[list[Row], PrefectFuture[list[RowResult]]]]
+
+
+def _submit(plan: BatchPlan, rows: list[Row], journal: RowJournal | None) -> Submitted:
+    """The rows as tasks of `batch_rows_per_task` rows (one task for a whole-job engine),
+    submitted now; they run side by side on the flow's task runner."""
     size = len(rows) if plan.engine.whole_job else plan.settings.batch_rows_per_task
-    futures = [
+    return [
         (
             batch,
             process_row_batch.submit(
@@ -264,7 +278,12 @@ def _run_batches(
         )
         for batch in row_batches(rows, max(size, 1))
     ]
-    for batch, future in futures:
+
+
+def _results(submitted: Submitted) -> Iterator[tuple[list[Row], list[RowResult]]]:
+    """Each batch's results, in order (a batch whose task failed as a whole ends `failed`
+    with the reason)."""
+    for batch, future in submitted:
         try:
             yield batch, future.result()
         except Exception as exc:
