@@ -264,7 +264,8 @@ class FakeOpenAI:
     """An OpenAI-compatible HTTP server on 127.0.0.1 with programmable faults and recording.
 
     Settable at any time: `latency` (seconds added to every chat/embeddings call), `responder`,
-    `fault_rate` with `fault_kind` (seeded random faults), `batch_polls` (GET polls until a batch
+    `fault_rate` with `fault_kind` (seeded random faults), `max_in_flight` (calls beyond it are
+    answered 429 at once, as a provider's concurrency quota), `batch_polls` (GET polls until a batch
     ends), `batch_failed_ids` (custom_ids answered with a 500 line), `batch_expire_after`
     (lines processed before a batch expires) and `batch_token_limit` (tokens of open batches
     beyond which a new one fails with token_limit_exceeded); batch settings apply to batches
@@ -308,6 +309,7 @@ class FakeOpenAI:
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self._in_flight = 0
+        self.max_in_flight: int | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -316,6 +318,7 @@ class FakeOpenAI:
             self.requests: list[RecordedRequest] = []
             self.calls = 0
             self.completed_calls = 0
+            self.refused_calls = 0
             self.max_concurrency = 0
             self._faults: list[tuple[Fault, str | None]] = []
             self._rng = random.Random(self._seed)
@@ -456,8 +459,13 @@ class FakeOpenAI:
         with self._lock:
             self.calls += 1
             self._in_flight += 1
-            self.max_concurrency = max(self.max_concurrency, self._in_flight)
+            over = self.max_in_flight is not None and self._in_flight > self.max_in_flight
+            self.refused_calls += over
+            if not over:
+                self.max_concurrency = max(self.max_concurrency, self._in_flight)
         try:
+            if over:
+                return _error(429, retry_after=1)
             fault = self._take_fault(path)
             delay = self.latency + (fault.seconds if fault else 0.0)
             if (delay > 0 and self._stopping.wait(delay)) or (fault and fault.kind == "drop"):
@@ -794,12 +802,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=None, help="require this bearer key")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of calls given a 500")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
+    parser.add_argument("--max-in-flight", type=int, default=None, help="429 beyond this many")
     args = parser.parse_args(argv)
     server = FakeOpenAI(
         api_key=args.api_key, latency=args.latency, port=args.port, verbose=not args.quiet
     )
     with server:
         server.fault_rate = args.fault_rate
+        server.max_in_flight = args.max_in_flight
         print(f"FakeOpenAI serving at {server.base_url}", flush=True)
         with suppress(KeyboardInterrupt):
             threading.Event().wait()

@@ -1,0 +1,182 @@
+"""Sharded jobs, measured as the user runs them: whole `gristmill batch` commands, wall time.
+
+1. Throughput on a work pool: the local OpenAI-compatible server in its own process answers
+   after `--latency` (0.1 s) and refuses with 429 any call beyond 32 in flight, so its cap is
+   32 / 0.1 s = 320 rows/s. In one run: the baseline, one process with 16 in flight
+   (`gristmill batch`, no shards: at most 160 rows/s, half the cap), then `--shards 2` on a
+   `gristmill` process pool with two workers, 16 in flight each, sharing one Prefect global
+   concurrency limit (`GRISTMILL_BATCH_GLOBAL_LIMIT`, a rate just above the cap). Reported:
+   rows/s of the command's wall time as a share of the cap, rows failed, calls refused.
+2. Sharding overhead: the same job with 4 shards run in the command's process, one after
+   another, against the same job without shards (same rows, same server): the extra wall time
+   (4 shard flow runs, counting rows per shard, joining the parts, merging reports) as a share.
+
+    python -m benchmarks.shards [--rows 9600] [--overhead-rows 4000] [--latency 0.1]
+
+Starts its own Prefect server (`prefect server start` on a free port, a throwaway home), pool,
+workers and global limit; needs nothing else. Both parts take a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import Event, Process, Queue
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "sk-bench-shards"
+CAP_IN_FLIGHT = 32
+
+
+def serve(latency: float, queue: Any, stop: Any) -> None:
+    """The test server in its own process (its own GIL), reporting its counters at the end."""
+    from tests.support.openai_server import FakeOpenAI
+
+    with FakeOpenAI(api_key=KEY, latency=latency) as server:
+        server.max_in_flight = CAP_IN_FLIGHT
+        queue.put(server.base_url)
+        while not stop.wait(0.2):
+            pass
+        queue.put({"calls": server.calls, "refused": server.refused_calls})
+
+
+def write_rows(path: Path, rows: int) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        for i in range(rows):
+            writer.writerow([i, f"ticket {i}: the printer on floor {i % 40} is jammed again"])
+    return path
+
+
+def run(command: list[str], env: dict[str, str], log: Path) -> tuple[float, dict[str, Any]]:
+    """Wall time of a whole command and its --json report."""
+    started = time.perf_counter()
+    with log.open("ab") as err:
+        done = subprocess.run(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, check=False
+        )
+    wall = time.perf_counter() - started
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(command[2:6])}... exited {done.returncode}; see {log}")
+    return wall, json.loads(done.stdout)
+
+
+def prefect(args: list[str], env: dict[str, str], log: Path) -> None:
+    with log.open("ab") as out:
+        subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", *args],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, check=True,
+        )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=9600)
+    parser.add_argument("--overhead-rows", type=int, default=4000)
+    parser.add_argument("--latency", type=float, default=0.1)
+    args = parser.parse_args()
+
+    from tests.support.processes import prefect_server_process, start, stop
+
+    root = Path(tempfile.mkdtemp(prefix="bench-shards-"))
+    cap = CAP_IN_FLIGHT / args.latency
+    queue: Any = Queue()
+    stopping = Event()
+    fake = Process(target=serve, args=(args.latency, queue, stopping), daemon=True)
+    fake.start()
+    base_url = queue.get(timeout=30)
+    log = root / "commands.log"
+    results: dict[str, Any] = {"cap_rows_per_s": cap, "latency_s": args.latency}
+    with prefect_server_process(root / "prefect") as server:
+        env = {
+            **server.env,
+            "GRISTMILL_DATA_DIR": str(root / "data"),
+            "OPENAI_BASE_URL": base_url,
+            "OPENAI_API_KEY": KEY,
+            "GRISTMILL_BATCH_CONCURRENCY": "16",
+        }
+        src = write_rows(root / "rows.csv", args.rows)
+        job = ["--template", "Classify: {{ text }}", "--schema", "category,priority:int"]
+        job += ["--id-column", "id", "--json"]
+
+        def batch(out: str, *extra: str, environment: dict[str, str] = env) -> tuple[float, Any]:
+            """One command, with a data dir of its own: no journal of an earlier run to reuse."""
+            command = [sys.executable, "-m", "pipelines.cli", "batch", str(src), "-o"]
+            environment = {**environment, "GRISTMILL_DATA_DIR": str(root / f"data-{out}")}
+            return run([*command, str(root / out), *job, *extra], environment, log)
+
+        # 1. one process x 16, then two workers x 16 on a pool, sharing one global limit
+        wall, report = batch("baseline.csv")
+        results["one_process_x16"] = summary(wall, report, cap)
+        prefect(["work-pool", "create", "gristmill", "--type", "process"], env, log)
+        prefect(["deploy", "--name", "process-records/shard"], env, log)
+        # a rate just above the cap: it paces, the server's 32-in-flight quota decides
+        prefect(
+            ["gcl", "create", "bench-llm", "--limit", "32", "--slot-decay-per-second", "400"],
+            env,
+            log,
+        )
+        pool_env = {
+            **env,
+            "GRISTMILL_WORK_POOL": "gristmill",
+            "GRISTMILL_BATCH_GLOBAL_LIMIT": "bench-llm",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+        }
+        workers = [
+            start(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gristmill"],
+                pool_env,
+                root / f"worker-{n}.log",
+            )
+            for n in (1, 2)
+        ]
+        try:
+            time.sleep(5)  # both workers polling
+            wall, report = batch("pool.csv", "--shards", "2", environment=pool_env)
+            results["two_workers_x16_pool"] = summary(wall, report, cap)
+        finally:
+            for worker in workers:
+                stop(worker)
+
+        # 2. overhead of 4 shards in one process against the same job unsharded
+        src = write_rows(root / "overhead.csv", args.overhead_rows)
+        wall_whole, _ = batch("whole.csv")
+        wall_sharded, _ = batch("sharded.csv", "--shards", "4")
+        results["overhead"] = {
+            "rows": args.overhead_rows,
+            "unsharded_wall_s": round(wall_whole, 2),
+            "four_shards_wall_s": round(wall_sharded, 2),
+            "overhead_share": round(wall_sharded / wall_whole - 1, 4),
+        }
+    stopping.set()
+    results["server"] = queue.get(timeout=30)
+    fake.join(10)
+    print(json.dumps(results, indent=2))
+
+
+def summary(wall: float, report: dict[str, Any], cap: float) -> dict[str, Any]:
+    return {
+        "rows": report["rows"],
+        "ok": report["ok"],
+        "failed": report["failed"],
+        "wall_s": round(wall, 2),
+        "rows_per_s": round(report["rows"] / wall, 1),
+        "share_of_cap": round(report["rows"] / wall / cap, 3),
+        "body_s": report["duration_s"],
+        "body_share_of_cap": round(report["rows"] / report["duration_s"] / cap, 3),
+        "rate_limit_pauses": report.get("rate_limit_pauses"),
+    }
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
