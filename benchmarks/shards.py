@@ -127,6 +127,7 @@ def main() -> None:
         )
         pool_env = {
             **env,
+            "GRISTMILL_DATA_DIR": str(root / "data-pool.csv"),  # the parent's, shared
             "GRISTMILL_WORK_POOL": "gristmill",
             "GRISTMILL_BATCH_GLOBAL_LIMIT": "bench-llm",
             "PREFECT_WORKER_QUERY_SECONDS": "1",

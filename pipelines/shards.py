@@ -210,6 +210,13 @@ def _on_pool(
                 elif kind == "CRASHED" and attempts[shard] < settings.shard_attempts:
                     attempts[shard] += 1  # its worker died: run the shard again, elsewhere
                     running[shard] = submit(shard)
+                elif kind in ("COMPLETED", "FAILED") and state is not None and state.message:
+                    message = (
+                        f"its run ended {kind.lower()} ({state.message}) but left no report at "
+                        f"{path}: every worker needs this command's GRISTMILL_DATA_DIR "
+                        f"({settings.data_dir.resolve()}, a shared filesystem)"
+                    )
+                    results[shard] = ShardResult(shard, None, message, run_id, attempts[shard])
                 else:
                     message = (state.message if state is not None else None) or kind.lower()
                     results[shard] = ShardResult(shard, None, message, run_id, attempts[shard])
