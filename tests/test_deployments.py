@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -168,3 +169,17 @@ def test_every_pipeline_has_a_shard_deployment_on_the_pool() -> None:
     for entry in config["deployments"]:
         if entry["name"] == SHARD_DEPLOYMENT:
             assert entry["work_pool"]["name"] == "gristmill" and not entry["schedules"]
+
+
+def test_the_compose_topology_names_only_settings_that_exist() -> None:
+    """deployments/docker-compose.yml is not run here (no Docker); its GRISTMILL_ variables
+    must at least be settings gristmill reads, and its commands ones that exist."""
+    from tasks.settings import Settings
+
+    text = (REPO / "deployments" / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)
+    names = set(re.findall(r"\bGRISTMILL_([A-Z_]+)\b", text))
+    assert names and {n.lower() for n in names} <= set(Settings.model_fields)
+    commands = [s.get("command", "") for s in compose["services"].values()]
+    assert any("gristmill server" in c and "--database-url" in c for c in commands)
+    assert any("prefect worker start --pool gristmill" in c for c in commands)
