@@ -13,16 +13,13 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +27,19 @@ import pytest
 from deployments.definitions import BATCH_PARAMETERS
 from tasks.model_files import missing_files
 from tests.conftest import REPO, SAMPLE_TRANSCRIPTS
+from tests.support.prefect_server import (
+    FAST_SCHEDULER,
+    TERMINAL,
+    PrefectServer,
+    clean_env,
+    completed_scheduled_run,
+    free_port,
+    prefect_cli,
+    start,
+    stop,
+    tail,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -50,7 +60,6 @@ NEEDS_MODEL = pytest.mark.skipif(
 SCREENSHOTS = Path(os.environ.get("GRISTMILL_SCREENSHOTS") or tempfile.mkdtemp(prefix="shots-"))
 SCHEDULED_POOL = "scheduled"
 WORKER_SCHEDULED = "summarize-transcripts/every-15s"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -65,97 +74,6 @@ CHROMIUM_FLAGS = (
     # Virtual time, not wall time (a page takes ~2 s): at 15 s the runs list is still fading in.
     "--virtual-time-budget=40000",
 )
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, why: Callable[[], str]) -> T:
-    """Poll `check` until it returns a value; fail with `why()` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not done after {timeout:.0f} s\n{why()}")
-        time.sleep(0.25)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def prefect_cli(*args: str, env: dict[str, str], log: Path, timeout: float = 120) -> None:
-    """Run the `prefect` CLI of this interpreter from the repo root; fail with its output."""
-    with log.open("a") as out:
-        done = subprocess.run(
-            [sys.executable, "-m", "prefect", "--no-prompt", *args],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-            check=False,
-        )
-    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{tail(log)}"
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A background process in its own process group, output to `log`."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group we started, SIGKILL it if it lingers."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
-@dataclass
-class PrefectServer:
-    url: str
-    env: dict[str, str]
-    logs: Path
-    api: httpx.Client
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The server's answer, asking again while it says 503: the SQLite database behind a
-        test server is briefly busy while runs finish or schedules are written (seen in CI)."""
-
-        def answer() -> httpx.Response | None:
-            try:
-                response = self.api.request(method, path, **kwargs)
-            except httpx.TimeoutException:
-                # the same busy database on a loaded 2-core CI machine: ask again (seen in CI)
-                return None
-            if response.status_code == 503:
-                time.sleep(0.5)
-                return None
-            return response
-
-        return wait_for(f"{method} {path}", answer, 150, lambda: tail(self.logs / "server.log"))
-
-    def get(self, path: str) -> Any:
-        return self.request("GET", path).raise_for_status().json()
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        return self.request("POST", path, json=body).raise_for_status().json()
 
 
 @dataclass
@@ -178,20 +96,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))},
+        **clean_env(),
         "PREFECT_HOME": str(root / "home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOCAL_STORAGE_PATH": str(root / "results"),
         # The UI asks this address for data; it defaults to port 4200 whatever --port says.
         "PREFECT_UI_API_URL": f"{url}/api",
-        # The scheduler looks for deployments to schedule every 2 s, not every 60 s, and
-        # schedules a few runs ahead, not 100 (a 15 s interval would fill an hour: 100 inserts
-        # per deployment into SQLite while the flows run, which timed out requests in CI).
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "3",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": "1",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": "PT60S",
+        **FAST_SCHEDULER,
     }
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     server = start([*command, "--port", str(port)], env, logs / "server.log")
@@ -543,23 +455,7 @@ def scheduled_runs(
     def scheduled_and_completed(name: str) -> dict[str, Any] | None:
         for process, log_name in ((worker, "scheduled-worker.log"), (serving, "serve-2.log")):
             assert process.poll() is None, f"{log_name} exited:\n{tail(server.logs / log_name)}"
-        found = server.request("GET", f"/deployments/name/{name}")
-        if found.status_code != 200:
-            return None
-        runs = server.post(
-            "/flow_runs/filter",
-            {
-                "flow_runs": {
-                    "deployment_id": {"any_": [found.json()["id"]]},
-                    "state": {"type": {"any_": sorted(TERMINAL)}},
-                },
-                "limit": 20,
-            },
-        )
-        done = [r for r in runs if r["auto_scheduled"] and r["state"]["type"] == "COMPLETED"]
-        failed = [r for r in runs if r["state"]["type"] in TERMINAL - {"COMPLETED"}]
-        assert not failed, failed[0]["state"]
-        return dict(done[0]) if done else None
+        return completed_scheduled_run(server, name)
 
     def why() -> str:
         return "\n".join(

@@ -1,0 +1,153 @@
+"""Helpers for end-to-end tests against a real Prefect server in another process: poll with a
+deadline, run the `prefect` CLI, start and stop process groups, ask the REST API (again while
+it answers 503), and find a run the server's scheduler created that ran to Completed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# The scheduler looks for deployments to schedule every 2 s, not every 60 s, and schedules a
+# few runs ahead, not 100 (a 15 s interval would fill an hour: 100 inserts per deployment into
+# SQLite while the flows run, which timed out requests in CI).
+FAST_SCHEDULER = {
+    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "3",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": "1",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": "PT60S",
+}
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without Prefect's or gristmill's settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, why: Callable[[], str]) -> T:
+    """Poll `check` until it returns a value; fail with `why()` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not done after {timeout:.0f} s\n{why()}")
+        time.sleep(0.25)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prefect_cli(*args: str, env: dict[str, str], log: Path, timeout: float = 120) -> None:
+    """Run the `prefect` CLI of this interpreter from the repo root; fail with its output."""
+    with log.open("a") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{tail(log)}"
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A background process in its own process group, output to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group we started, SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@dataclass
+class PrefectServer:
+    url: str
+    env: dict[str, str]
+    logs: Path
+    api: httpx.Client
+    busy_answers: int = 0  # 503s this client was given (and asked again after)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The server's answer, asking again while it says 503: the SQLite database behind a
+        test server is briefly busy while runs finish or schedules are written (seen in CI)."""
+
+        def answer() -> httpx.Response | None:
+            try:
+                response = self.api.request(method, path, **kwargs)
+            except httpx.TimeoutException:
+                # the same busy database on a loaded 2-core CI machine: ask again (seen in CI)
+                return None
+            if response.status_code == 503:
+                self.busy_answers += 1
+                time.sleep(0.5)
+                return None
+            return response
+
+        return wait_for(f"{method} {path}", answer, 150, lambda: tail(self.logs / "server.log"))
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path).raise_for_status().json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("POST", path, json=body).raise_for_status().json()
+
+
+def completed_scheduled_run(server: PrefectServer, deployment: str) -> dict[str, Any] | None:
+    """A run of `deployment` the server's scheduler created that reached Completed; None while
+    there is none. Fails at once when one of its runs ended otherwise."""
+    found = server.request("GET", f"/deployments/name/{deployment}")
+    if found.status_code != 200:
+        return None
+    runs = server.post(
+        "/flow_runs/filter",
+        {
+            "flow_runs": {
+                "deployment_id": {"any_": [found.json()["id"]]},
+                "state": {"type": {"any_": sorted(TERMINAL)}},
+            },
+            "limit": 20,
+        },
+    )
+    done = [r for r in runs if r["auto_scheduled"] and r["state"]["type"] == "COMPLETED"]
+    failed = [r for r in runs if r["state"]["type"] in TERMINAL - {"COMPLETED"}]
+    assert not failed, failed[0]["state"]
+    return dict(done[0]) if done else None
