@@ -13,24 +13,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import REPO, SAMPLE_TRANSCRIPTS
 from tests.support.postgres import PostgresCluster
 from tests.support.prefect_server import (
-    FAST_SCHEDULER,
     PrefectServer,
-    clean_env,
     completed_scheduled_run,
-    free_port,
     start,
+    start_gristmill_server,
     stop,
     tail,
     wait_for,
 )
 from tests.support.prefect_writers import (
-    LOG_ERRORS,
     Writers,
     count_task_runs,
     run_writers,
@@ -46,36 +42,6 @@ WRITERS, TASK_RUNS = 4, 100
 MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 
 
-def start_server(
-    url: str, root: Path, name: str, *extra: str
-) -> tuple[subprocess.Popen[bytes], PrefectServer]:
-    """`gristmill server --database-url url` with its own data dir under `root`, healthy."""
-    logs = root / f"{name}-logs"
-    logs.mkdir(parents=True)
-    port = free_port()
-    env = {
-        **clean_env(),
-        "GRISTMILL_DATA_DIR": str(root / f"{name}-data"),
-        "PREFECT_LOCAL_STORAGE_PATH": str(root / "results"),
-        **FAST_SCHEDULER,
-        **LOG_ERRORS,
-    }
-    command = [sys.executable, "-m", "pipelines.cli", "server", "--port", str(port)]
-    process = start([*command, "--database-url", url, *extra], env, logs / "server.log")
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=30)
-
-    def healthy() -> bool | None:
-        assert process.poll() is None, f"the server exited:\n{tail(logs / 'server.log')}"
-        try:
-            return api.get("/health").status_code == 200 or None
-        except httpx.TransportError:
-            return None
-
-    wait_for("server health", healthy, 180, lambda: tail(logs / "server.log"))
-    server_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    return process, PrefectServer(f"http://127.0.0.1:{port}", server_env, logs, api)
-
-
 @pytest.fixture(scope="module")
 def database(postgres_cluster: PostgresCluster) -> str:
     """An empty database owned by a role with a password (not a superuser): its URL."""
@@ -86,7 +52,7 @@ def database(postgres_cluster: PostgresCluster) -> str:
 
 @pytest.fixture(scope="module")
 def pg_server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    process, server = start_server(database, tmp_path_factory.mktemp("pg"), "first")
+    process, server = start_gristmill_server(database, tmp_path_factory.mktemp("pg"), "first")
     try:
         yield server
     finally:
@@ -187,7 +153,7 @@ def test_history_is_in_postgres_a_second_server_without_migrations_sees_it(
 ) -> None:
     """An extra replica: another data dir and port, `--no-migrate`, the same database."""
     root = tmp_path_factory.mktemp("replica")
-    process, replica = start_server(database, root, "replica", "--no-migrate")
+    process, replica = start_gristmill_server(database, root, "replica", "--no-migrate")
     try:
         for run in writers.flow_runs:
             found = replica.get(f"/flow_runs/{run['flow_run_id']}")

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parents[2]
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # The scheduler looks for deployments to schedule every 2 s, not every 60 s, and schedules a
@@ -151,3 +151,36 @@ def completed_scheduled_run(server: PrefectServer, deployment: str) -> dict[str,
     failed = [r for r in runs if r["state"]["type"] in TERMINAL - {"COMPLETED"}]
     assert not failed, failed[0]["state"]
     return dict(done[0]) if done else None
+
+
+def start_gristmill_server(
+    url: str | None, root: Path, name: str, *extra: str
+) -> tuple[subprocess.Popen[bytes], PrefectServer]:
+    """`gristmill server` (on database `url`, else SQLite in its data dir) with its own data
+    dir under `root`, a fast scheduler and every 503 logged; once it is healthy."""
+    logs = root / f"{name}-logs"
+    logs.mkdir(parents=True)
+    port = free_port()
+    env = {
+        **clean_env(),
+        "GRISTMILL_DATA_DIR": str(root / f"{name}-data"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(root / "results"),
+        **FAST_SCHEDULER,
+        # each 503 and 500 the server answers with is logged (tests.support.prefect_writers)
+        "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
+    }
+    command = [sys.executable, "-m", "pipelines.cli", "server", "--port", str(port)]
+    database = ["--database-url", url] if url else []
+    process = start([*command, *database, *extra], env, logs / "server.log")
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=30)
+
+    def healthy() -> bool | None:
+        assert process.poll() is None, f"the server exited:\n{tail(logs / 'server.log')}"
+        try:
+            return api.get("/health").status_code == 200 or None
+        except httpx.TransportError:
+            return None
+
+    wait_for("server health", healthy, 180, lambda: tail(logs / "server.log"))
+    server_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    return process, PrefectServer(f"http://127.0.0.1:{port}", server_env, logs, api)

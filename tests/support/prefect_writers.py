@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 # first line; every 500 gets the second.
 RETRYABLE = "Encountered retryable exception in request"
 INTERNAL = "Encountered exception in request"
-LOG_ERRORS = {"PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true"}
 
 
 @dataclass
