@@ -132,7 +132,10 @@ async def _prepare_postgres(raw: str, *, migrate: bool, timeout: float) -> None:
             timeout=timeout,
         )
     except (OSError, TimeoutError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
+        if isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused"
+        else:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
         raise ConfigurationError(
             f"cannot reach PostgreSQL at {where} ({reason})",
             hint="is it running? check the host and port of --database-url",

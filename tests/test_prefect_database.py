@@ -79,7 +79,8 @@ def assert_one_line(done: subprocess.CompletedProcess[str], *words: str) -> None
 def test_an_unreachable_database_is_one_line_without_the_password(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     url = f"postgresql+asyncpg://me:{SECRET}@127.0.0.1:{port}/prefect"
-    assert_one_line(server("--database-url", url, tmp_path=tmp_path), f"127.0.0.1:{port}")
+    done = server("--database-url", url, tmp_path=tmp_path)
+    assert_one_line(done, f"127.0.0.1:{port}", "connection refused")
 
 
 def test_prefects_own_setting_is_honoured(tmp_path: Path) -> None:
