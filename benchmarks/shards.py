@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     args = parser.parse_args()
 
-    from tests.support.processes import prefect_server_process, start, stop
+    from tests.support.prefect_server import prefect_server_process, start, stop
 
     root = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     cap = CAP_IN_FLIGHT / args.latency

@@ -345,12 +345,22 @@ def server(
         float | None,
         typer.Option("--idle-minutes", hidden=True, help="Stop after this long without use."),
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB (default: SQLite in the data "
+            "dir; also PREFECT_API_DATABASE_CONNECTION_URL).",
+        ),
+    ] = None,
+    migrate: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Migrate the schema on start.")
+    ] = True,
 ) -> None:
     """Start a local Prefect server for run history and the UI (Ctrl-C or `server stop` ends it)."""
     if ctx.invoked_subcommand is not None:
         return
-    import socket
-
+    from pipelines import prefect_database
     from pipelines import server as local_server
 
     settings = load_settings()
@@ -361,33 +371,22 @@ def server(
             f"a gristmill server already serves {home} at {other.url} (pid {other.pid}); "
             "stop it with `gristmill server stop`"
         )
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            fail(f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port")
+    local_server.check_port(host, port)
     home.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": os.environ.get("DO_NOT_TRACK", "1"),
-    }
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    # The UI asks this address for data; Prefect defaults it to port 4200 whatever --port says.
-    env.setdefault("PREFECT_UI_API_URL", f"http://{shown}:{port}/api")
-    database = (
-        "from PREFECT_API_DATABASE_CONNECTION_URL"
-        if os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
-        else f"SQLite in {home}"
-    )
-    typer.echo(f"Prefect server (database: {database}); UI at http://{shown}:{port}")
+    env = local_server.foreground_env(dict(os.environ), home, f"http://{shown}:{port}")
+    database = prefect_database.chosen(database_url, env, home)
+    prefect_database.prepare(database, migrate=migrate)
+    env.update(prefect_database.server_settings(database, migrate=migrate))
+    typer.echo(f"Prefect server (database: {database.describe()}); UI at http://{shown}:{port}")
     typer.echo("gristmill commands for this data dir find it; point other flows and workers at it:")
     typer.echo(f"  export PREFECT_API_URL=http://{shown}:{port}/api")
     typer.echo("Stop it with Ctrl-C, `kill`, or `gristmill server stop`.")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host]
     url = f"http://{shown}:{port}"
-    code = local_server.run([*command, "--port", str(port)], env, home, url, idle_minutes)
+    code = local_server.run(
+        [*command, "--port", str(port)], env, home, url, idle_minutes, database.describe()
+    )
     raise typer.Exit(0 if code in (0, -2, -15, 130, 143) else code)
 
 

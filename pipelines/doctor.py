@@ -7,6 +7,7 @@ import os
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from tasks.settings import Settings
@@ -150,7 +151,8 @@ def _check_prefect(settings: Settings) -> tuple[str, bool, str, str]:
                 "Prefect API",
                 True,
                 f"the gristmill server of this data dir at {local.url} (pid {local.pid}{stops}): "
-                f"every command reports there; run history is kept in {home / 'prefect.db'}",
+                "every command reports there; run history is kept in "
+                + (local.database or f"SQLite at {home / 'prefect.db'}"),
                 "",
             )
         what = (
@@ -163,7 +165,7 @@ def _check_prefect(settings: Settings) -> tuple[str, bool, str, str]:
             "Prefect API",
             True,
             f"no server up and PREFECT_API_URL not set: {what}; run history is kept in "
-            f"{home / 'prefect.db'}; `gristmill server` shows it in the UI",
+            f"{_database(home)}; `gristmill server` shows it in the UI",
             "",
         )
     try:
@@ -172,6 +174,17 @@ def _check_prefect(settings: Settings) -> tuple[str, bool, str, str]:
         return ("Prefect API", healthy, f"{url} healthy (run history is kept by that server)", "")
     except Exception as exc:
         return ("Prefect API", False, f"{url} unreachable ({exc})", "start `gristmill server`")
+
+
+def _database(home: Path) -> str:
+    """The database a server started now would use, in words (no password)."""
+    from pipelines.prefect_database import chosen
+    from tasks.errors import ConfigurationError
+
+    try:
+        return chosen(None, os.environ, home).describe()
+    except ConfigurationError as exc:
+        return f"an unusable PREFECT_API_DATABASE_CONNECTION_URL ({exc.message})"
 
 
 # The scheduler looks every 60 s by default and fills at least the next hour: a deployment this

@@ -50,6 +50,7 @@ class RunningServer:
     child: int
     url: str
     idle_minutes: float | None = None
+    database: str | None = None
 
     @property
     def api_url(self) -> str:
@@ -77,6 +78,7 @@ def running(home: Path) -> RunningServer | None:
             int(data["child"]),
             str(data["url"]),
             float(idle) if idle is not None else None,
+            str(data["database"]) if data.get("database") else None,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -107,22 +109,53 @@ def server_env(env: dict[str, str]) -> dict[str, str]:
     }
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise ConfigurationError when nothing could listen on `host`:`port` now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {host}:{port} ({exc.strerror})", hint="pick another with --port"
+            ) from None
+
+
+def foreground_env(env: dict[str, str], home: Path, url: str) -> dict[str, str]:
+    """The environment of a Prefect server keeping its database in `home`, reached at `url`."""
+    return {
+        **env,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": env.get("DO_NOT_TRACK", "1"),
+        # The UI asks this address for data; Prefect defaults it to port 4200 whatever --port says.
+        "PREFECT_UI_API_URL": env.get("PREFECT_UI_API_URL") or f"{url}/api",
+    }
+
+
 def run(
     command: list[str],
     env: dict[str, str],
     home: Path,
     url: str,
     idle_minutes: float | None = None,
+    database: str | None = None,
 ) -> int:
     """Run the Prefect server in the foreground until it exits or we are told to stop; with
-    `idle_minutes`, also until it has been idle that long."""
+    `idle_minutes`, also until it has been idle that long. `database` (in words, no password)
+    is recorded for `gristmill doctor`."""
     process = subprocess.Popen(
         command,
         env=server_env(env),
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     state = home / STATE_FILE
-    record = {"pid": os.getpid(), "child": process.pid, "url": url, "idle_minutes": idle_minutes}
+    record = {
+        "pid": os.getpid(),
+        "child": process.pid,
+        "url": url,
+        "idle_minutes": idle_minutes,
+        "database": database,
+    }
     state.write_text(json.dumps(record), encoding="utf-8")
 
     def forward(signum: int, _frame: FrameType | None) -> None:

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures defined in tests/support: a real PostgreSQL for the session (`postgres_cluster`).
+pytest_plugins = ["tests.support.postgres"]
+
 _RESULTS = tempfile.mkdtemp(prefix="gristmill-results-")
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = _RESULTS
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

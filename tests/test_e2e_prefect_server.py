@@ -26,8 +26,11 @@ import pytest
 from deployments.definitions import BATCH_PARAMETERS
 from tasks.model_files import missing_files
 from tests.conftest import REPO, SAMPLE_TRANSCRIPTS
-from tests.support.processes import (
+from tests.support.prefect_server import (
+    FAST_SCHEDULER,
+    TERMINAL,
     PrefectServer,
+    completed_scheduled_run,
     prefect_cli,
     prefect_server_process,
     start,
@@ -55,7 +58,6 @@ NEEDS_MODEL = pytest.mark.skipif(
 SCREENSHOTS = Path(os.environ.get("GRISTMILL_SCREENSHOTS") or tempfile.mkdtemp(prefix="shots-"))
 SCHEDULED_POOL = "scheduled"
 WORKER_SCHEDULED = "summarize-transcripts/every-15s"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -86,15 +88,8 @@ class FinishedRuns:
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """A real `prefect server start` on a free loopback port with a throwaway PREFECT_HOME."""
-    # The scheduler looks for deployments to schedule every 2 s, not every 60 s, and schedules
-    # a few runs ahead, not 100 (a 15 s interval would fill an hour: 100 inserts per deployment
-    # into SQLite while the flows run, which timed out requests in CI).
     with prefect_server_process(
-        tmp_path_factory.mktemp("prefect-server"),
-        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
-        PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS="3",
-        PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS="1",
-        PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME="PT60S",
+        tmp_path_factory.mktemp("prefect-server"), **FAST_SCHEDULER
     ) as server:
         yield server
 
@@ -428,23 +423,7 @@ def scheduled_runs(
     def scheduled_and_completed(name: str) -> dict[str, Any] | None:
         for process, log_name in ((worker, "scheduled-worker.log"), (serving, "serve-2.log")):
             assert process.poll() is None, f"{log_name} exited:\n{tail(server.logs / log_name)}"
-        found = server.request("GET", f"/deployments/name/{name}")
-        if found.status_code != 200:
-            return None
-        runs = server.post(
-            "/flow_runs/filter",
-            {
-                "flow_runs": {
-                    "deployment_id": {"any_": [found.json()["id"]]},
-                    "state": {"type": {"any_": sorted(TERMINAL)}},
-                },
-                "limit": 20,
-            },
-        )
-        done = [r for r in runs if r["auto_scheduled"] and r["state"]["type"] == "COMPLETED"]
-        failed = [r for r in runs if r["state"]["type"] in TERMINAL - {"COMPLETED"}]
-        assert not failed, failed[0]["state"]
-        return dict(done[0]) if done else None
+        return completed_scheduled_run(server, name)
 
     def why() -> str:
         return "\n".join(

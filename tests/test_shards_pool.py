@@ -25,7 +25,7 @@ from tasks.model_files import missing_files
 from tests.conftest import REPO
 from tests.support.chroma_process import chroma_server
 from tests.support.openai_server import FakeOpenAI, default_responder
-from tests.support.processes import (
+from tests.support.prefect_server import (
     PrefectServer,
     prefect_cli,
     prefect_server_process,

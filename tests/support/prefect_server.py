@@ -1,5 +1,6 @@
-"""Real processes for end-to-end tests: a Prefect server on a free loopback port, workers and
-CLI commands in their own process groups, and polling with a reason when it times out."""
+"""Helpers for end-to-end tests against a real Prefect server in another process: poll with a
+deadline, run the `prefect` CLI, start and stop process groups, ask the REST API (again while
+it answers 503), and find a run the server's scheduler created that ran to Completed."""
 
 from __future__ import annotations
 
@@ -18,7 +19,24 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parents[2]
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# The scheduler looks for deployments to schedule every 2 s, not every 60 s, and schedules a
+# few runs ahead, not 100 (a 15 s interval would fill an hour: 100 inserts per deployment into
+# SQLite while the flows run, which timed out requests in CI).
+FAST_SCHEDULER = {
+    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "3",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": "1",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": "PT60S",
+}
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without Prefect's or gristmill's settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
+
 
 T = TypeVar("T")
 
@@ -87,6 +105,7 @@ class PrefectServer:
     env: dict[str, str]
     logs: Path
     api: httpx.Client
+    busy_answers: int = 0  # 503s this client was given (and asked again after)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The server's answer, asking again while it says 503: the SQLite database behind a
@@ -99,6 +118,7 @@ class PrefectServer:
                 # the same busy database on a loaded 2-core CI machine: ask again (seen in CI)
                 return None
             if response.status_code == 503:
+                self.busy_answers += 1
                 time.sleep(0.5)
                 return None
             return response
@@ -112,6 +132,61 @@ class PrefectServer:
         return self.request("POST", path, json=body).raise_for_status().json()
 
 
+def completed_scheduled_run(server: PrefectServer, deployment: str) -> dict[str, Any] | None:
+    """A run of `deployment` the server's scheduler created that reached Completed; None while
+    there is none. Fails at once when one of its runs ended otherwise."""
+    found = server.request("GET", f"/deployments/name/{deployment}")
+    if found.status_code != 200:
+        return None
+    runs = server.post(
+        "/flow_runs/filter",
+        {
+            "flow_runs": {
+                "deployment_id": {"any_": [found.json()["id"]]},
+                "state": {"type": {"any_": sorted(TERMINAL)}},
+            },
+            "limit": 20,
+        },
+    )
+    done = [r for r in runs if r["auto_scheduled"] and r["state"]["type"] == "COMPLETED"]
+    failed = [r for r in runs if r["state"]["type"] in TERMINAL - {"COMPLETED"}]
+    assert not failed, failed[0]["state"]
+    return dict(done[0]) if done else None
+
+
+def start_gristmill_server(
+    url: str | None, root: Path, name: str, *extra: str
+) -> tuple[subprocess.Popen[bytes], PrefectServer]:
+    """`gristmill server` (on database `url`, else SQLite in its data dir) with its own data
+    dir under `root`, a fast scheduler and every 503 logged; once it is healthy."""
+    logs = root / f"{name}-logs"
+    logs.mkdir(parents=True)
+    port = free_port()
+    env = {
+        **clean_env(),
+        "GRISTMILL_DATA_DIR": str(root / f"{name}-data"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(root / "results"),
+        **FAST_SCHEDULER,
+        # each 503 and 500 the server answers with is logged (tests.support.prefect_writers)
+        "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
+    }
+    command = [sys.executable, "-m", "pipelines.cli", "server", "--port", str(port)]
+    database = ["--database-url", url] if url else []
+    process = start([*command, *database, *extra], env, logs / "server.log")
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=30)
+
+    def healthy() -> bool | None:
+        assert process.poll() is None, f"the server exited:\n{tail(logs / 'server.log')}"
+        try:
+            return api.get("/health").status_code == 200 or None
+        except httpx.TransportError:
+            return None
+
+    wait_for("server health", healthy, 180, lambda: tail(logs / "server.log"))
+    server_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    return process, PrefectServer(f"http://127.0.0.1:{port}", server_env, logs, api)
+
+
 @contextlib.contextmanager
 def prefect_server_process(root: Path, **extra_env: str) -> Iterator[PrefectServer]:
     """A real `prefect server start` on a free loopback port with a throwaway PREFECT_HOME under
@@ -121,7 +196,7 @@ def prefect_server_process(root: Path, **extra_env: str) -> Iterator[PrefectServ
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))},
+        **clean_env(),
         "PREFECT_HOME": str(root / "home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
