@@ -1,4 +1,5 @@
-"""Shards on a work pool, with real processes: a Prefect server, a Chroma server, two process
+"""Shards on a work pool, with real processes: PostgreSQL behind `gristmill server` (Prefect's
+API and UI), a Chroma server, two process
 workers on the `gristmill` pool, the shard deployments from prefect.yaml, and a sharded
 `gristmill batch`, `summarize` and `ingest` started at once as parents, with the local
 OpenAI-compatible server counting what is paid. One worker is killed with SIGKILL (with its
@@ -25,11 +26,12 @@ from tasks.model_files import missing_files
 from tests.conftest import REPO
 from tests.support.chroma_process import chroma_server
 from tests.support.openai_server import FakeOpenAI, default_responder
+from tests.support.postgres import PostgresCluster
 from tests.support.prefect_server import (
     PrefectServer,
     prefect_cli,
-    prefect_server_process,
     start,
+    start_gristmill_server,
     stop,
     tail,
     wait_for,
@@ -48,10 +50,17 @@ POOL = "gristmill"  # the pool prefect.yaml deploys to
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    # the triggers service evaluates proactive automations every few seconds by default
-    with prefect_server_process(tmp_path_factory.mktemp("pool-server")) as prefect:
+def server(
+    postgres_cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrefectServer]:
+    """`gristmill server` on a database of the session's real PostgreSQL."""
+    url = postgres_cluster.create_database("shards")
+    process, prefect = start_gristmill_server(url, tmp_path_factory.mktemp("pool"), "pool")
+    try:
         yield prefect
+    finally:
+        prefect.api.close()
+        stop(process)
 
 
 def descendants(pid: int) -> list[int]:
