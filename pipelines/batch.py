@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -143,6 +143,16 @@ def process_records(
 
 _OVERRIDES = frozenset({"settings", "engine", "on_progress"})
 """The keyword-only arguments of `process_records`: not run parameters."""
+
+BATCH_TASKS_AT_ONCE = 4
+"""Row batch tasks in flight on the thread runner (each sends its rows `concurrency` at a time)."""
+
+
+def process_records_for(settings: Settings) -> Flow[..., State]:
+    """The flow on the task runner the settings ask for (`pipelines/runners.py`)."""
+    from pipelines.runners import task_runner_for
+
+    return process_records.with_options(task_runner=task_runner_for(settings, BATCH_TASKS_AT_ONCE))
 
 
 def _process(
