@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipelines.runners import let_go
 from tasks.batch.dispatch import process_row_batch, row_batches, settle_known_rows
 from tasks.batch.engines.protocol import RowEngine
 from tasks.batch.journal import RowJournal
@@ -227,10 +228,12 @@ def _run_batches(
     ]
     for batch, future in futures:
         try:
-            yield batch, future.result()
+            results = future.result()
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            yield batch, [failed_result(row, reason) for row in batch]
+            results = [failed_result(row, reason) for row in batch]
+        let_go(future)  # not recomputed on Dask if its worker dies later (pipelines/runners.py)
+        yield batch, results
 
 
 class _Progress:

@@ -24,6 +24,7 @@ import pytest
 
 from tests.conftest import REPO, SAMPLE_TRANSCRIPTS
 from tests.support.openai_server import FakeOpenAI, last_user_text
+from tests.support.responders import meeting_notes_responder
 
 pytestmark = pytest.mark.slow
 
@@ -159,6 +160,48 @@ def gristmill(
     )
 
 
+_TASK_RUNS = """
+import asyncio, json, sys, uuid
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, LogFilter
+from prefect.client.schemas.sorting import FlowRunSort
+
+async def main():
+    async with get_client() as client:
+        if sys.argv[1] == "latest":
+            latest = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+            run = latest[0].id
+        else:
+            run = uuid.UUID(sys.argv[1])
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run]}))
+        logs = await client.read_logs(log_filter=LogFilter(flow_run_id={"any_": [run]}))
+    counts = {}
+    for log in logs:
+        counts[str(log.task_run_id)] = counts.get(str(log.task_run_id), 0) + 1
+    print(json.dumps([[r.name, r.state_name, counts.get(str(r.id), 0)] for r in runs]))
+
+asyncio.run(main())
+"""
+
+
+def task_runs(data_dir: Path, flow_run_id: str) -> list[tuple[str, str, int]]:
+    """(name, state, log lines) of every task run of a flow run (`latest`: the last started),
+    from the Prefect server that the commands on `data_dir` started."""
+    from pipelines.server import find
+
+    server = find(data_dir / "prefect")
+    assert server is not None, "no gristmill server is up for this data dir"
+    done = subprocess.run(
+        [sys.executable, "-c", _TASK_RUNS, flow_run_id],
+        env=clean_env(PREFECT_API_URL=server.api_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [tuple(r) for r in json.loads(done.stdout)]  # type: ignore[misc]
+
+
 def dask_env(cluster: Cluster) -> dict[str, str]:
     return {"GRISTMILL_TASK_RUNNER": "dask", "GRISTMILL_DASK_ADDRESS": cluster.address}
 
@@ -183,6 +226,7 @@ def test_summaries_on_two_dask_workers_equal_the_thread_runner(
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
+    llm.responder = meeting_notes_responder
     env = llm_env(llm)
     threads = gristmill(
         "summarize", str(SAMPLE_TRANSCRIPTS), "--out", str(tmp_path / "threads"), "--json",
@@ -200,18 +244,25 @@ def test_summaries_on_two_dask_workers_equal_the_thread_runner(
     # the same notes: every chunk's notes came from the result store the thread run wrote,
     # which the workers read (results under <data_dir>/results, passed to them by Prefect)
     assert summaries(tmp_path / "dask") == summaries(tmp_path / "threads")
-    assert llm.calls == calls_on_threads
-    assert report["llm_calls"] == 0
+    assert llm.calls == calls_on_threads  # nothing paid again
 
     forced = gristmill(
         "summarize", str(SAMPLE_TRANSCRIPTS), "--out", str(tmp_path / "forced"), "--json",
         "--force", data_dir=data, env={**env, **dask_env(cluster)},
     )  # fmt: skip
     assert forced.returncode == 0, forced.stderr
-    assert json.loads(forced.stdout)["llm_calls"] > 0
+    assert llm.calls >= 2 * calls_on_threads  # --force: every call made again, on the workers
     assert summaries(tmp_path / "forced").keys() == summaries(tmp_path / "threads").keys()
     ran = {name: cluster.tasks_run_by(name) for name in cluster.workers}
     assert all(any(t.startswith("summarize ") for t in tasks) for tasks in ran.values()), ran
+    # the task runs on the workers reported their states and logs to the Prefect server
+    # (PrefectHQ/prefect#17750, #18082: task logs missing from the UI with a remote cluster)
+    runs = task_runs(data, "latest")
+    on_workers = {t for tasks in ran.values() for t in tasks}
+    assert {name for name, _, _ in runs} >= on_workers
+    assert all(state == "Completed" for _, state, _ in runs), runs
+    logged = {name for name, _, lines in runs if lines > 0}
+    assert on_workers <= logged, sorted(on_workers - logged)
 
 
 def write_rows(path: Path, count: int) -> None:
@@ -336,11 +387,23 @@ def test_a_dask_worker_killed_mid_batch_costs_no_finished_call_again(
     paid_twice = {text for text, n in asked.items() if n > 1}
     finished = {by_key[key] for key in finished_before_kill if key in by_key}
     assert finished, "no row was journaled before the kill"
+    print(
+        f"\nkilled w1 after {len(finished)} rows were journaled; {sum(asked.values())} calls for "
+        f"{count} rows, {len(paid_twice)} rows sent twice; tasks finished on w1 "
+        f"{len(cluster.tasks_run_by('w1'))}, on w2 {len(cluster.tasks_run_by('w2'))}"
+    )
     # a row finished before the kill is never sent again, whichever task re-runs it ...
     assert not (paid_twice & finished)
     # ... and only the calls in flight on the killed worker (2 threads x 4 rows) may repeat
     assert len(paid_twice) <= 8, sorted(paid_twice)
     assert cluster.tasks_run_by("w2"), "the surviving worker ran no task"
+    # no task run is left RUNNING by the dead worker (PrefectHQ/prefect#21638), each batch is
+    # one task run that ended Completed
+    runs = task_runs(data, report["flow_run_id"])
+    assert sorted(name for name, _, _ in runs) == sorted(
+        f"rows.csv rows {start}-{start + 9}" for start in range(0, count, 10)
+    )
+    assert {state for _, state, _ in runs} == {"Completed"}, runs
 
 
 def test_engines_and_the_journal_cross_processes_as_their_recipe(tmp_path: Path) -> None:
