@@ -406,6 +406,32 @@ def test_a_dask_worker_killed_mid_batch_costs_no_finished_call_again(
     assert {state for _, state, _ in runs} == {"Completed"}, runs
 
 
+def test_batch_on_a_local_cluster_when_no_address_is_given(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = tmp_path / "rows.csv"
+    write_rows(rows, 30)
+    options = ["--task", "summarize", "--id-column", "id", "--json"]
+    env = {"GRISTMILL_BATCH_ROWS_PER_TASK": "10"}
+    threads = gristmill(
+        "batch", str(rows), "--output", str(tmp_path / "threads.csv"), *options,
+        data_dir=data, env=env,
+    )  # fmt: skip
+    assert threads.returncode == 0, threads.stderr
+    local = gristmill(
+        "batch", str(rows), "--output", str(tmp_path / "local.csv"), *options, "--verbose",
+        data_dir=data, env={**env, "GRISTMILL_TASK_RUNNER": "dask"},
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    assert "Creating a new Dask cluster with `distributed.deploy.local.LocalCluster`" in (
+        local.stderr + local.stdout
+    )
+    assert read_output(tmp_path / "local.csv") == read_output(tmp_path / "threads.csv")
+    report = json.loads(local.stdout[local.stdout.index("{") :])
+    runs = task_runs(data, report["flow_run_id"])
+    assert len(runs) == 3 and {state for _, state, _ in runs} == {"Completed"}, runs
+
+
 def test_engines_and_the_journal_cross_processes_as_their_recipe(tmp_path: Path) -> None:
     from tasks.batch.engines.chat import ChatRowEngine
     from tasks.batch.journal import RowJournal
