@@ -504,3 +504,102 @@ def test_a_dask_address_nobody_answers_is_one_line_and_exit_2(tmp_path: Path) ->
     assert unknown.returncode == 2
     assert "Traceback" not in unknown.stderr
     assert "GRISTMILL_TASK_RUNNER" in unknown.stderr, unknown.stderr
+
+
+def chunk_prompts(settings_overrides: dict[str, object]) -> dict[str, str]:
+    """Result-store key -> first-attempt prompt of every chunk of the sample transcripts."""
+    from tasks.chunking import chunk_utterances
+    from tasks.settings import Settings
+    from tasks.summaries import build_summarizer
+    from tasks.summaries.cache import chunk_cache_key
+    from tasks.summaries.prompts import CHUNK_PROMPT
+    from tasks.transcripts import parse_transcript
+
+    settings = Settings(**settings_overrides)  # type: ignore[arg-type]
+    summarizer = build_summarizer(settings)
+    prompts = {}
+    for path in sorted(SAMPLE_TRANSCRIPTS.iterdir()):
+        transcript = parse_transcript(path, source=str(path))
+        chunks = chunk_utterances(
+            transcript.utterances, settings.chunk_tokens, settings.chunk_overlap_tokens
+        )
+        for chunk in chunks:
+            key = chunk_cache_key(summarizer, transcript.name, len(chunks), chunk)
+            prompts[key] = CHUNK_PROMPT.format(
+                title=transcript.name, part=chunk.index + 1, parts=len(chunks), text=chunk.text
+            )
+    return prompts
+
+
+def test_a_dask_worker_killed_mid_summary_costs_no_finished_chunk_again(
+    tmp_path: Path, cluster: Cluster, llm: FakeOpenAI
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    results = data / "results"
+    llm.responder = meeting_notes_responder
+    llm.latency = 0.3
+    env = {
+        **llm_env(llm),
+        **dask_env(cluster),
+        "GRISTMILL_CHUNK_TOKENS": "1000",
+        "GRISTMILL_CHUNK_OVERLAP_TOKENS": "30",
+        "GRISTMILL_LLM_CONCURRENCY": "2",
+    }
+    prompts = chunk_prompts(
+        {
+            "openai_base_url": llm.base_url,
+            "openai_api_key": "sk-test",
+            "chunk_tokens": 1000,
+            "chunk_overlap_tokens": 30,
+        }
+    )
+    assert len(prompts) >= 30
+
+    def stored() -> set[str]:
+        return {p.name for p in results.glob("summarize-chunk-*")} if results.is_dir() else set()
+
+    command = [sys.executable, "-m", "pipelines.cli", "summarize", str(SAMPLE_TRANSCRIPTS)]
+    command += ["--out", str(tmp_path / "out"), "--json"]
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        run = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=clean_env(**{"GRISTMILL_DATA_DIR": str(data), "GRISTMILL_SERVER": "auto", **env}),
+            stdout=out,
+            stderr=err,
+            text=True,
+        )
+        try:
+            wait_until(lambda: len(stored()) >= 8, "8 chunks summarised", timeout=240)
+            victim = cluster.workers["w1"]
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait(timeout=10)
+            finished_before_kill = stored()
+            run.wait(timeout=300)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert run.returncode == 0, stderr.read_text()[-3000:]
+    report = json.loads(stdout.read_text())
+    assert len(report["transcripts"]) == 6
+    assert {t["status"] for t in report["transcripts"]} == {"ok"}, report["transcripts"]
+
+    asked = Counter(
+        last_user_text(r.body)
+        for r in llm.requests
+        if r.path.endswith("/chat/completions") and isinstance(r.body, dict)
+    )
+    assert set(prompts.values()) <= set(asked)
+    finished = {prompts[key] for key in finished_before_kill if key in prompts}
+    assert len(finished) >= 8
+    paid_twice = {prompt for prompt in prompts.values() if asked[prompt] > 1}
+    print(
+        f"\nkilled w1 after {len(finished)} of {len(prompts)} chunks were stored; "
+        f"{len(paid_twice)} chunk prompts sent twice"
+    )
+    # a chunk whose notes were stored before the kill is never sent again ...
+    assert not (paid_twice & finished)
+    # ... and only the calls in flight on the killed worker (2 threads x 2 calls) may repeat
+    assert len(paid_twice) <= 4
