@@ -307,13 +307,16 @@ def serve(
             "with `gristmill server` (commands find it), or unset GRISTMILL_SERVER=ephemeral"
         )
     from deployments.definitions import build_deployments, describe_schedule
+    from pipelines.runners import check_task_runner
+    from tasks.errors import GristmillError
 
     try:
+        check_task_runner(settings)  # the served runs' tasks go where GRISTMILL_TASK_RUNNER says
         deployments = build_deployments(
             timezone,
             {"summarize": settings.summarize_schedule, "ingest": settings.ingest_schedule},
         )
-    except ValueError as exc:
+    except (ValueError, GristmillError) as exc:
         fail(str(exc))
     typer.echo(f"Serving {len(deployments)} deployments (Ctrl-C stops):")
     for deployment in deployments:
