@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipelines.runners import let_go
+from pipelines.runners import let_go, task_runner_for
 from tasks.batch.dispatch import process_row_batch, row_batches, settle_known_rows
 from tasks.batch.engines.protocol import RowEngine
 from tasks.batch.journal import RowJournal
@@ -151,8 +151,6 @@ BATCH_TASKS_AT_ONCE = 4
 
 def process_records_for(settings: Settings) -> Flow[..., State]:
     """The flow on the task runner the settings ask for (`pipelines/runners.py`)."""
-    from pipelines.runners import task_runner_for
-
     return process_records.with_options(task_runner=task_runner_for(settings, BATCH_TASKS_AT_ONCE))
 
 
