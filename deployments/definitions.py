@@ -5,7 +5,8 @@ listed in `DEPLOYMENT_BUILDERS`. `gristmill serve` serves them from one process;
 at the repo root describes the same deployments for a `gristmill` process work pool.
 
 Flow modules are imported inside the builders, so importing this module stays cheap and a
-pipeline that is not written yet breaks only its own builder.
+pipeline that is not written yet breaks only its own builder. Summaries and batches run their
+tasks where GRISTMILL_TASK_RUNNER says when served (`pipelines/runners.py`).
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ def summarize_deployment(
 ) -> RunnerDeployment:
     """`summarize-transcripts/nightly`: summarise new or changed transcripts (02:00 unless
     GRISTMILL_SUMMARIZE_SCHEDULE says otherwise)."""
-    from pipelines.summarize import summarize_transcripts
+    from pipelines.summarize import summarize_flow_for
+    from tasks.settings import Settings
 
     return _runner_deployment(
-        summarize_transcripts.to_deployment(
+        summarize_flow_for(Settings()).to_deployment(
             name="nightly",
             description=(
                 "Every night at 02:00: summarise the transcripts under <data_dir>/transcripts into "
@@ -103,10 +105,11 @@ def ingest_deployment(
 
 def batch_deployment(timezone: str = DEFAULT_TIMEZONE, schedule: str = "none") -> RunnerDeployment:
     """`process-records/on-demand`: no schedule; run it with the table and the job to use."""
-    from pipelines.batch import process_records
+    from pipelines.batch import process_records_for
+    from tasks.settings import Settings
 
     return _runner_deployment(
-        process_records.to_deployment(
+        process_records_for(Settings()).to_deployment(
             name="on-demand",
             description=(
                 "On demand only (no schedule): run every row of a table through a prompt template "

@@ -20,13 +20,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipelines.runners import let_go, task_runner_for
 from pipelines.shards import (
     ShardProgress,
     is_parent,
@@ -178,6 +179,14 @@ def process_records(
 _OVERRIDES = frozenset({"settings", "engine", "on_progress"})
 """The keyword-only arguments of `process_records`: not run parameters."""
 
+BATCH_TASKS_AT_ONCE = 4
+"""Row batch tasks in flight on the thread runner (each sends its rows `concurrency` at a time)."""
+
+
+def process_records_for(settings: Settings) -> Flow[..., State]:
+    """The flow on the task runner the settings ask for (`pipelines/runners.py`)."""
+    return process_records.with_options(task_runner=task_runner_for(settings, BATCH_TASKS_AT_ONCE))
+
 
 def _process(
     plan: BatchPlan,
@@ -285,10 +294,12 @@ def _results(submitted: Submitted) -> Iterator[tuple[list[Row], list[RowResult]]
     with the reason)."""
     for batch, future in submitted:
         try:
-            yield batch, future.result()
+            results = future.result()
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            yield batch, [failed_result(row, reason) for row in batch]
+            results = [failed_result(row, reason) for row in batch]
+        let_go(future)  # not recomputed on Dask if its worker dies later (pipelines/runners.py)
+        yield batch, results
 
 
 def _sharded(

@@ -98,10 +98,12 @@ def summarize(
         check_output_folder(paths or [settings.transcripts_dir], out or settings.summaries_dir)
     except GristmillError as exc:
         fail(str(exc))
+    from pipelines.runners import check_task_runner
     from tasks.summaries import build_summarizer
 
     try:
         summarizer = build_summarizer(settings)
+        check_task_runner(settings)
     except GristmillError as exc:
         fail(str(exc))
     from pipelines.summarize import needs_checks, summarize_flow_for
@@ -213,7 +215,8 @@ def batch(
     """Run every row of a table through a prompt template (or a built-in offline task)."""
     settings = load_settings()
     prepare_prefect(settings, verbose=verbose)
-    from pipelines.batch import process_records
+    from pipelines.batch import process_records_for
+    from pipelines.runners import check_task_runner
     from tasks.batch.plan import plan_batch
     from tasks.batch.report import BatchReport
     from tasks.errors import GristmillError
@@ -249,6 +252,7 @@ def batch(
         # What the flow plans from the same parameters, planned first here so that a usage or
         # configuration error is one line and exit code 2, before any flow run starts.
         engine = plan_batch(settings, parameters).engine
+        check_task_runner(settings)
     except GristmillError as exc:
         fail(str(exc))
     from tasks.quality import preload
@@ -259,7 +263,7 @@ def batch(
     typer.echo(f"Processing {input_path} with {engine.name} ({engine.model}) ...", err=True)
     try:
         progress.start("rows")
-        state = process_records(
+        state = process_records_for(settings)(
             **parameters,
             settings=settings,
             engine=engine,
@@ -308,13 +312,16 @@ def serve(
             "with `gristmill server` (commands find it), or unset GRISTMILL_SERVER=ephemeral"
         )
     from deployments.definitions import build_deployments, describe_schedule
+    from pipelines.runners import check_task_runner
+    from tasks.errors import GristmillError
 
     try:
+        check_task_runner(settings)  # the served runs' tasks go where GRISTMILL_TASK_RUNNER says
         deployments = build_deployments(
             timezone,
             {"summarize": settings.summarize_schedule, "ingest": settings.ingest_schedule},
         )
-    except ValueError as exc:
+    except (ValueError, GristmillError) as exc:
         fail(str(exc))
     typer.echo(f"Serving {len(deployments)} deployments (Ctrl-C stops):")
     for deployment in deployments:
@@ -447,6 +454,8 @@ def ingest(
     from tasks.reporting import state_report
 
     progress = ProgressBar(enabled=not as_json)
+    if settings.task_runner == "dask":  # docs/deployment.md: what ingest still needs for Dask
+        typer.echo("gristmill: ingest runs its tasks in this process, not on Dask", err=True)
     typer.echo(f"Ingesting into {settings.collection!r} with {embedder.name} ...", err=True)
     try:
         progress.start("documents")

@@ -439,7 +439,10 @@ def _reduce(
 
 
 def summarize_flow_for(settings: Settings) -> Flow[..., SummarizeReport | State]:
-    """The flow with its task runner sized to the LLM concurrency the settings allow."""
+    """The flow on the task runner the settings ask for (`pipelines/runners.py`), its threads
+    sized to the LLM concurrency they allow."""
+    from pipelines.runners import task_runner_for
+
     return summarize_transcripts.with_options(
-        task_runner=ThreadPoolTaskRunner(max_workers=settings.llm_concurrency)  # type: ignore[arg-type]
+        task_runner=task_runner_for(settings, settings.llm_concurrency)
     )

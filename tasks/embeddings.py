@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from tasks.errors import ConfigurationError, LLMError
 from tasks.llm import Usage, llm_error, openai_client
 from tasks.model_files import MODEL_FILE, TOKENIZER_FILE, missing_files, provision_embedding_model
+from tasks.portable import make_portable, portable_reduce
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -90,6 +91,14 @@ class LocalOnnxEmbedder:
     @property
     def dimension(self) -> int:
         return 384
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as its model folder and options (a Dask worker loads the model itself, from
+        the same path on its machine), without the session, tokenizers and lock."""
+        return {"model_dir": self.model_dir, "name": self.name, "batch_size": self.batch_size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["model_dir"], name=state["name"], batch_size=state["batch_size"])  # type: ignore[misc]
 
     def check_files(self) -> None:
         """Complete the model folder from the installed packages when it lacks files (a local
@@ -245,13 +254,19 @@ class OpenAIEmbedder:
                 "or GRISTMILL_EMBEDDING_ENGINE=local",
             )
         client = openai_client(settings)
-        return cls(
+        embedder = cls(
             client,
             settings.embedding_model,
             batch_size=settings.embedding_batch_size,
             price=settings.price_of(settings.embedding_model),
             secrets=(settings.openai_api_key,),
         )
+        return make_portable(embedder, cls.from_settings, settings)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent to a Dask worker as its settings, built there once per process (its usage
+        count is that process's)."""
+        return portable_reduce(self)
 
     @property
     def dimension(self) -> int:

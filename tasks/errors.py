@@ -22,6 +22,20 @@ class GristmillError(Exception):
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its class, message and attributes, so every subclass (whatever its
+        keyword-only arguments) comes back whole from another process: a Dask worker's task."""
+        return (_rebuild_error, (type(self), self.args, self.__dict__))
+
+
+def _rebuild_error(
+    cls: type[GristmillError], args: tuple[Any, ...], state: dict[str, Any]
+) -> GristmillError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigurationError(GristmillError):
     """Settings or engines are missing or inconsistent: the user has to change something."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from tasks.errors import ConfigurationError, LLMError, OutputValidationError
+from tasks.portable import make_portable, portable_reduce
 from tasks.redaction import redact
 from tasks.tokens import count_tokens
 
@@ -252,7 +253,7 @@ class OpenAILLM:
                 hint="set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server)",
             )
         client = openai_client(settings)
-        return cls(
+        llm = cls(
             client,
             settings.llm_model,
             temperature=settings.llm_temperature,
@@ -261,6 +262,12 @@ class OpenAILLM:
             secrets=(settings.openai_api_key,),
             max_in_flight=settings.llm_concurrency,
         )
+        return make_portable(llm, cls.from_settings, settings)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent to a Dask worker as its settings; built there once per process, so the cap on
+        calls in flight (`llm_concurrency`) holds per process (docs/deployment.md)."""
+        return portable_reduce(self)
 
     def complete(
         self,

@@ -210,6 +210,18 @@ class Settings(BaseSettings):
         "(`prefect gcl create NAME --limit 16 --slot-decay-per-second 2.5` = 150/min).",
     )
 
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread",
+        description="Where a flow's tasks run: 'thread' (a thread pool in the flow's process) or "
+        "'dask' (a dask.distributed cluster through prefect-dask: the one at `dask_address`, "
+        "else a LocalCluster started for the run).",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler of the Dask cluster for task_runner=dask, e.g. tcp://host:8786; "
+        "unset: a LocalCluster of worker processes on this machine, for the run.",
+    )
+
     @property
     def transcripts_dir(self) -> Path:
         return self.data_dir / "transcripts"

@@ -15,7 +15,16 @@ import pytest
 
 from tests.conftest import REPO
 
-HEAVY = ("great_expectations", "pandas", "chromadb", "openai", "prefect", "prefect.server")
+HEAVY = (
+    "great_expectations",
+    "pandas",
+    "chromadb",
+    "openai",
+    "prefect",
+    "prefect.server",
+    "dask",
+    "distributed",
+)
 
 _PROBE = """
 import atexit, json, sys

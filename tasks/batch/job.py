@@ -169,6 +169,15 @@ class RecordJob:
             self._compiled = compile_template(self.template)
             self.variables = sorted(template_variables(self.template))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to a Dask worker) with its template's text; compiled again there."""
+        return {**self.__dict__, "_compiled": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.template is not None:
+            self._compiled = compile_template(self.template)
+
     @property
     def key(self) -> str:
         """Identifies everything but the row that decides a result (the resume cache key)."""

@@ -26,14 +26,19 @@ from tasks.batch.job import RecordJob
 from tasks.batch.reading import RecordReader, Row
 from tasks.batch.results import RowResult, reused_result
 from tasks.errors import UsageError
+from tasks.portable import make_portable, portable_reduce
 
 
 class RowJournal:
     """Append-only JSONL of rows that ended `ok`, keyed on `RecordJob.row_key`.
 
-    One file per job key under `<batch_dir>/journal/` (and one per shard of a sharded job);
-    loaded once (a dict of finished rows), appended and flushed per row so a killed run loses
-    at most the rows in flight. A torn last line is ignored on load. One writer per file.
+    One file per job key under `<batch_dir>/journal/` (and one per shard of a sharded job, each
+    reading the others' at start); loaded once (a dict of finished rows),
+    appended per row (one write of a whole line to an O_APPEND file) so a killed run loses at
+    most the rows in flight. A torn last line is ignored on load. One run per job at a time;
+    within it, several processes (Dask workers) may share the file: each pickles as its path and
+    is opened once per process, and a row it does not know is looked for again in what the
+    others appended since (a task re-run after its worker died finds the rows already paid for).
     """
 
     def __init__(self, path: Path) -> None:
@@ -43,13 +48,42 @@ class RowJournal:
         # the job's other files too: each shard of a sharded job appends to its own
         stem = path.name.split(".", 1)[0]
         for part in sorted(path.parent.glob(f"{stem}*.jsonl")) if path.parent.is_dir() else ():
+            if part == path:
+                continue
             with part.open(encoding="utf-8") as handle:
                 for line in handle:
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         entry = json.loads(line)
                         self._done[entry["key"]] = entry
+        self._read = 0
+        """Bytes of this file read into `_done` (complete lines only)."""
+        self._catch_up()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = path.open("a", encoding="utf-8")
+        self._handle = path.open("ab", buffering=0)
+        make_portable(self, RowJournal, path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return portable_reduce(self)
+
+    def _catch_up(self) -> None:
+        """Read the lines appended to the file since the last read (by any process)."""
+        try:
+            with self.path.open("rb") as handle:
+                if os.fstat(handle.fileno()).st_size <= self._read:
+                    return
+                handle.seek(self._read)
+                pending = b""
+                while block := handle.read(1 << 22):
+                    pending += block
+                    complete = pending[: pending.rfind(b"\n") + 1]
+                    pending = pending[len(complete) :]  # a torn or half-written line waits
+                    self._read += len(complete)
+                    for line in complete.splitlines():
+                        with contextlib.suppress(ValueError, KeyError, TypeError):
+                            entry = json.loads(line)
+                            self._done[entry["key"]] = entry
+        except FileNotFoundError:
+            return
 
     @classmethod
     def for_job(cls, batch_dir: Path, job: RecordJob, writer: str = "") -> RowJournal:
@@ -63,6 +97,10 @@ class RowJournal:
 
     def get(self, row: Row) -> RowResult | None:
         entry = self._done.get(row.key)
+        if entry is None and row.key:
+            with self._lock:
+                self._catch_up()
+            entry = self._done.get(row.key)
         if entry is None:
             return None
         return reused_result(
@@ -83,11 +121,10 @@ class RowJournal:
             "completion_tokens": result.completion_tokens,
             "model": result.model,
         }
-        line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
+        line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         with self._lock:
             self._done[row.key] = entry
             self._handle.write(line)
-            self._handle.flush()
 
     def close(self) -> None:
         with self._lock:

@@ -27,6 +27,7 @@ from tasks.llm import (
     openai_client,
     repair_messages,
 )
+from tasks.portable import make_portable, portable_reduce
 from tasks.reporting import write_atomically
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ class BatchAPIEngine:
         client = openai_client(settings)
         ledger = BatchLedger.path_for(settings.batch_dir, output)
         options.setdefault("requests_per_batch", settings.batch_rows_per_task)
-        return cls(
+        engine = cls(
             client,
             job,
             settings.batch_dir / "requests",
@@ -134,6 +135,12 @@ class BatchAPIEngine:
             use_json_schema=settings.llm_json_schema,
             **options,
         )
+        recipe = functools.partial(cls.from_settings, output=output, **options)
+        return make_portable(engine, recipe, settings, job)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent to a Dask worker as its settings, job and output (its ledger is a file there)."""
+        return portable_reduce(self)
 
     def process(self, rows: list[Row], on_done: RowCallback) -> list[RowResult]:
         ledger = self._open_ledger()

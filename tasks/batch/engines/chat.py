@@ -36,6 +36,7 @@ from tasks.llm import (
     count_prompt_tokens,
     openai_client,
 )
+from tasks.portable import make_portable, portable_reduce
 from tasks.redaction import redact
 
 if TYPE_CHECKING:
@@ -93,13 +94,14 @@ class ChatRowEngine:
                 "vLLM or Ollama), or use an offline --task summarize|classify|embed",
             )
         client = openai_client(settings, max_retries=0)
+        own_limiter = limiter is None
         if limiter is None:
             limiter = RateLimiter(
                 settings.batch_concurrency, settings.batch_rpm, settings.batch_tpm
             )
             if settings.batch_global_limit:
                 share_prefect_limit(limiter, settings.batch_global_limit)
-        return cls(
+        engine = cls(
             client,
             job,
             limiter,
@@ -109,6 +111,14 @@ class ChatRowEngine:
             use_json_schema=settings.llm_json_schema,
             secrets=(settings.openai_api_key,),
         )
+        return make_portable(engine, cls.from_settings, settings, job) if own_limiter else engine
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent to a Dask worker as its settings and job, built there once per process: each
+        process then has its own `RateLimiter` with the run's limits, so `batch_concurrency`,
+        `batch_rpm` and `batch_tpm` hold per process; `batch_global_limit` (a Prefect global
+        concurrency limit) is what paces every worker together (docs/deployment.md)."""
+        return portable_reduce(self)
 
     def process(self, rows: list[Row], on_done: RowCallback) -> list[RowResult]:
         def one(row: Row) -> RowResult:

@@ -11,6 +11,7 @@ from tasks.batch.reading import Row
 from tasks.batch.results import RowResult, failed_result, failure_reason, ok_result
 from tasks.errors import ConfigurationError
 from tasks.llm import Usage
+from tasks.portable import make_portable, portable_reduce
 
 if TYPE_CHECKING:
     from tasks.embeddings import Embedder
@@ -43,6 +44,12 @@ class OfflineRowEngine:
             self.name, self.model = "offline-embedding", embedder.name
         self._labels: Any = None
         self._lock = threading.Lock()
+        make_portable(self, OfflineRowEngine, job, embedder)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent to a Dask worker as its job and embedder (which travels as its model files or
+        settings), built there once per process."""
+        return portable_reduce(self)
 
     def process(self, rows: list[Row], on_done: RowCallback) -> list[RowResult]:
         try:
