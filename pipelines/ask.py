@@ -13,7 +13,6 @@ from typing import Any, cast
 
 import numpy as np
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -22,7 +21,7 @@ from pydantic import BaseModel, Field
 from tasks.embeddings import Embedder, build_embedder, unit_vectors
 from tasks.errors import GristmillError, OutputValidationError, RunFailed
 from tasks.llm import LLM, OpenAILLM, dumps_for_prompt, generate_structured
-from tasks.reporting import tag_flow_run
+from tasks.reporting import publish_report, tag_flow_run
 from tasks.retrieval import open_store, ranked
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, Hit
@@ -321,7 +320,7 @@ def answer_question(
     answer = Answer(
         question=question, answer=text, citations=citations, engine=engine, retrieved=len(hits)
     )
-    create_markdown_artifact(
+    publish_report(
         key=REPORT_ARTIFACT_KEY, markdown=answer_markdown(answer), description=question[:200]
     )
     return Completed(message=f"answered with {len(citations)} citations", data=answer)

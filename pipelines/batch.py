@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -52,7 +51,7 @@ from tasks.batch.report import (
 from tasks.batch.results import RowResult, failed_result
 from tasks.batch.writing import RecordWriter
 from tasks.errors import GristmillError, RunFailed, ShardsUnfinished
-from tasks.reporting import RunProgress, tag_flow_run
+from tasks.reporting import RunProgress, publish_report, tag_flow_run
 from tasks.settings import Settings
 
 REPORT_ARTIFACT_KEY = "process-records-report"
@@ -260,7 +259,7 @@ def _process(
     )
     if shard is not None:
         leave_report(plan.settings, report)
-    create_markdown_artifact(
+    publish_report(
         key=REPORT_ARTIFACT_KEY,
         markdown=batch_report_markdown(report),
         description=report.headline(),
@@ -330,7 +329,7 @@ def _sharded(
         report.quality_errors.append(
             f"every row once: {total} input rows, {report.rows} processed, {rows} written"
         )
-    create_markdown_artifact(
+    publish_report(
         key=REPORT_ARTIFACT_KEY,
         markdown=batch_report_markdown(report),
         description=report.headline(),

@@ -24,6 +24,7 @@ from pipelines.console import (
     Shards,
     error_exit_code,
     fail,
+    fail_on_server_trouble,
     print_json,
 )
 from pipelines.environment import load_settings, prefect_home, prepare_prefect
@@ -590,6 +591,9 @@ def main() -> None:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except Exception as exc:
+        fail_on_server_trouble(exc)  # the Prefect server failing is one line, not a traceback
+        raise
 
 
 if __name__ == "__main__":

@@ -31,6 +31,19 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise SystemExit(code)
 
 
+def fail_on_server_trouble(exc: Exception) -> None:
+    """Exit with one line when `exc` is the Prefect server failing or unreachable (its
+    database restarting, say); return otherwise."""
+    from tasks.reporting import server_trouble, short_error
+
+    if server_trouble(exc):
+        fail(
+            f"the Prefect server failed ({short_error(exc)}); run the command again: work "
+            "already done is kept",
+            EXIT_ITEMS_FAILED,
+        )
+
+
 def error_exit_code(exc: Exception) -> int:
     """Exit code for an error a flow ended with: bad checks on items 1, anything else 2."""
     from tasks.errors import DataQualityError, GristmillError

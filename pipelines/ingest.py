@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
@@ -43,7 +42,7 @@ from tasks.ingestion import (
     write_quarantine,
 )
 from tasks.lexical import open_lexical
-from tasks.reporting import RunProgress, tag_flow_run
+from tasks.reporting import RunProgress, publish_report, tag_flow_run
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore
 
@@ -176,7 +175,7 @@ def _ingest(
 
 def _finish(report: IngestReport) -> State:
     """The run's report artifact and final state: Failed when a document was quarantined."""
-    create_markdown_artifact(
+    publish_report(
         key=REPORT_ARTIFACT_KEY,
         markdown=ingest_report_markdown(report),
         description=report.headline(),

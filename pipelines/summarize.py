@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -44,6 +43,7 @@ from tasks.reporting import (
     ItemOutcome,
     RunProgress,
     SummarizeReport,
+    publish_report,
     summarize_report_markdown,
     tag_flow_run,
 )
@@ -320,7 +320,7 @@ def _report(outcomes: list[ItemOutcome], summarizer: Summarizer, started: float)
 
 def _finish(report: SummarizeReport) -> State:
     """The run's report artifact and its final state: Failed when a transcript failed."""
-    create_markdown_artifact(
+    publish_report(
         key=REPORT_ARTIFACT_KEY,
         markdown=summarize_report_markdown(report),
         description=report.headline(),

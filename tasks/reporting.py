@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 from uuid import UUID
@@ -31,7 +32,7 @@ class _OwnErrorsInWords(logging.Filter):
         from tasks.errors import GristmillError
 
         error = record.exc_info[1] if record.exc_info else None
-        ours = isinstance(error, GristmillError)
+        ours = isinstance(error, GristmillError) or server_trouble(error)
         # A task that failed on one item (a bad file, a refused row) is a row of the run's
         # report table: say it once there, in words, not also in two log lines. Its "Finished
         # in state Failed" line follows the exception's line, which still shows when the error
@@ -46,6 +47,17 @@ class _OwnErrorsInWords(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+def server_trouble(error: BaseException | None) -> bool:
+    """The Prefect server failing or unreachable (its database restarting, say): said in one
+    line by the CLI (`pipelines.cli.main`), not a crash of ours."""
+    if error is None:
+        return False
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    return isinstance(error, PrefectHTTPStatusError | httpx.TransportError)
 
 
 def own_errors_without_tracebacks() -> None:
@@ -101,10 +113,12 @@ class RunProgress:
     ) -> None:
         from prefect.artifacts import create_progress_artifact
 
-        made = create_progress_artifact(progress=0.0, key=key, description=description)
-        self.artifact = cast(UUID, made) if made is not None else None
         self.on_progress = on_progress
         self._shown = 0
+        self.artifact: UUID | None = None
+        with _for_people("the progress artifact"):
+            made = create_progress_artifact(progress=0.0, key=key, description=description)
+            self.artifact = cast(UUID, made) if made is not None else None
 
     def __call__(self, done: int, total: int) -> None:
         total = max(total, done)
@@ -122,7 +136,31 @@ class RunProgress:
 
         if self.artifact is not None and int(percent) > self._shown:
             self._shown = int(percent)
-            update_progress_artifact(self.artifact, percent)
+            with _for_people("the progress artifact"):
+                update_progress_artifact(self.artifact, percent)
+
+
+@contextlib.contextmanager
+def _for_people(what: str) -> Iterator[None]:
+    """Artifacts are for people browsing runs: a Prefect server that cannot store one (its
+    database restarting: seen answering 500) must not fail a run whose work is done or going
+    on. Logged as a warning; the run's own state and outputs are unaffected."""
+    try:
+        yield
+    except Exception as exc:
+        logger.warning("could not update %s: %s", what, short_error(exc))
+
+
+def short_error(exc: BaseException) -> str:
+    return str(exc).split(" - Response:", 1)[0][:300]
+
+
+def publish_report(key: str, markdown: str, description: str) -> None:
+    """The run's report artifact (the UI's Artifacts tab), never failing the run."""
+    from prefect.artifacts import create_markdown_artifact
+
+    with _for_people(f"the report artifact {key!r}"):
+        create_markdown_artifact(key=key, markdown=markdown, description=description)
 
 
 class ItemOutcome(BaseModel):
