@@ -5,7 +5,7 @@ Plain functions without Prefect, so a search does not pay for importing it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,16 +16,26 @@ from tasks.lexical import open_lexical
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, Hit
 
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+
 # Candidates from each ranking before fusion (see `ranked`).
 DENSE_CANDIDATES = 100
 LEXICAL_CANDIDATES = 100
 
 
-def open_store(settings: Settings, embedder: Embedder, collection: str | None) -> ChunkStore:
+def open_store(
+    settings: Settings,
+    embedder: Embedder,
+    collection: str | None,
+    client: ClientAPI | None = None,
+) -> ChunkStore:
     """The collection to read, with its lexical index brought in step (`tasks.lexical`); a
-    name that does not exist is a ConfigurationError."""
+    name that does not exist is a CollectionNotFound. `client`: an open Chroma client to
+    reuse (a long-running service opens one), else one is opened from the settings."""
     name = collection or settings.collection
-    store = ChunkStore(open_chroma(settings), name, embedder.name, embedder.dimension, create=False)
+    client = client or open_chroma(settings)
+    store = ChunkStore(client, name, embedder.name, embedder.dimension, create=False)
     store.lexical = open_lexical(settings, name)
     store.sync_lexical()
     return store
