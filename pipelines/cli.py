@@ -538,6 +538,29 @@ def ask(
         print_answer(answer)
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port")
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve search and ask over HTTP: POST /query, POST /ask, GET /collections, GET /health."""
+    settings = load_settings()
+    _check_port(host, port)
+    from pipelines.service import serve_api
+
+    serve_api(settings, host, port, echo=lambda line: typer.echo(line, err=True))
+
+
 def main() -> None:
     """Console-script entry point: errors become one line and an exit code."""
     from tasks.errors import GristmillError
