@@ -25,7 +25,7 @@ from pipelines.console import (
     fail,
     print_json,
 )
-from pipelines.environment import load_settings, prefect_home, prepare_prefect
+from pipelines.environment import check_port, load_settings, prefect_home, prepare_prefect
 from pipelines.terminal_reports import (
     print_answer,
     print_batch_report,
@@ -538,16 +538,6 @@ def ask(
         print_answer(answer)
 
 
-def _check_port(host: str, port: int) -> None:
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            fail(f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port")
-
-
 @app.command()
 def api(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -555,10 +545,29 @@ def api(
 ) -> None:
     """Serve search and ask over HTTP: POST /query, POST /ask, GET /collections, GET /health."""
     settings = load_settings()
-    _check_port(host, port)
+    check_port(host, port)
     from pipelines.service import serve_api
 
     serve_api(settings, host, port, echo=lambda line: typer.echo(line, err=True))
+
+
+@app.command()
+def mcp(
+    transport: Annotated[
+        str, typer.Option("--transport", help="stdio (started by the client) or http.")
+    ] = "stdio",
+    host: Annotated[str, typer.Option("--host", help="Address for http.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port for http.")] = 8001,
+) -> None:
+    """Serve search, ask and list_collections as Model Context Protocol tools."""
+    if transport not in ("stdio", "http"):
+        fail(f"--transport must be stdio or http, not {transport!r}")
+    settings = load_settings()
+    if transport == "http":
+        check_port(host, port)
+    from pipelines.mcp_server import serve_mcp
+
+    serve_mcp(settings, transport, host, port, echo=lambda line: typer.echo(line, err=True))
 
 
 def main() -> None:
