@@ -124,6 +124,7 @@ def query_command(
 
     try:
         search = DocumentSearch(settings)
+        search.preload()
         if queries is not None:
             if str(queries) == "-":
                 failed = run_queries(search, sys.stdin, typer.echo, k=k, where=filters)

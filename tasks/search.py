@@ -73,6 +73,17 @@ class DocumentSearch:
         with contextlib.suppress(Exception):  # a missing or unreachable store: said per request
             self.store(None)
 
+    def preload(self) -> None:
+        """Start loading the model in the background, so that a cold search overlaps it with
+        importing chromadb and opening the store (a load that fails here fails again, in
+        words, on first use)."""
+
+        def load() -> None:
+            with contextlib.suppress(Exception):
+                self.embedder.embed(["warm up"])
+
+        threading.Thread(target=load, name="load-embedder", daemon=True).start()
+
     def client(self) -> ClientAPI:
         """The Chroma client, opened on first use (and again after a failed open)."""
         with self._lock:
