@@ -12,7 +12,9 @@ over HTTP at 10k and 100k chunks, and the wall of a cold `gristmill query` again
 - Warm `/query`: `gristmill api` started as a subprocess on the corpus; 20 queries to warm up,
   then QUERIES queries one after another over one keep-alive httpx client (k=5, hybrid ranking:
   the embedder, Chroma's nearest 100, BM25's best 100, fused). Query texts are sentences from the
-  sample documents. The same queries in-process (`DocumentSearch.query`) show the HTTP share.
+  sample documents. The same queries in-process (`DocumentSearch.query`), alternating with the
+  HTTP ones, show the HTTP share; then the parts alone (embed the query, Chroma's nearest 100,
+  BM25's best 100 from the lexical index).
 - Cold `gristmill query TEXT --json` on the first corpus, a fresh process each run, against
   T0 = `python -c "import prefect, chromadb"`, the two alternating, RUNS each.
 """
@@ -122,8 +124,12 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def warm_latency(data_dir: Path, queries: list[str]) -> dict[str, float]:
-    """p50/p95 (ms) of `POST /query` against a `gristmill api` subprocess, and in-process."""
+    """p50/p95 (ms) of `POST /query` against a `gristmill api` subprocess, and of the same
+    search in this process, the two alternating query by query (the machine's load then
+    weighs on both alike)."""
     import httpx
+
+    from tasks.search import DocumentSearch
 
     port = free_port()
     log = data_dir.parent / "api.log"
@@ -136,6 +142,10 @@ def warm_latency(data_dir: Path, queries: list[str]) -> dict[str, float]:
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
+    settings = Settings(data_dir=data_dir, model_dir=MODEL_DIR, collection=COLLECTION)
+    search = DocumentSearch(settings)
+    search.warm()
+    http, inside = [], []
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -149,35 +159,41 @@ def warm_latency(data_dir: Path, queries: list[str]) -> dict[str, float]:
         with httpx.Client(base_url=url, timeout=60) as client:
             for text in queries[:20]:
                 client.post("/query", json={"text": text, "k": 5}).raise_for_status()
-            http = []
+                search.query(text, 5)
             for text in queries:
                 started = time.perf_counter()
                 response = client.post("/query", json={"text": text, "k": 5})
                 http.append(time.perf_counter() - started)
                 response.raise_for_status()
                 assert len(response.json()["hits"]) == 5
+                started = time.perf_counter()
+                search.query(text, 5)
+                inside.append(time.perf_counter() - started)
     finally:
         service.terminate()
         service.wait(timeout=60)
-
-    from tasks.search import DocumentSearch
-
-    settings = Settings(data_dir=data_dir, model_dir=MODEL_DIR, collection=COLLECTION)
-    search = DocumentSearch(settings)
-    search.warm()
-    for text in queries[:20]:
-        search.query(text, 5)
-    inside = []
+    parts: dict[str, list[float]] = {"embed": [], "dense 100": [], "bm25 100": []}
+    store = search.store(None)
+    assert store.lexical is not None
     for text in queries:
         started = time.perf_counter()
-        search.query(text, 5)
-        inside.append(time.perf_counter() - started)
-    return {
+        vector = search.embedder.embed([text])[0]
+        parts["embed"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        store.query(vector, k=100)
+        parts["dense 100"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        store.lexical.search(text, 100)
+        parts["bm25 100"].append(time.perf_counter() - started)
+    figures = {
         "http p50": 1000 * percentile(http, 0.5),
         "http p95": 1000 * percentile(http, 0.95),
         "in-process p50": 1000 * percentile(inside, 0.5),
         "in-process p95": 1000 * percentile(inside, 0.95),
     }
+    for name, values in parts.items():
+        figures[f"part {name} p50"] = 1000 * percentile(values, 0.5)
+    return figures
 
 
 def wall(command: list[str], env: dict[str, str]) -> float:
