@@ -222,7 +222,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="cold query runs (0: none)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     words, sentences = sample_text()
@@ -241,7 +241,7 @@ def main() -> None:
             print(f"\n{size:,} chunks (built in {time.monotonic() - started:.0f} s)")
             for name, value in warm_latency(data_dir, queries).items():
                 print(f"  /query {name:<16} {value:8.1f} ms")
-            if number == 0:
+            if number == 0 and args.runs > 0:
                 t0, cold = cold_query(data_dir, queries[0], args.runs)
                 ratio = statistics.median(c / t for c, t in zip(cold, t0, strict=True))
                 print(f"  T0 import prefect, chromadb   median {statistics.median(t0):.2f} s")
