@@ -2,19 +2,23 @@
 over HTTP at 10k and 100k chunks, and the wall of a cold `gristmill query` against T0.
 
     python benchmarks/search_service.py [--sizes 10000,100000] [--queries 200] [--runs 5]
+                                        [--text meetings|sample] [--meetings DIR]
 
-- Corpora: synthetic chunks of ~220 words (the size of a 300-token document chunk), words drawn
-  from the sample documents, written as `gristmill ingest` writes them (Chroma + the lexical
-  index) into a temporary data dir. Their vectors are inserted directly: the real embedder runs
-  at a few chunks per second on this 2-core machine, hours for 100k. Each vector is a mix of two
-  of 128 real MiniLM vectors of such chunks plus noise, so the index holds clustered vectors
-  like real ones, not uniform noise.
+- Corpora: chunks of 220 words (the size of a 300-token document chunk), written as `gristmill
+  ingest` writes them (Chroma + the lexical index) into a temporary data dir. `--text meetings`
+  (the default): windows from random places in the QMSum validation meetings
+  (../shared/datasets/qmsum-val: real speech, a real vocabulary), queried with the questions
+  QMSum asks of them; `--text sample`: words drawn at random from the sample documents (a
+  1,125-word vocabulary: nearly every query word is in nearly every chunk, BM25's worst case),
+  queried with their sentences. The vectors are inserted directly: the real embedder runs at a
+  few chunks per second on this 2-core machine, hours for 100k. Each vector is a mix of two of
+  128 real MiniLM vectors of such chunks plus noise, so the index holds clustered vectors like
+  real ones, not uniform noise.
 - Warm `/query`: `gristmill api` started as a subprocess on the corpus; 20 queries to warm up,
   then QUERIES queries one after another over one keep-alive httpx client (k=5, hybrid ranking:
-  the embedder, Chroma's nearest 100, BM25's best 100, fused). Query texts are sentences from the
-  sample documents. The same queries in-process (`DocumentSearch.query`), alternating with the
-  HTTP ones, show the HTTP share; then the parts alone (embed the query, Chroma's nearest 100,
-  BM25's best 100 from the lexical index).
+  the embedder, Chroma's nearest 100, BM25's best 100, fused). The same queries in-process
+  (`DocumentSearch.query`), alternating with the HTTP ones, show the HTTP share; then the parts
+  alone (embed the query, Chroma's nearest 100, BM25's best 100 from the lexical index).
 - Cold `gristmill query TEXT --json` on the first corpus, a fresh process each run, against
   T0 = `python -c "import prefect, chromadb"`, the two alternating, RUNS each.
 """
@@ -52,6 +56,9 @@ POOL = 128
 WRITE_BATCH = 5000
 
 
+QMSUM = REPO.parent / "shared" / "datasets" / "qmsum-val"
+
+
 def sample_text() -> tuple[list[str], list[str]]:
     """The sample documents' words, and their sentences (the queries)."""
     text = " ".join(p.read_text(errors="ignore") for p in (REPO / "data/documents").rglob("*.md"))
@@ -64,12 +71,38 @@ def sample_text() -> tuple[list[str], list[str]]:
     return words, sentences
 
 
-def build_corpus(data_dir: Path, size: int, words: list[str], seed: int = 13) -> Settings:
-    """`size` synthetic chunks in collection COLLECTION under `data_dir` (see the docstring)."""
+def meeting_text(folder: Path) -> tuple[list[str], list[str]]:
+    """QMSum validation meetings: the transcripts' words in order, and the questions asked of
+    them (real text with a real vocabulary; chunks are windows of it)."""
+    import json
+
+    words: list[str] = []
+    questions: list[str] = []
+    for path in sorted(folder.glob("*.json")):
+        meeting = json.loads(path.read_text())
+        for turn in meeting["meeting_transcripts"]:
+            words += turn["content"].split()
+        questions += [q["query"] for q in meeting["specific_query_list"]]
+    return words, questions
+
+
+def build_corpus(
+    data_dir: Path, size: int, words: list[str], windows: bool, seed: int = 13
+) -> Settings:
+    """`size` synthetic chunks in collection COLLECTION under `data_dir` (see the docstring):
+    with `windows`, runs of WORDS_PER_CHUNK words from random places in `words`, else words
+    drawn at random from them."""
     rng = random.Random(seed)
+
+    def chunk_text() -> str:
+        if not windows:
+            return " ".join(rng.choices(words, k=WORDS_PER_CHUNK))
+        start = rng.randrange(len(words) - WORDS_PER_CHUNK)
+        return " ".join(words[start : start + WORDS_PER_CHUNK])
+
     settings = Settings(data_dir=data_dir, model_dir=MODEL_DIR, collection=COLLECTION)
     embedder = build_embedder(settings)
-    pool_texts = [" ".join(rng.choices(words, k=WORDS_PER_CHUNK)) for _ in range(POOL)]
+    pool_texts = [chunk_text() for _ in range(POOL)]
     pool = np.asarray(embedder.embed(pool_texts), dtype=np.float32)
     generator = np.random.default_rng(seed)
     store = ChunkStore(
@@ -81,7 +114,7 @@ def build_corpus(data_dir: Path, size: int, words: list[str], seed: int = 13) ->
     )
     for start in range(0, size, WRITE_BATCH):
         count = min(WRITE_BATCH, size - start)
-        texts = [" ".join(rng.choices(words, k=WORDS_PER_CHUNK)) for _ in range(count)]
+        texts = [chunk_text() for _ in range(count)]
         mix = generator.random((count, 1), dtype=np.float32)
         first = pool[generator.integers(0, POOL, count)]
         second = pool[generator.integers(0, POOL, count)]
@@ -223,21 +256,35 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5, help="cold query runs (0: none)")
+    parser.add_argument(
+        "--text",
+        choices=["meetings", "sample"],
+        default="meetings",
+        help="meetings: chunks are windows of the QMSum meetings, queries their questions; "
+        "sample: words drawn from the sample documents, queries their sentences",
+    )
+    parser.add_argument("--meetings", type=Path, default=QMSUM)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    words, sentences = sample_text()
+    windows = args.text == "meetings"
+    if windows and not args.meetings.is_dir():
+        raise SystemExit(f"no QMSum meetings at {args.meetings}: use --text sample")
+    words, sentences = meeting_text(args.meetings) if windows else sample_text()
     rng = random.Random(7)
     queries = [rng.choice(sentences) for _ in range(args.queries)]
     work = Path(tempfile.mkdtemp(prefix="gristmill-search-bench-"))
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
-    print(f"commit {commit}; {len(queries)} queries, k=5; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"commit {commit}; {args.text} text ({len(set(words)):,} distinct words); "
+        f"{len(queries)} queries, k=5; load average {os.getloadavg()[0]:.1f}"
+    )
     try:
         for number, size in enumerate(sizes):
             data_dir = work / f"corpus-{size}" / "data"
             started = time.monotonic()
-            build_corpus(data_dir, size, words)
+            build_corpus(data_dir, size, words, windows)
             print(f"\n{size:,} chunks (built in {time.monotonic() - started:.0f} s)")
             for name, value in warm_latency(data_dir, queries).items():
                 print(f"  /query {name:<16} {value:8.1f} ms")
