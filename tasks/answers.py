@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from tasks.embeddings import Embedder, unit_vectors
 from tasks.errors import OutputValidationError
 from tasks.llm import LLM, OpenAILLM, dumps_for_prompt, generate_structured
-from tasks.retrieval import ranked
+from tasks.retrieval import lexical_ahead, ranked
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, Hit
 
@@ -150,9 +150,12 @@ def retrieve(
 ) -> list[Hit]:
     """Rank candidates (hybrid, as `query_chunks`), then keep `k` diverse ones with MMR from
     the best `k * MMR_FETCH_FACTOR` of them."""
-    vector = np.asarray(embedder.embed([question]), dtype=np.float32)[0]
     fetch = k * MMR_FETCH_FACTOR
-    candidates = ranked(question, vector, store, fetch, where, include_embeddings=True)
+    lexical = lexical_ahead(question, store, fetch, where)
+    vector = np.asarray(embedder.embed([question]), dtype=np.float32)[0]
+    candidates = ranked(
+        question, vector, store, fetch, where, include_embeddings=True, lexical=lexical
+    )
     return mmr(vector, candidates[:fetch], k)
 
 
