@@ -25,12 +25,11 @@ from pipelines.console import (
     fail_on_server_trouble,
     print_json,
 )
-from pipelines.environment import load_settings, prepare_prefect
+from pipelines.environment import check_port, load_settings, prepare_prefect
 from pipelines.serving_commands import serve, server_app
 from pipelines.terminal_reports import (
     print_answer,
     print_batch_report,
-    print_hits,
     print_ingest_report,
     print_summarize_report,
 )
@@ -358,32 +357,9 @@ def ingest(
     raise typer.Exit(EXIT_ITEMS_FAILED if report.quarantine else EXIT_OK)
 
 
-def _parse_where(pairs: list[str]) -> dict[str, Any] | None:
-    """`KEY=VALUE` filters as a Chroma `where`; numbers and true/false keep their type."""
-    clauses: list[dict[str, Any]] = []
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            fail(f"--where needs KEY=VALUE, not {pair!r}")
-        value: Any = raw
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            for kind in (int, float):
-                try:
-                    value = kind(raw)
-                    break
-                except ValueError:
-                    continue
-        clauses.append({key.strip(): value})
-    if not clauses:
-        return None
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
-
-
 @app.command()
 def query(
-    text: Annotated[str, typer.Argument(help="What to search for.")],
+    text: Annotated[str | None, typer.Argument(help="What to search for.")] = None,
     collection: Annotated[
         str | None, typer.Option("--collection", help="Chroma collection.", show_default="settings")
     ] = None,
@@ -392,24 +368,21 @@ def query(
         list[str] | None,
         typer.Option("--where", help="Metadata filter KEY=VALUE (repeatable, all must match)."),
     ] = None,
+    queries: Annotated[
+        Path | None,
+        typer.Option(
+            "--queries",
+            help='JSON lines {"id", "text", "k"?, "where"?} (- for stdin): one JSON line of hits '
+            "out per query, model and store loaded once.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
 ) -> None:
     """Show the chunks that best match TEXT, best first (nearest by embedding, re-ranked with
     BM25; the score shown is the cosine similarity)."""
-    settings = load_settings(collection=collection)
-    filters = _parse_where(where or [])
-    from tasks.embeddings import build_embedder
-    from tasks.errors import GristmillError
-    from tasks.retrieval import open_store, query_chunks  # no Prefect for a search
+    from pipelines.query import query_command
 
-    try:
-        embedder = build_embedder(settings)
-        hits = query_chunks(text, open_store(settings, embedder, None), embedder, k, filters)
-    except GristmillError as exc:
-        fail(str(exc), exc.exit_code)
-    except ValueError as exc:  # chromadb rejects a malformed filter
-        fail(f"cannot query: {exc}")
-    print_hits(hits, text, settings.collection, as_json)
+    query_command(load_settings(collection=collection), text, queries, k, where or [], as_json)
 
 
 @app.command()
@@ -454,6 +427,38 @@ def ask(
         fail(f"refused: {answer.reason}")
     if not as_json:
         print_answer(answer)
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve search and ask over HTTP: POST /query, POST /ask, GET /collections, GET /health."""
+    settings = load_settings()
+    check_port(host, port)
+    from pipelines.service import serve_api
+
+    serve_api(settings, host, port, echo=lambda line: typer.echo(line, err=True))
+
+
+@app.command()
+def mcp(
+    transport: Annotated[
+        str, typer.Option("--transport", help="stdio (started by the client) or http.")
+    ] = "stdio",
+    host: Annotated[str, typer.Option("--host", help="Address for http.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port for http.")] = 8001,
+) -> None:
+    """Serve search, ask and list_collections as Model Context Protocol tools."""
+    if transport not in ("stdio", "http"):
+        fail(f"--transport must be stdio or http, not {transport!r}")
+    settings = load_settings()
+    if transport == "http":
+        check_port(host, port)
+    from pipelines.mcp_server import serve_mcp
+
+    serve_mcp(settings, transport, host, port, echo=lambda line: typer.echo(line, err=True))
 
 
 def main() -> None:

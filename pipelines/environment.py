@@ -100,3 +100,14 @@ def _local_server(settings: Settings) -> RunningServer | None:
 def prefect_home(settings: Settings) -> Path:
     """Where `gristmill server` keeps Prefect's database: $PREFECT_HOME, else <data_dir>/prefect."""
     return Path(os.environ.get("PREFECT_HOME") or settings.data_dir / "prefect").resolve()
+
+
+def check_port(host: str, port: int) -> None:
+    """Exit with one line when `host:port` cannot be listened on (taken, or not ours)."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port")

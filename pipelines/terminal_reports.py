@@ -11,7 +11,7 @@ import typer
 from pipelines.console import print_json, print_table
 
 if TYPE_CHECKING:
-    from pipelines.ask import Answer
+    from tasks.answers import Answer
     from tasks.batch.report import BatchReport
     from tasks.ingestion import IngestReport
     from tasks.reporting import SummarizeReport
@@ -119,21 +119,9 @@ def print_ingest_report(report: IngestReport, as_json: bool) -> None:
 def print_hits(hits: list[Hit], text: str, collection: str, as_json: bool) -> None:
     """`gristmill query`: the chunks found, best first."""
     if as_json:
-        print_json(
-            [
-                {
-                    "id": hit.id,
-                    "source": hit.metadata.get("source"),
-                    "heading": hit.metadata.get("heading"),
-                    "chunk_index": hit.metadata.get("chunk_index"),
-                    "text": hit.text,
-                    "score": round(hit.score, 4),
-                    "fused_score": hit.fused,
-                    "metadata": hit.metadata,
-                }
-                for hit in hits
-            ]
-        )
+        from tasks.search import hit_record
+
+        print_json([hit_record(hit) for hit in hits])
         return
     if not hits:
         typer.echo(f"no chunks in collection {collection!r} match")

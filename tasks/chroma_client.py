@@ -14,7 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.errors import ConfigurationError, StoreLockedError, StoreUnavailableError
+from tasks.errors import (
+    ChromaUnreachable,
+    ConfigurationError,
+    StoreLockedError,
+    StoreUnavailableError,
+)
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -124,8 +129,8 @@ def check_chroma_server(settings: Settings) -> str:
     return url
 
 
-def _unreachable(url: str, reason: str) -> ConfigurationError:
-    return ConfigurationError(
+def _unreachable(url: str, reason: str) -> ChromaUnreachable:
+    return ChromaUnreachable(
         f"cannot reach the Chroma server at {url}: {reason}"[:400],
         hint="start it (`chroma run --path DIR --port N`) or unset GRISTMILL_CHROMA_HOST",
     )

@@ -88,6 +88,14 @@ class DataQualityError(GristmillError):
         self.failed = failed
 
 
+class CollectionNotFound(ConfigurationError):
+    """A collection asked for by name (to read it) does not exist in the vector store."""
+
+
+class ChromaUnreachable(ConfigurationError):
+    """The configured Chroma server does not answer (or is not a Chroma server)."""
+
+
 class StoreLockedError(ConfigurationError):
     """Another process is writing to the same on-disk vector store."""
 

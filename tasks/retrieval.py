@@ -5,7 +5,9 @@ Plain functions without Prefect, so a search does not pay for importing it.
 
 from __future__ import annotations
 
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,16 +18,26 @@ from tasks.lexical import open_lexical
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, Hit
 
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+
 # Candidates from each ranking before fusion (see `ranked`).
 DENSE_CANDIDATES = 100
 LEXICAL_CANDIDATES = 100
 
 
-def open_store(settings: Settings, embedder: Embedder, collection: str | None) -> ChunkStore:
+def open_store(
+    settings: Settings,
+    embedder: Embedder,
+    collection: str | None,
+    client: ClientAPI | None = None,
+) -> ChunkStore:
     """The collection to read, with its lexical index brought in step (`tasks.lexical`); a
-    name that does not exist is a ConfigurationError."""
+    name that does not exist is a CollectionNotFound. `client`: an open Chroma client to
+    reuse (a long-running service opens one), else one is opened from the settings."""
     name = collection or settings.collection
-    store = ChunkStore(open_chroma(settings), name, embedder.name, embedder.dimension, create=False)
+    client = client or open_chroma(settings)
+    store = ChunkStore(client, name, embedder.name, embedder.dimension, create=False)
     store.lexical = open_lexical(settings, name)
     store.sync_lexical()
     return store
@@ -43,10 +55,31 @@ def query_chunks(
 ) -> list[Hit]:
     """The `k` chunks best matching `text`, best first (`ranked`), or with `hybrid=False` the
     `k` nearest by the embedder alone."""
-    vector = np.asarray(embedder.embed([text]), dtype=np.float32)[0]
     if not hybrid:
+        vector = np.asarray(embedder.embed([text]), dtype=np.float32)[0]
         return store.query(vector, k=k, where=where, include_embeddings=include_embeddings)
-    return ranked(text, vector, store, k, where, include_embeddings=include_embeddings)[:k]
+    lexical = lexical_ahead(text, store, k, where)
+    vector = np.asarray(embedder.embed([text]), dtype=np.float32)[0]
+    return ranked(
+        text, vector, store, k, where, include_embeddings=include_embeddings, lexical=lexical
+    )[:k]
+
+
+def lexical_ahead(
+    text: str, store: ChunkStore, k: int, where: dict[str, Any] | None = None
+) -> Future[list[tuple[str, float]]] | None:
+    """BM25's part of `ranked(text, ..., k, where)` started on a thread now, so that it runs
+    while the caller embeds the query (SQLite and onnxruntime both release the GIL); None when
+    `ranked` will not use the index."""
+    source = _source_filter(where)
+    if store.lexical is None or (where and source is None):
+        return None
+    return _lexical_pool().submit(store.lexical.search, text, max(LEXICAL_CANDIDATES, k), source)
+
+
+@cache
+def _lexical_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="bm25")
 
 
 def ranked(
@@ -57,6 +90,7 @@ def ranked(
     where: dict[str, Any] | None = None,
     *,
     include_embeddings: bool = False,
+    lexical: Future[list[tuple[str, float]]] | None = None,
 ) -> list[Hit]:
     """The best `k` chunks, best first (without the lexical index: more, for the caller to cut).
 
@@ -64,7 +98,8 @@ def ranked(
     `DENSE_CANDIDATES` and BM25's best `LEXICAL_CANDIDATES` over the whole collection (or one
     `source`), fused (`tasks.hybrid.fuse_rankings`), so a chunk the embedder ranks low but that
     holds the query's exact words is still found. Without one, or under a filter the index
-    cannot apply, the nearest `candidate_count(k)` re-ranked by BM25 among themselves."""
+    cannot apply, the nearest `candidate_count(k)` re-ranked by BM25 among themselves.
+    `lexical`: BM25's part already started (`lexical_ahead` with the same arguments)."""
     source = _source_filter(where)
     if store.lexical is None or (where and source is None):
         candidates = store.query(
@@ -74,10 +109,14 @@ def ranked(
     dense = store.query(
         vector, k=max(DENSE_CANDIDATES, k), where=where, include_embeddings=include_embeddings
     )
-    lexical = store.lexical.search(text, max(LEXICAL_CANDIDATES, k), source)
+    best_words = (
+        lexical.result()
+        if lexical is not None
+        else store.lexical.search(text, max(LEXICAL_CANDIDATES, k), source)
+    )
     return fuse_rankings(
         dense,
-        lexical,
+        best_words,
         lambda ids: store.hits(ids, vector, include_embeddings=include_embeddings),
         limit=k,
     )

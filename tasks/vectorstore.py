@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel
 
-from tasks.errors import ConfigurationError
+from tasks.errors import CollectionNotFound, ConfigurationError
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -101,12 +101,8 @@ class ChunkStore:
             try:
                 self.client.get_collection(self.name)
             except (NotFoundError, ValueError):
-                names = sorted(
-                    c.name
-                    for c in self.client.list_collections()
-                    if not c.name.endswith(LEFT_OUT_SUFFIX)
-                )
-                raise ConfigurationError(
+                names = chunk_collections(self.client)
+                raise CollectionNotFound(
                     f"there is no collection {self.name!r} in the vector store"
                     + (f" (it has: {', '.join(names[:10])})" if names else " (it is empty)"),
                     hint="ingest documents first (`gristmill ingest`) or pick one with "
@@ -372,6 +368,11 @@ class ChunkStore:
             )
             for i, chunk_id in enumerate(ids)
         ]
+
+
+def chunk_collections(client: ClientAPI) -> list[str]:
+    """The names of the chunk collections in the store, sorted (not the left-out ledgers)."""
+    return sorted(c.name for c in client.list_collections() if not c.name.endswith(LEFT_OUT_SUFFIX))
 
 
 def _distance_space(collection: Collection) -> str | None:

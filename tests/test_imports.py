@@ -43,6 +43,7 @@ def loaded(*args: str, data_dir: Path) -> set[str]:
         [sys.executable, "-c", _PROBE, json.dumps(HEAVY), *args],
         cwd=REPO,
         env={**clean, "GRISTMILL_DATA_DIR": str(data_dir), "GRISTMILL_SERVER": "ephemeral"},
+        stdin=subprocess.DEVNULL,  # `query --queries -` reads an empty file, not the terminal
         capture_output=True,
         text=True,
         timeout=120,
@@ -60,8 +61,11 @@ def loaded(*args: str, data_dir: Path) -> set[str]:
         (("doctor",), set()),
         # a search needs the vector store, not Prefect, pandas, GX or an LLM client
         (("query", "travel policy"), {"chromadb"}),
+        (("query", "--queries", "-"), {"chromadb"}),
+        (("api", "--help"), set()),
+        (("mcp", "--help"), set()),
     ],
-    ids=["help", "summarize-help", "server-stop", "doctor", "query"],
+    ids=["help", "summarize-help", "server-stop", "doctor", "query", "queries", "api", "mcp"],
 )
 def test_a_command_imports_only_the_heavy_libraries_it_uses(
     args: tuple[str, ...], allowed: set[str], data_dir: Path
