@@ -47,7 +47,9 @@ class ChunkSource(Protocol):
 
     def all_ids(self) -> set[str]: ...
 
-    def texts(self, ids: Sequence[str]) -> Iterator[tuple[str, str, str]]: ...
+    def texts(
+        self, ids: Sequence[str], *, indexed: bool = False
+    ) -> Iterator[tuple[str, str, str]]: ...
 
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -190,7 +192,7 @@ class LexicalIndex:
         gone = sorted(held - present)
         missing = sorted(present - held)
         self.delete(gone)
-        for ids, sources, texts in _batches(store.texts(missing)):
+        for ids, sources, texts in _batches(store.texts(missing, indexed=True)):
             self.upsert(ids, sources, texts)
         self._set("dirty", 0)
         return len(gone) + len(missing)
