@@ -26,8 +26,8 @@ Margins over each baseline come with 95 % paired-bootstrap intervals. The per-me
 second line, as benchmarks/retrieval_quality.py used to report it.
 
 Chunk context (issue 14 item 3): each format is ingested twice in the same run, with the context
-line each chunk is embedded and indexed with (`Settings.doc_chunk_context`, the default: "Meeting:
-<file stem> · Speakers: <the chunk's speakers>") and without it (the chunks and vectors of the
+line each chunk is embedded and indexed with (`Settings.doc_chunk_context`, opt-in: "Meeting:
+<file stem> · Speakers: <the chunk's speakers>") and without it (the default: the chunks of the
 tree before it); every system is scored on both, with paired-bootstrap intervals of "context
 minus none" per query, and the same margins on the two halves of the split (meetings sorted by
 name; odd = 1st, 3rd, ...), so a choice can be checked to hold on both. The hit rule reads the

@@ -443,7 +443,7 @@ def test_transcript_chunks_carry_the_meeting_and_their_own_speakers(
         path.write_text("\n".join(f"{s}: {t}" for s, t in MEETING))
     doc = load_document(path, root=tmp_path)
     assert doc.speakers == ["Alice", "Bob", "Carol", "Dave"]
-    chunks = chunk_document(doc, max_tokens=120)
+    chunks = chunk_document(doc, max_tokens=120, context=True)
     assert len(chunks) > 2
     assert any(", " in c.context for c in chunks)  # a chunk with several speakers names them
     for chunk in chunks:
@@ -467,7 +467,7 @@ def test_prose_with_a_colon_is_not_a_transcript(tmp_path: Path) -> None:
     path.write_text("Release notes for 2.4.\n\nNote: the export crash on Windows is fixed.\n")
     doc = load_document(path, root=tmp_path)
     assert doc.speakers == []
-    assert [c.context for c in chunk_document(doc, max_tokens=60)] == ["release"]
+    assert [c.context for c in chunk_document(doc, max_tokens=60, context=True)] == ["release"]
 
 
 def test_document_chunks_carry_the_title_their_heading_path_lacks(tmp_path: Path) -> None:
@@ -475,10 +475,10 @@ def test_document_chunks_carry_the_title_their_heading_path_lacks(tmp_path: Path
     titled.write_text("---\ntitle: Employee handbook\n---\n# Leave\n\nTake 25 days a year.\n")
     same = tmp_path / "travel.md"
     same.write_text("# Travel policy\n\n## Booking\n\nBook two weeks ahead.\n")
-    [leave] = chunk_document(load_document(titled, root=tmp_path), max_tokens=60)
+    [leave] = chunk_document(load_document(titled, root=tmp_path), max_tokens=60, context=True)
     assert leave.context == "Employee handbook"
     assert leave.text.startswith("Leave\n\n")
-    [booking] = chunk_document(load_document(same, root=tmp_path), max_tokens=60)
+    [booking] = chunk_document(load_document(same, root=tmp_path), max_tokens=60, context=True)
     assert booking.text.startswith("Travel policy > Booking\n\n")
     assert booking.context == ""  # the heading path already names the document
 
@@ -489,10 +489,11 @@ def test_without_context_chunks_are_the_text_alone(tmp_path: Path) -> None:
     path = tmp_path / "kickoff.txt"
     path.write_text("\n".join(f"{s}: {t}" for s, t in MEETING))
     doc = load_document(path, root=tmp_path)
-    plain = chunk_document(doc, max_tokens=60, context=False)
-    with_line = chunk_document(doc, max_tokens=60)
+    plain = chunk_document(doc, max_tokens=60)  # the default
+    with_line = chunk_document(doc, max_tokens=60, context=True)
     for chunk in plain:
         assert chunk.context == "" and chunk.embedded_text == chunk.text
+        assert "context" not in chunk.metadata
         assert chunk.content_hash == hashlib.sha256(chunk.text.encode()).hexdigest()
     # the line changes what is embedded, so the hashes (which find stored vectors) and ids differ
     assert not {c.content_hash for c in plain} & {c.content_hash for c in with_line}

@@ -83,7 +83,10 @@ def expected_ids(docs: Path, settings: Settings, embedder: HashEmbedder) -> set[
         except InputError:
             continue
         chunks = chunk_document(
-            document, settings.doc_chunk_tokens, settings.doc_chunk_overlap_tokens
+            document,
+            settings.doc_chunk_tokens,
+            settings.doc_chunk_overlap_tokens,
+            context=settings.doc_chunk_context,
         )
         ids.update(c.id for c in chunks)
     return ids
@@ -763,22 +766,21 @@ def test_files_left_out_are_remembered_by_their_bytes_and_not_parsed_again(
 
 
 def test_a_collection_ingested_without_context_lines_is_re_embedded_with_them(
-    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, settings: Settings
 ) -> None:
-    """A collection written before chunks carried their context (chunker v2, the text alone
-    embedded) is re-chunked and re-embedded at its next ingest, not kept as unchanged."""
-    import tasks.ingestion.prepare
+    """A collection written without context lines (the default, and every collection written
+    before the setting existed) is re-chunked and re-embedded at the next ingest with them, not
+    kept as unchanged; and back."""
     from tasks.vectorstore import with_context
 
-    settings = settings.model_copy(update={"doc_chunk_tokens": 200})  # room for the speakers
+    plain = settings.model_copy(update={"doc_chunk_tokens": 200})  # room for the speakers
+    settings = plain.model_copy(update={"doc_chunk_context": True})
     docs = write_corpus(tmp_path)
     (docs / "kickoff.txt").write_text(
         "Alice: we settle the battery today.\nBob: a dock charges it.\nAlice: agreed."
     )
     embedder = HashEmbedder()
-    with monkeypatch.context() as patch:  # what the tree before this change wrote
-        patch.setattr(tasks.ingestion.prepare, "CHUNKER_VERSION", 2)
-        before = run(docs, settings.model_copy(update={"doc_chunk_context": False}), embedder)
+    before = run(docs, plain, embedder)
     assert before.added == 4
     embedder.calls.clear()
     after = run(docs, settings, embedder)
@@ -792,7 +794,7 @@ def test_a_collection_ingested_without_context_lines_is_re_embedded_with_them(
     for text, metadata, vector in zip(
         stored["documents"], stored["metadatas"], stored["embeddings"], strict=True
     ):
-        line = str(metadata["context"])
+        line = str(metadata.get("context", ""))
         lines[metadata["source"]] = line
         assert not (line and text.startswith(line))  # the text stored: the chunk alone
         expected = embedder.embed([with_context(line, text)])[0]
@@ -801,3 +803,6 @@ def test_a_collection_ingested_without_context_lines_is_re_embedded_with_them(
     assert lines["notes.txt"] == "notes"
     again = run(docs, settings, embedder)
     assert (again.unchanged, again.chunks_written) == (4, 0)
+    back = run(docs, plain, embedder)
+    assert (back.updated, back.unchanged) == (4, 0)
+    assert all_ids(plain, embedder) == expected_ids(docs, plain, embedder)

@@ -20,7 +20,9 @@ Chunk ids are `sha256(source, chunk index, content hash)`:
   they are found by `content_hash` (`ChunkStore.embeddings_by_content_hash`), which also serves
   edits and crash recovery.
 
-Each chunk also carries a context line (`DocChunk.context`: the document's title unless its heading
+Opt-in (`chunk_document(context=True)`, `Settings.doc_chunk_context`; off by default because it
+lowered recall on QMSum, benchmarks/README.md), each chunk also carries a context line
+(`DocChunk.context`: the document's title unless its heading
 path already starts with it; for a transcript, "Meeting: <title> · Speakers: <the chunk's
 speakers>"). The line is embedded and indexed with the text (`DocChunk.embedded_text`) and kept in
 the chunk's metadata; the stored text, shown and cited, is the document's own. The content hash

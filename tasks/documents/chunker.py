@@ -156,7 +156,7 @@ def chunk_document(
     *,
     count: TokenCounter | None = None,
     heading_in_text: bool = True,
-    context: bool = True,
+    context: bool = False,
 ) -> list[DocChunk]:
     """Cut a document into chunks of at most `max_tokens`, one heading section at a time.
 
@@ -217,8 +217,9 @@ def chunk_document(
             format=doc.format,
             first_paragraph=paragraphs[0],
             last_paragraph=paragraphs[-1],
-            context=line,
         )
+        if line:
+            metadata["context"] = line
         if doc.format in TRANSCRIPT_FORMATS:
             metadata.update(first_utterance=paragraphs[0], last_utterance=paragraphs[-1])
         chunks.append(

@@ -27,9 +27,9 @@ TRANSCRIPT_FORMATS = frozenset({"vtt", "srt", JSON_TRANSCRIPT})
 # Formats whose text carries Markdown headings after loading.
 STRUCTURED_FORMATS = frozenset({"markdown", "html", "json", "jsonl"})
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-# Bump when loading or chunking changes what chunks a document yields (or the text embedded).
-# 3: chunks carry a context line (title; meeting and speakers) in the text embedded and indexed.
-CHUNKER_VERSION = 3
+# Bump when loading or chunking changes what chunks a document yields (or the text embedded;
+# the opt-in context line is recorded in the chunking key instead, `chunking_key`).
+CHUNKER_VERSION = 2
 
 TokenCounter = Callable[[list[str]], list[int]]
 MetadataValue = str | int | float | bool

@@ -46,7 +46,7 @@ def ingest_batch_plain(
     json_text_field: str = "text",
     max_bytes: int = DEFAULT_MAX_BYTES,
     label: str = "",
-    context: bool = True,
+    context: bool = False,
 ) -> BatchOutcome:
     """Plan, load, chunk, check, embed and write one batch of documents (`label` names the
     task run).

@@ -58,7 +58,7 @@ def prepare_documents(
     overlap_tokens: int,
     json_text_field: str = "text",
     max_bytes: int = DEFAULT_MAX_BYTES,
-    context: bool = True,
+    context: bool = False,
 ) -> Prepared:
     """Load and chunk each file; a file that cannot be used becomes a quarantine record, one
     with nothing to index (no chunks) a skip record.
@@ -103,10 +103,10 @@ def prepare_documents(
 
 
 def chunking_key(
-    max_tokens: int, overlap_tokens: int, json_text_field: str, context: bool = True
+    max_tokens: int, overlap_tokens: int, json_text_field: str, context: bool = False
 ) -> str:
     """What decides a document's chunks and the text embedded besides its bytes (and the
     collection's embedder, whose tokenizer counts the tokens); every chunk records it as
     `chunking`, so a change re-chunks and re-embeds a collection's unchanged files."""
     key = f"v{CHUNKER_VERSION} tokens={max_tokens} overlap={overlap_tokens} text={json_text_field}"
-    return key if context else f"{key} context=off"
+    return f"{key} context=on" if context else key
