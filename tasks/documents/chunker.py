@@ -167,7 +167,7 @@ def chunk_document(
     sections. `count` measures tokens (default cl100k_base); pass the embedder's own counter
     (`LocalOnnxEmbedder.count_tokens`, budget `max_text_tokens`) so no chunk is truncated.
 
-    With `context`, each chunk also gets a context line (`chunk_context`), embedded and indexed
+    With `context`, each chunk also gets a context line (`_ContextLines`), embedded and indexed
     with its text (`DocChunk.embedded_text`, within the same budget) but not part of it.
     """
     if max_tokens < 16:
@@ -195,7 +195,8 @@ def chunk_document(
         contexts.line(heading if heading_in_text else "", text) if contexts else ""
         for heading, text, _ in pieces
     ]
-    counts = counter([with_context(c, p[1]) for c, p in zip(lines, pieces, strict=True)])
+    embedded = [with_context(c, p[1]) for c, p in zip(lines, pieces, strict=True)]
+    counts = counter(embedded) if embedded else []
     chunks = []
     for index, ((heading, text, paragraphs), line, tokens) in enumerate(
         zip(pieces, lines, counts, strict=True)
