@@ -25,6 +25,14 @@ Margins over each baseline come with 95 % paired-bootstrap intervals. The per-me
 (each query searched only among its own meeting's chunks, `{"source": ...}` filter) is the
 second line, as benchmarks/retrieval_quality.py used to report it.
 
+Chunk context (issue 14 item 3): each format is ingested twice in the same run, with the context
+line each chunk is embedded and indexed with (`Settings.doc_chunk_context`, opt-in: "Meeting:
+<file stem> · Speakers: <the chunk's speakers>") and without it (the default: the chunks of the
+tree before it); every system is scored on both, with paired-bootstrap intervals of "context
+minus none" per query, and the same margins on the two halves of the split (meetings sorted by
+name; odd = 1st, 3rd, ...), so a choice can be checked to hold on both. The hit rule reads the
+stored chunk text, which is the same with and without the line.
+
 DATA_DIR defaults to ../shared/datasets/qmsum-val next to the repository; when it is absent the
 benchmark says so and exits 0. Nothing is written into the project.
 """
@@ -131,7 +139,7 @@ def bm25s_ranker(chunks: dict[str, tuple[str, str]]) -> Callable[[str, int], lis
     return rank
 
 
-def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
+def measure(fmt: str, meetings: dict[str, Any], tmp: Path, context: bool = True) -> dict[str, Any]:
     import numpy as np
 
     from tasks.chroma_client import open_chroma
@@ -144,8 +152,14 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
     from tasks.vectorstore import ChunkStore
 
     folder = tmp / fmt / "meetings"
-    write_meetings(folder, meetings, fmt)
-    settings = Settings(_env_file=None, data_dir=tmp / fmt / "data", model_dir=MODEL_DIR)
+    if not folder.exists():
+        write_meetings(folder, meetings, fmt)
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp / fmt / f"data-{context}",
+        model_dir=MODEL_DIR,
+        doc_chunk_context=context,
+    )
     embedder = LocalOnnxEmbedder(MODEL_DIR)
     name = "qmsum-val"
     store = ChunkStore(
@@ -162,12 +176,11 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
         raise SystemExit(f"quarantined: {report.quarantine}")
     lexical = store.lexical
     assert lexical is not None and lexical.count() == store.count(), "index out of step"
-    chunks = {chunk_id: (source, text) for chunk_id, source, text in store.texts(
-        sorted(store.all_ids()))}  # fmt: skip
-    by_meeting: dict[str, int] = {}
-    for source, _ in chunks.values():
-        by_meeting[Path(source).stem] = by_meeting.get(Path(source).stem, 0) + 1
-    bm25s_rank = bm25s_ranker(chunks)
+    ids = sorted(store.all_ids())
+    chunks = {chunk_id: (source, text) for chunk_id, source, text in store.texts(ids)}
+    indexed = {chunk_id: (source, text) for chunk_id, source, text in store.texts(
+        ids, indexed=True)}  # fmt: skip
+    bm25s_rank = bm25s_ranker(indexed)
     candidates_only = ChunkStore(
         open_chroma(settings), name, embedder.name, embedder.dimension, create=False
     )
@@ -175,10 +188,10 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     seconds: list[float] = []
     top = max(KS)
-    for stem, meeting in meetings.items():
+    for position, (stem, meeting) in enumerate(meetings.items()):
         turns = meeting["meeting_transcripts"]
         source = next(s for s, _ in chunks.values() if Path(s).stem == stem)
-        for query in meeting["specific_query_list"]:
+        for number, query in enumerate(meeting["specific_query_list"]):
             wanted = relevant_turns(query, turns)
             if not wanted:
                 continue
@@ -202,7 +215,11 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
                 ],
             }
             relevant = sum(is_hit(s, t, stem, wanted) for s, t in chunks.values())
-            row: dict[str, Any] = {"meeting": stem}
+            row: dict[str, Any] = {
+                "meeting": stem,
+                "query": number,
+                "half": "odd" if position % 2 == 0 else "even",
+            }
             for system, ids in ranked.items():
                 found = hits_of(ids)
                 for k in KS:
@@ -212,6 +229,8 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
             rows.append(row)
     return {
         "format": fmt,
+        "context": context,
+        "rows": rows,
         "chunks": len(chunks),
         "queries": len(rows),
         "ingest_s": round(ingest_s, 1),
@@ -222,6 +241,15 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
             for s in SYSTEMS
             for k in KS
         },
+        "halves": {
+            half: {
+                f"{s}@{k}": round(statistics.fmean(r[f"{s}@{k}"] for r in part), 3)
+                for s in ("gristmill", "per_meeting")
+                for k in KS
+            }
+            for half in ("odd", "even")
+            if (part := [r for r in rows if r["half"] == half])
+        },
         "margin_ci95": {
             f"gristmill-{base}@{k}": bootstrap_ci(
                 [r[f"gristmill@{k}"] - r[f"{base}@{k}"] for r in rows]
@@ -230,6 +258,48 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path) -> dict[str, Any]:
             for k in KS
         },
     }
+
+
+CONTEXT_SYSTEMS = ("gristmill", "per_meeting", "dense", "fts5")
+
+
+def context_margins(with_context: dict[str, Any], without: dict[str, Any]) -> dict[str, Any]:
+    """Per system and k: recall with the context line minus without, its 95 % paired-bootstrap
+    interval over queries, and the margin on each half of the split."""
+    before = {(r["meeting"], r["query"]): r for r in without["rows"]}
+    pairs = [(r, before[(r["meeting"], r["query"])]) for r in with_context["rows"]]
+    margins: dict[str, Any] = {}
+    for system in CONTEXT_SYSTEMS:
+        for k in KS:
+            key = f"{system}@{k}"
+            diffs = [a[key] - b[key] for a, b in pairs]
+            margins[key] = {
+                "margin": round(statistics.fmean(diffs), 3),
+                "ci95": bootstrap_ci(diffs),
+                **{
+                    half: round(statistics.fmean(a[key] - b[key] for a, b in part), 3)
+                    for half in ("odd", "even")
+                    if (part := [(a, b) for a, b in pairs if a["half"] == half])
+                },
+            }
+    return margins
+
+
+def print_context(fmt: str, margins: dict[str, Any], without: dict[str, Any]) -> None:
+    recall = without["recall"]
+    print(f"\n{fmt} files, context line minus none ({without['chunks']} chunks without it):")
+    print("| system | @5 without | @5 margin [95 %] (odd, even) | @10 without | @10 margin |")
+    print("| --- | --- | --- | --- | --- |")
+    for system in CONTEXT_SYSTEMS:
+        cells = []
+        for k in KS:
+            m = margins[f"{system}@{k}"]
+            low, high = m["ci95"]
+            cells += [
+                f"{recall[f'{system}@{k}']:.3f}",
+                f"{m['margin']:+.3f} [{low:+.3f}, {high:+.3f}] ({m['odd']:+.3f}, {m['even']:+.3f})",
+            ]
+        print(f"| {system} | " + " | ".join(cells) + " |")
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -257,6 +327,9 @@ def main() -> None:
     parser.add_argument("data_dir", nargs="?", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--formats", default="txt,json", help="comma-separated: txt, json")
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the ingest without the context line"
+    )
     args = parser.parse_args()
     if not args.data_dir.is_dir() or not any(args.data_dir.glob("*.json")):
         print(f"QMSum data not found at {args.data_dir}: skipping (nothing measured)")
@@ -272,13 +345,26 @@ def main() -> None:
     reports = []
     with tempfile.TemporaryDirectory(prefix="retrieval-collection-") as name:
         for fmt in args.formats.split(","):
-            reports.append(measure(fmt.strip(), meetings, Path(name)))
+            report = measure(fmt.strip(), meetings, Path(name))
+            if not args.no_compare:
+                without = measure(fmt.strip(), meetings, Path(name), context=False)
+                report["without_context"] = without
+                report["context_minus_none"] = context_margins(report, without)
+            reports.append(report)
     if args.json:
+        for report in reports:
+            report.pop("rows")
+            if "without_context" in report:
+                report["without_context"].pop("rows")
         print(json.dumps(reports, indent=2))
     else:
         print(f"QMSum validation ({len(meetings)} meetings), whole-collection retrieval")
         for report in reports:
             print_report(report)
+            if "without_context" in report:
+                print_context(
+                    report["format"], report["context_minus_none"], report["without_context"]
+                )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ of one document's chunks is one transaction, no rebuild), is crash-safe (a trans
 lands or does not), ranks with BM25 (`bm25()`, Lucene's k1 = 1.2, b = 0.75) and stems English
 with the Porter stemmer, and several processes can read and write it at once.
 
+What is indexed is what is embedded: the chunk's context line (`tasks.documents.DocChunk.context`,
+kept in its metadata) and its text (`tasks.vectorstore.indexed_text`), so a repair from Chroma
+indexes the same words.
+
 Kept in step: `ChunkStore.upsert` and `ChunkStore.delete_ids` write here in the same call as
 they write Chroma. A crash between the two (or a collection written by another machine through a
 Chroma server) leaves the index behind; a write marks the index dirty until both stores are
@@ -47,7 +51,9 @@ class ChunkSource(Protocol):
 
     def all_ids(self) -> set[str]: ...
 
-    def texts(self, ids: Sequence[str]) -> Iterator[tuple[str, str, str]]: ...
+    def texts(
+        self, ids: Sequence[str], *, indexed: bool = False
+    ) -> Iterator[tuple[str, str, str]]: ...
 
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -190,7 +196,7 @@ class LexicalIndex:
         gone = sorted(held - present)
         missing = sorted(present - held)
         self.delete(gone)
-        for ids, sources, texts in _batches(store.texts(missing)):
+        for ids, sources, texts in _batches(store.texts(missing, indexed=True)):
             self.upsert(ids, sources, texts)
         self._set("dirty", 0)
         return len(gone) + len(missing)

@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     chroma_token: SecretStr | None = Field(None, description="Chroma server auth token.")
     doc_chunk_tokens: int = Field(300, ge=50, description="Token budget of a document chunk.")
     doc_chunk_overlap_tokens: int = Field(40, ge=0, description="Overlap between document chunks.")
+    doc_chunk_context: bool = Field(
+        False,
+        description="Embed and index each document chunk with a line naming its document's "
+        "title, or a transcript's meeting and the chunk's speakers (the stored text stays as "
+        "written); off by default: it lowered whole-collection recall on QMSum "
+        "(benchmarks/README.md). Changing it re-embeds a collection at its next ingest.",
+    )
 
     schedule_timezone: str = Field(
         "UTC",

@@ -40,6 +40,21 @@ MAX_COLLECTION_NAME = 512
 PAGE_SIZE = 1000
 # Values per `$in` filter, well under SQLite's bound-variable limit.
 IN_FILTER_SIZE = 500
+# The metadata key of a chunk's context line (`tasks.documents.DocChunk.context`).
+CONTEXT_KEY = "context"
+
+
+def with_context(context: str, text: str) -> str:
+    """What is embedded and indexed for a chunk: its context line (where it comes from), then
+    its text. The store keeps the text alone as the chunk's document (what users read and
+    cite) and the line in its metadata, so the lexical index can be rebuilt from the store."""
+    return f"{context}\n{text}" if context else text
+
+
+def indexed_text(text: str, metadata: Mapping[str, object] | None) -> str:
+    """The text the lexical index holds for a stored chunk."""
+    context = (metadata or {}).get(CONTEXT_KEY)
+    return with_context(str(context), text) if context else text
 
 
 class Hit(BaseModel):
@@ -182,7 +197,8 @@ class ChunkStore:
                 )
             if self.lexical is not None:
                 sources = [str(m.get("source") or "") for m in metadatas]
-                self.lexical.upsert(ids, sources, documents)
+                texts = [indexed_text(d, m) for d, m in zip(documents, metadatas, strict=True)]
+                self.lexical.upsert(ids, sources, texts)
         return len(ids)
 
     @contextlib.contextmanager
@@ -201,8 +217,9 @@ class ChunkStore:
     def all_ids(self) -> set[str]:
         return {i for page in self._pages(None, []) for i in page["ids"]}
 
-    def texts(self, ids: Sequence[str]) -> Iterator[tuple[str, str, str]]:
-        """(id, source, text) of each of `ids` that exists."""
+    def texts(self, ids: Sequence[str], *, indexed: bool = False) -> Iterator[tuple[str, str, str]]:
+        """(id, source, text) of each of `ids` that exists; with `indexed`, the text the
+        lexical index holds (`indexed_text`: the chunk's context line, then its text)."""
         for start in range(0, len(ids), PAGE_SIZE):
             page = self.collection.get(
                 ids=list(ids[start : start + PAGE_SIZE]), include=["metadatas", "documents"]
@@ -210,7 +227,8 @@ class ChunkStore:
             for chunk_id, metadata, text in zip(
                 page["ids"], page["metadatas"] or [], page["documents"] or [], strict=True
             ):
-                yield chunk_id, str((metadata or {}).get("source") or ""), text or ""
+                text = indexed_text(text or "", metadata) if indexed else text or ""
+                yield chunk_id, str((metadata or {}).get("source") or ""), text
 
     def hits(
         self, ids: Sequence[str], embedding: np.ndarray, *, include_embeddings: bool = False

@@ -364,7 +364,7 @@ def test_long_paragraphs_split_on_sentences_with_overlap() -> None:
     chunks = chunk_document(doc, max_tokens=60, overlap_tokens=15)
     assert len(chunks) > 3
     for chunk in chunks:
-        assert chunk.token_count == count_tokens(chunk.text) <= 60
+        assert chunk.token_count == count_tokens(chunk.embedded_text) <= 60
         assert chunk.text.startswith("Policy\n\n")
     joined = " ".join(c.text for c in chunks)
     assert all(s in joined for s in sentences)
@@ -411,7 +411,7 @@ def test_chunking_invariants(blocks: list[str], max_tokens: int, overlap: int) -
     assert len({c.id for c in chunks}) == len(chunks)
     for chunk in chunks:
         assert 0 < chunk.token_count <= max_tokens
-        assert chunk.token_count == count_tokens(chunk.text)
+        assert chunk.token_count == count_tokens(chunk.embedded_text)
         assert chunk.metadata["chunk_count"] == len(chunks)
     for paragraph in paragraphs:
         if count_tokens(paragraph) <= max_tokens // 2:
@@ -420,3 +420,80 @@ def test_chunking_invariants(blocks: list[str], max_tokens: int, overlap: int) -
     chunk_words = iter(re.findall(r"\w+", " ".join(c.text for c in chunks)))
     assert all(word in chunk_words for p in paragraphs for word in re.findall(r"\w+", p))
     assert chunk_document(doc, max_tokens, overlap) == chunks
+
+
+MEETING = [
+    ("Alice", "Welcome all. Today we settle the remote control's battery and its casing."),
+    ("Bob", "The battery should be rechargeable; a dock on the coffee table charges it."),
+    ("Alice", "And the casing?"),
+    ("Carol", "Rubber, in two colours. Users told us plastic feels cheap in the hand."),
+    ("Bob", "Rubber costs more, so the budget for the chip gets smaller."),
+    ("Dave", "Then we drop the voice recognition and keep the scroll wheel."),
+] * 3
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".json"])
+def test_transcript_chunks_carry_the_meeting_and_their_own_speakers(
+    tmp_path: Path, suffix: str
+) -> None:
+    path = tmp_path / f"remote-design-kickoff{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps([{"speaker": s, "text": t} for s, t in MEETING]))
+    else:
+        path.write_text("\n".join(f"{s}: {t}" for s, t in MEETING))
+    doc = load_document(path, root=tmp_path)
+    assert doc.speakers == ["Alice", "Bob", "Carol", "Dave"]
+    chunks = chunk_document(doc, max_tokens=120, context=True)
+    assert len(chunks) > 2
+    assert any(", " in c.context for c in chunks)  # a chunk with several speakers names them
+    for chunk in chunks:
+        spoken: dict[str, int] = {}
+        for line in chunk.text.split("\n"):
+            name, _, said = line.partition(": ")
+            if name in doc.speakers:
+                spoken[name] = spoken.get(name, 0) + len(said.split())
+        most_first = sorted(spoken, key=lambda name: -spoken[name])
+        assert chunk.context.startswith("Meeting: remote-design-kickoff · Speakers: ")
+        named = chunk.context.split("Speakers: ")[1].split(", ")
+        assert named == most_first[: len(named)]  # the most words first, as many as fit
+        assert "Meeting:" not in chunk.text  # the text stored, shown and cited is the transcript's
+        assert chunk.embedded_text == f"{chunk.context}\n{chunk.text}"
+        assert chunk.token_count == count_tokens(chunk.embedded_text) <= 120
+        assert chunk.metadata["context"] == chunk.context
+
+
+def test_prose_with_a_colon_is_not_a_transcript(tmp_path: Path) -> None:
+    path = tmp_path / "release.txt"
+    path.write_text("Release notes for 2.4.\n\nNote: the export crash on Windows is fixed.\n")
+    doc = load_document(path, root=tmp_path)
+    assert doc.speakers == []
+    assert [c.context for c in chunk_document(doc, max_tokens=60, context=True)] == ["release"]
+
+
+def test_document_chunks_carry_the_title_their_heading_path_lacks(tmp_path: Path) -> None:
+    titled = tmp_path / "leave.md"
+    titled.write_text("---\ntitle: Employee handbook\n---\n# Leave\n\nTake 25 days a year.\n")
+    same = tmp_path / "travel.md"
+    same.write_text("# Travel policy\n\n## Booking\n\nBook two weeks ahead.\n")
+    [leave] = chunk_document(load_document(titled, root=tmp_path), max_tokens=60, context=True)
+    assert leave.context == "Employee handbook"
+    assert leave.text.startswith("Leave\n\n")
+    [booking] = chunk_document(load_document(same, root=tmp_path), max_tokens=60, context=True)
+    assert booking.text.startswith("Travel policy > Booking\n\n")
+    assert booking.context == ""  # the heading path already names the document
+
+
+def test_without_context_chunks_are_the_text_alone(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "kickoff.txt"
+    path.write_text("\n".join(f"{s}: {t}" for s, t in MEETING))
+    doc = load_document(path, root=tmp_path)
+    plain = chunk_document(doc, max_tokens=60)  # the default
+    with_line = chunk_document(doc, max_tokens=60, context=True)
+    for chunk in plain:
+        assert chunk.context == "" and chunk.embedded_text == chunk.text
+        assert "context" not in chunk.metadata
+        assert chunk.content_hash == hashlib.sha256(chunk.text.encode()).hexdigest()
+    # the line changes what is embedded, so the hashes (which find stored vectors) and ids differ
+    assert not {c.content_hash for c in plain} & {c.content_hash for c in with_line}

@@ -83,7 +83,10 @@ def expected_ids(docs: Path, settings: Settings, embedder: HashEmbedder) -> set[
         except InputError:
             continue
         chunks = chunk_document(
-            document, settings.doc_chunk_tokens, settings.doc_chunk_overlap_tokens
+            document,
+            settings.doc_chunk_tokens,
+            settings.doc_chunk_overlap_tokens,
+            context=settings.doc_chunk_context,
         )
         ids.update(c.id for c in chunks)
     return ids
@@ -760,3 +763,46 @@ def test_files_left_out_are_remembered_by_their_bytes_and_not_parsed_again(
     (docs / "binary.txt").unlink()
     run(docs, smaller, embedder, "full")
     assert "binary.txt" not in ledger.sources()
+
+
+def test_a_collection_ingested_without_context_lines_is_re_embedded_with_them(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """A collection written without context lines (the default, and every collection written
+    before the setting existed) is re-chunked and re-embedded at the next ingest with them, not
+    kept as unchanged; and back."""
+    from tasks.vectorstore import with_context
+
+    plain = settings.model_copy(update={"doc_chunk_tokens": 200})  # room for the speakers
+    settings = plain.model_copy(update={"doc_chunk_context": True})
+    docs = write_corpus(tmp_path)
+    (docs / "kickoff.txt").write_text(
+        "Alice: we settle the battery today.\nBob: a dock charges it.\nAlice: agreed."
+    )
+    embedder = HashEmbedder()
+    before = run(docs, plain, embedder)
+    assert before.added == 4
+    embedder.calls.clear()
+    after = run(docs, settings, embedder)
+    assert (after.updated, after.unchanged) == (4, 0)
+    assert after.embeddings_computed == embedder.texts_embedded > 0
+    assert all_ids(settings, embedder) == expected_ids(docs, settings, embedder)
+    stored = open_store(settings, embedder).collection.get(
+        include=["documents", "metadatas", "embeddings"]
+    )
+    lines = {}
+    for text, metadata, vector in zip(
+        stored["documents"], stored["metadatas"], stored["embeddings"], strict=True
+    ):
+        line = str(metadata.get("context", ""))
+        lines[metadata["source"]] = line
+        assert not (line and text.startswith(line))  # the text stored: the chunk alone
+        expected = embedder.embed([with_context(line, text)])[0]
+        assert abs(float(vector @ expected) - 1.0) < 1e-5  # the vector is of line + text
+    assert lines["kickoff.txt"] == "Meeting: kickoff · Speakers: Alice, Bob"
+    assert lines["notes.txt"] == "notes"
+    again = run(docs, settings, embedder)
+    assert (again.unchanged, again.chunks_written) == (4, 0)
+    back = run(docs, plain, embedder)
+    assert (back.updated, back.unchanged) == (4, 0)
+    assert all_ids(plain, embedder) == expected_ids(docs, plain, embedder)

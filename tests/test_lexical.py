@@ -142,3 +142,40 @@ def test_query_finds_the_exact_word_the_embedder_ranks_last(store: ChunkStore) -
     store.lexical = None  # without the index: only what the embedder fetched can come back
     pool = {h.id for h in store.query(embedder.embed([question])[0], k=candidate_count(3))}
     assert {h.id for h in query_chunks(question, store, embedder, k=3)} <= pool
+
+
+def test_the_context_line_is_indexed_and_rebuilt_from_chroma_but_not_stored_as_text(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    embedder = HashEmbedder()
+    store = open_store_for_writing(settings, embedder)
+    text = "Alice: the dock charges the remote overnight."
+    store.upsert(
+        ["kickoff#0"],
+        embedder.embed([text]),
+        [text],
+        [{"source": "kickoff.txt", "context": "Meeting: budget-review · Speakers: Alice"}],
+    )
+    add(store, embedder, "other.md", ["the budget for the chip is small"])
+    assert store.lexical is not None
+    assert [i for i, _ in store.lexical.search("review", 5)] == ["kickoff#0"]
+    assert [t for _, _, t in store.texts(["kickoff#0"])] == [text]
+    # the index lost: rebuilt from Chroma, with the context line from the chunk's metadata
+    store.lexical.close()
+    lexical_path(settings, "docs").unlink()
+    reading = open_store(settings, embedder, "docs")
+    assert reading.lexical is not None
+    assert [i for i, _ in reading.lexical.search("review", 5)] == ["kickoff#0"]
+    assert reading.lexical.search("budget", 5)[0][0] in {"kickoff#0", "other.md#0"}
+    assert len(reading.lexical.search("budget", 5)) == 2
+
+
+def open_store_for_writing(settings: Settings, embedder: HashEmbedder) -> ChunkStore:
+    return ChunkStore(
+        open_chroma(settings),
+        "docs",
+        embedder.name,
+        embedder.dimension,
+        lexical=open_lexical(settings, "docs"),
+    )

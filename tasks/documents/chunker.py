@@ -17,6 +17,7 @@ from tasks.documents.model import (
     TokenCounter,
 )
 from tasks.tokens import count_tokens
+from tasks.vectorstore import with_context
 
 
 @dataclass
@@ -155,6 +156,7 @@ def chunk_document(
     *,
     count: TokenCounter | None = None,
     heading_in_text: bool = True,
+    context: bool = False,
 ) -> list[DocChunk]:
     """Cut a document into chunks of at most `max_tokens`, one heading section at a time.
 
@@ -164,26 +166,44 @@ def chunk_document(
     `heading_in_text` its text starts with the heading path, which helps retrieval of short
     sections. `count` measures tokens (default cl100k_base); pass the embedder's own counter
     (`LocalOnnxEmbedder.count_tokens`, budget `max_text_tokens`) so no chunk is truncated.
+
+    With `context`, each chunk also gets a context line (`_ContextLines`), embedded and indexed
+    with its text (`DocChunk.embedded_text`, within the same budget) but not part of it.
     """
     if max_tokens < 16:
         raise ValueError("max_tokens must be at least 16")
     counter = count or _count_cl100k
     overlap_tokens = max(0, min(overlap_tokens, max_tokens // 2))
+    sections = split_sections(doc.text, headings=doc.format in STRUCTURED_FORMATS)
+    contexts = None
+    if context:
+        headings = [s.heading if heading_in_text else "" for s in sections]
+        contexts = _ContextLines(doc, counter, max_tokens, headings)
+    reserve = contexts.reserve if contexts else 0
     pieces: list[tuple[str, str, list[int]]] = []  # (heading, text, paragraph numbers)
-    for section in split_sections(doc.text, headings=doc.format in STRUCTURED_FORMATS):
+    for section in sections:
         header = section.heading if heading_in_text else ""
         header_cost = counter([header])[0] + 2 if header else 0
         if header_cost > max_tokens // 2:
             header, header_cost = "", 0
-        budget = max_tokens - header_cost
+        budget = max_tokens - header_cost - reserve
         for body, paragraphs in _pack_section(section, budget, overlap_tokens, counter):
             text = f"{header}\n\n{body}" if header else body
             pieces.append((section.heading, text, paragraphs))
 
-    counts = counter([text for _, text, _ in pieces]) if pieces else []
+    lines = [
+        contexts.line(heading if heading_in_text else "", text) if contexts else ""
+        for heading, text, _ in pieces
+    ]
+    embedded = [with_context(c, p[1]) for c, p in zip(lines, pieces, strict=True)]
+    counts = counter(embedded) if embedded else []
     chunks = []
-    for index, ((heading, text, paragraphs), tokens) in enumerate(zip(pieces, counts, strict=True)):
-        content_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    for index, ((heading, text, paragraphs), line, tokens) in enumerate(
+        zip(pieces, lines, counts, strict=True)
+    ):
+        if tokens > max_tokens:  # token counts are not quite additive: drop the line
+            line, tokens = "", counter([text])[0]
+        content_hash = hashlib.sha256(with_context(line, text).encode("utf-8")).hexdigest()
         metadata: dict[str, MetadataValue] = {
             key: value for key, value in doc.metadata.items() if isinstance(value, MetadataValue)
         }
@@ -199,6 +219,8 @@ def chunk_document(
             first_paragraph=paragraphs[0],
             last_paragraph=paragraphs[-1],
         )
+        if line:
+            metadata["context"] = line
         if doc.format in TRANSCRIPT_FORMATS:
             metadata.update(first_utterance=paragraphs[0], last_utterance=paragraphs[-1])
         chunks.append(
@@ -210,9 +232,86 @@ def chunk_document(
                 content_hash=content_hash,
                 token_count=tokens,
                 metadata=metadata,
+                context=line,
             )
         )
     return chunks
+
+
+# The context line's share of a chunk's token budget at most.
+CONTEXT_SHARE = 8
+
+
+class _ContextLines:
+    """The context line of each chunk of one document, within `reserve` tokens.
+
+    A transcript's line names the meeting (the document's title: its file name unless the file
+    has one) and the chunk's speakers, most words first: "Meeting: Budget review · Speakers:
+    Alice, Bob". Another document's line is its title, unless the chunk's heading path, which
+    starts its text, already begins with it. The words a searcher uses for "which meeting",
+    "who said" or "which document" are then in every chunk, not only in the first one.
+    """
+
+    def __init__(
+        self, doc: Document, count: TokenCounter, max_tokens: int, headings: list[str]
+    ) -> None:
+        """`headings`: the heading path each section's chunks start with ("" for none)."""
+        self.count = count
+        self.title = " ".join(doc.title.split())
+        self.transcript = doc.format in TRANSCRIPT_FORMATS or bool(doc.speakers)
+        self.speakers = set(doc.speakers)
+        limit = max(max_tokens // CONTEXT_SHARE, 4)
+        if self.transcript:
+            title = self._fit(self.title, limit // 2)
+            self.title = f"Meeting: {title}" if title else ""
+            full = self._join(doc.speakers)
+        else:
+            self.title = self._fit(self.title, limit)
+            full = self.title if any(self._titled(h) for h in headings) else ""
+        self.reserve = min(count([full])[0] + 1, limit) if full else 0
+
+    def _titled(self, heading: str) -> bool:
+        """True when a chunk under `heading` needs the title (its heading path lacks it)."""
+        return heading.split(" > ", 1)[0].casefold() != self.title.casefold()
+
+    def _fit(self, text: str, limit: int) -> str:
+        """`text`, cut by words to at most `limit` tokens."""
+        words = text.split()
+        while words and self.count([" ".join(words)])[0] > limit:
+            words.pop()
+        return " ".join(words)
+
+    def line(self, heading: str, text: str) -> str:
+        if not self.transcript:
+            return self.title if self.reserve and self._titled(heading) else ""
+        speakers = self._speakers(text)
+        for n in range(len(speakers), 0, -1):
+            line = self._join(speakers[:n])
+            if self.count([line])[0] + 1 <= self.reserve:
+                return line
+        return self.title
+
+    def _join(self, speakers: list[str]) -> str:
+        parts = [self.title] if self.title else []
+        if speakers:
+            parts.append("Speakers: " + ", ".join(speakers))
+        return " · ".join(parts)
+
+    def _speakers(self, text: str) -> list[str]:
+        """The speakers of labelled lines in `text`, most words first (then first seen)."""
+        from tasks.transcripts.formats.labelled import match_label
+
+        spoken: dict[str, int] = {}
+        for raw in text.split("\n"):
+            name, _, said = raw.partition(":")
+            name = name.strip()
+            if name not in self.speakers:
+                label = match_label(raw.strip()) if self.speakers else None
+                if label is None or label.name not in self.speakers:
+                    continue
+                name, said = label.name, label.text
+            spoken[name] = spoken.get(name, 0) + len(said.split())
+        return sorted(spoken, key=lambda name: -spoken[name])
 
 
 def _count_cl100k(texts: list[str]) -> list[int]:

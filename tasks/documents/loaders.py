@@ -65,13 +65,14 @@ def load_document(
     document_hash = hashlib.sha256(raw).hexdigest()
     metadata: dict[str, MetadataValue] = {}
     title: str | None = None
+    speakers: list[str] = []
     try:
         if fmt == "pdf":
             text, title, metadata = _pdf_text(raw)
         elif fmt in TRANSCRIPT_FORMATS:
-            text, metadata = _transcript_text(path, source)
+            text, metadata, speakers = _transcript_text(path, source)
         elif fmt == "json" and _is_json_transcript(raw):
-            text, metadata = _json_transcript_text(decode_text(raw))
+            text, metadata, speakers = _json_transcript_text(decode_text(raw))
             fmt = JSON_TRANSCRIPT
         else:
             decoded = decode_text(raw)
@@ -83,6 +84,7 @@ def load_document(
                 text, metadata = _records_text(decoded, fmt, json_text_field)
             else:
                 text = decoded
+                speakers = labelled_speakers(text)
     except InputError as exc:
         if exc.source is None:
             exc.source = source
@@ -99,6 +101,7 @@ def load_document(
         document_hash=document_hash,
         format=fmt,
         metadata=metadata,
+        speakers=speakers,
     )
 
 
@@ -198,27 +201,44 @@ def _pdf_text(raw: bytes) -> tuple[str, str | None, dict[str, MetadataValue]]:
     return text, title, {"pages": len(pages)}
 
 
-def _transcript_text(path: Path, source: str) -> tuple[str, dict[str, MetadataValue]]:
+def _transcript_text(path: Path, source: str) -> tuple[str, dict[str, MetadataValue], list[str]]:
     """A caption file as one paragraph per utterance."""
     from tasks.transcripts import parse_transcript
 
     return _utterance_paragraphs(parse_transcript(path, source=source).utterances)
 
 
-def _json_transcript_text(text: str) -> tuple[str, dict[str, MetadataValue]]:
+def _json_transcript_text(text: str) -> tuple[str, dict[str, MetadataValue], list[str]]:
     """A JSON transcript read as the summariser reads it, one paragraph per utterance."""
     from tasks.transcripts import parse_transcript_text
 
     return _utterance_paragraphs(parse_transcript_text(text, "json"))
 
 
-def _utterance_paragraphs(utterances: list[Utterance]) -> tuple[str, dict[str, MetadataValue]]:
-    """`speaker: text` paragraphs, so paragraph n is utterance n (`Utterance.index`)."""
+def _utterance_paragraphs(
+    utterances: list[Utterance],
+) -> tuple[str, dict[str, MetadataValue], list[str]]:
+    """`speaker: text` paragraphs, so paragraph n is utterance n (`Utterance.index`), and the
+    speakers in order of appearance."""
     paragraphs = []
+    speakers: dict[str, None] = {}
     for utterance in utterances:
         text = " ".join(_CONTROL.sub("", utterance.text).split()) or "…"
+        if utterance.speaker:
+            speakers.setdefault(utterance.speaker, None)
         paragraphs.append(f"{utterance.speaker}: {text}" if utterance.speaker else text)
-    return "\n\n".join(paragraphs), {"utterances": len(paragraphs)}
+    return "\n\n".join(paragraphs), {"utterances": len(paragraphs)}, list(speakers)
+
+
+def labelled_speakers(text: str) -> list[str]:
+    """The speakers of a plain-text file that reads as a labelled transcript ("Alice: ..."
+    lines, by the summariser's own rule), in order of appearance; [] for other text."""
+    from tasks.transcripts.formats.labelled import line_turns
+
+    labelled, turns = line_turns(text, markdown=False, force_speakers=False)
+    if not labelled:
+        return []
+    return list(dict.fromkeys(turn.speaker for turn in turns if turn.speaker))
 
 
 # Narrower than the summariser's speaker fields: records with a `name` or `role` and a `text`

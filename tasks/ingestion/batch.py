@@ -46,6 +46,7 @@ def ingest_batch_plain(
     json_text_field: str = "text",
     max_bytes: int = DEFAULT_MAX_BYTES,
     label: str = "",
+    context: bool = False,
 ) -> BatchOutcome:
     """Plan, load, chunk, check, embed and write one batch of documents (`label` names the
     task run).
@@ -58,7 +59,7 @@ def ingest_batch_plain(
     """
     outcome = BatchOutcome()
     outcome.sources = [p.source for p in paths]
-    chunking = chunking_key(max_tokens, overlap_tokens, json_text_field)
+    chunking = chunking_key(max_tokens, overlap_tokens, json_text_field, context)
     hashes = {p.source: file_hash(p.path, max_bytes) for p in paths}
     unchanged = unchanged_files(paths, stored, store, chunking, max_bytes, hashes)
     outcome.unchanged = len(unchanged)
@@ -74,6 +75,7 @@ def ingest_batch_plain(
         overlap_tokens=overlap_tokens,
         json_text_field=json_text_field,
         max_bytes=max_bytes,
+        context=context,
     )
     changed: list[PreparedDocument] = []
     for item in prepared:

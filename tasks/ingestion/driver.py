@@ -152,6 +152,7 @@ def ingest_files(
             max_tokens=max_tokens,
             overlap_tokens=settings.doc_chunk_overlap_tokens,
             cleanup=mode,
+            context=settings.doc_chunk_context,
             label=batch[0].source if len(batch) == 1 else f"{batch[0].source} +{len(batch) - 1}",
         )
 

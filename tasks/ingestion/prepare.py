@@ -58,6 +58,7 @@ def prepare_documents(
     overlap_tokens: int,
     json_text_field: str = "text",
     max_bytes: int = DEFAULT_MAX_BYTES,
+    context: bool = False,
 ) -> Prepared:
     """Load and chunk each file; a file that cannot be used becomes a quarantine record, one
     with nothing to index (no chunks) a skip record.
@@ -76,7 +77,9 @@ def prepare_documents(
             document = load_document(
                 found.path, root=found.root, json_text_field=json_text_field, max_bytes=max_bytes
             )
-            chunks = chunk_document(document, max_tokens, overlap_tokens, count=count)
+            chunks = chunk_document(
+                document, max_tokens, overlap_tokens, count=count, context=context
+            )
         except NothingToIndex as exc:
             skipped.append(SkipRecord(source=found.source, reason=exc.message))
             continue
@@ -99,7 +102,11 @@ def prepare_documents(
     return Prepared(prepared, quarantine, skipped)
 
 
-def chunking_key(max_tokens: int, overlap_tokens: int, json_text_field: str) -> str:
-    """What decides a document's chunks besides its bytes (and the collection's embedder, whose
-    tokenizer counts the tokens); every chunk records it as `chunking`."""
-    return f"v{CHUNKER_VERSION} tokens={max_tokens} overlap={overlap_tokens} text={json_text_field}"
+def chunking_key(
+    max_tokens: int, overlap_tokens: int, json_text_field: str, context: bool = False
+) -> str:
+    """What decides a document's chunks and the text embedded besides its bytes (and the
+    collection's embedder, whose tokenizer counts the tokens); every chunk records it as
+    `chunking`, so a change re-chunks and re-embeds a collection's unchanged files."""
+    key = f"v{CHUNKER_VERSION} tokens={max_tokens} overlap={overlap_tokens} text={json_text_field}"
+    return f"{key} context=on" if context else key

@@ -93,7 +93,8 @@ def is_unchanged(
 def embed_chunks(
     chunks: list[DocChunk], embedder: Embedder, store: ChunkStore
 ) -> tuple[np.ndarray, int, int]:
-    """Vectors for `chunks`: stored ones by content hash, the rest computed once per text.
+    """Vectors for `chunks`: stored ones by content hash (the hash of the text embedded, context
+    line included), the rest computed once per text.
 
     The missing texts go to the embedder in one call and it makes its own batches: the local
     one sorts them by length first, so each batch pads little (cutting the list into groups of
@@ -107,7 +108,7 @@ def embed_chunks(
     missing: dict[str, str] = {}
     for chunk in chunks:
         if chunk.content_hash not in known:
-            missing.setdefault(chunk.content_hash, chunk.text)
+            missing.setdefault(chunk.content_hash, chunk.embedded_text)
     hashes = list(missing)
     if hashes:
         vectors = np.asarray(embedder.embed([missing[h] for h in hashes]), dtype=np.float32)
