@@ -83,6 +83,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=9600)
     parser.add_argument("--overhead-rows", type=int, default=4000)
     parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument(
+        "--without-limit", action="store_true", help="also run the pool without the global limit"
+    )
+    parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
 
     from tests.support.prefect_server import prefect_server_process, start, stop
@@ -144,11 +148,30 @@ def main() -> None:
             time.sleep(5)  # both workers polling
             wall, report = batch("pool.csv", "--shards", "2", environment=pool_env)
             results["two_workers_x16_pool"] = summary(wall, report, cap)
+            if args.without_limit:  # the same without the global limit: what its pacing costs
+                for worker in workers:
+                    stop(worker)
+                pool_env.pop("GRISTMILL_BATCH_GLOBAL_LIMIT")
+                pool_env["GRISTMILL_DATA_DIR"] = str(root / "data-pool-nolimit.csv")
+                workers = [
+                    start(
+                        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gristmill"],
+                        pool_env,
+                        root / f"worker-nolimit-{n}.log",
+                    )
+                    for n in (1, 2)
+                ]
+                time.sleep(5)
+                wall, report = batch("pool-nolimit.csv", "--shards", "2", environment=pool_env)
+                results["two_workers_x16_pool_without_global_limit"] = summary(wall, report, cap)
         finally:
             for worker in workers:
                 stop(worker)
 
         # 2. overhead of 4 shards in one process against the same job unsharded
+        if args.skip_overhead:
+            print(json.dumps(results, indent=2))
+            return
         src = write_rows(root / "overhead.csv", args.overhead_rows)
         wall_whole, _ = batch("whole.csv")
         wall_sharded, _ = batch("sharded.csv", "--shards", "4")
