@@ -147,7 +147,12 @@ def summarize_transcripts(
     check_output_folder(inputs, out)
     if is_parent(shards, shard):
         parameters = {"paths": paths, "out_dir": out_dir, "force": force}
-        local = {"settings": settings, "summarizer": summarizer, "group_files": group_files}
+        local = {
+            "settings": settings,
+            "summarizer": summarizer,
+            "group_files": group_files,
+            "group_bytes": group_bytes,
+        }
         return _sharded(parameters, local, shards, inputs, out, on_progress, summarizer, started)
     files, problems = discover_transcripts(inputs, skip=out)
     names = output_names(files)
