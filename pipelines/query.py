@@ -122,6 +122,9 @@ def query_command(
     from tasks.errors import GristmillError
     from tasks.search import DocumentSearch  # no Prefect for a search
 
+    if queries is not None and str(queries) != "-" and not queries.is_file():
+        fail(f"cannot read --queries {queries}: no such file")  # before any thread starts
+    search: DocumentSearch | None = None
     try:
         search = DocumentSearch(settings)
         search.preload()
@@ -140,6 +143,9 @@ def query_command(
         fail(f"cannot read --queries {queries}: {exc.strerror or exc}")
     except ValueError as exc:  # chromadb rejects a malformed filter
         fail(f"cannot query: {exc}")
+    finally:
+        if search is not None:  # whichever way it ends: no exit while the model is half loaded
+            search.settle()
     print_hits(hits, text, settings.collection, as_json)
 
 

@@ -82,7 +82,17 @@ class DocumentSearch:
             with contextlib.suppress(Exception):
                 self.embedder.embed(["warm up"])
 
-        threading.Thread(target=load, name="load-embedder", daemon=True).start()
+        self._loading = threading.Thread(target=load, name="load-embedder", daemon=True)
+        self._loading.start()
+
+    def settle(self) -> None:
+        """Wait for `preload`'s thread. Call before the process exits: an interpreter that
+        shuts down while onnxruntime is still loading on a daemon thread aborts in C++
+        ("terminate called without an active exception", exit -6; seen in a full test run when
+        `query --queries` failed on a missing file at once)."""
+        loading = getattr(self, "_loading", None)
+        if loading is not None:
+            loading.join(timeout=120)
 
     def client(self) -> ClientAPI:
         """The Chroma client, opened on first use (and again after a failed open)."""
