@@ -21,6 +21,7 @@ from pipelines.shards import (
     in_shard,
     is_parent,
     leave_report,
+    lost_shards,
     run_shards,
     shard_label,
     shard_of,
@@ -228,7 +229,7 @@ def _sharded(
     report = merge_ingest_reports([r.report for r in results if r.report is not None])
     report.collection, report.cleanup = name, mode
     report.run_id = str(flow_run.id) if flow_run.id else report.run_id
-    lost = {r.shard: r.error for r in results if r.report is None}
+    lost = lost_shards(results)
     for found in files:
         if (number := shard_of(found.source, shards)) in lost:
             reason = f"shard {number + 1}/{shards} did not finish: {lost[number]}"

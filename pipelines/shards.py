@@ -100,8 +100,6 @@ class ShardResult:
     shard: int
     report: Any = None
     error: str | None = None
-    flow_run_id: str | None = None
-    attempts: int = 1
 
 
 class ShardProgress:
@@ -206,20 +204,20 @@ def _on_pool(
                 if path.is_file():
                     report = report_type.model_validate_json(path.read_text(encoding="utf-8"))
                     path.unlink()
-                    results[shard] = ShardResult(shard, report, None, run_id, attempts[shard])
+                    results[shard] = ShardResult(shard, report)
                 elif kind == "CRASHED" and attempts[shard] < settings.shard_attempts:
                     attempts[shard] += 1  # its worker died: run the shard again, elsewhere
                     running[shard] = submit(shard)
                 elif kind in ("COMPLETED", "FAILED") and state is not None and state.message:
-                    message = (
-                        f"its run ended {kind.lower()} ({state.message}) but left no report at "
-                        f"{path}: every worker needs this command's GRISTMILL_DATA_DIR "
-                        f"({settings.data_dir.resolve()}, a shared filesystem)"
+                    results[shard] = ShardResult(
+                        shard,
+                        error=f"its run ended {kind.lower()} ({state.message}) but left no report "
+                        f"at {path}: every worker needs this command's GRISTMILL_DATA_DIR "
+                        f"({settings.data_dir.resolve()}, a shared filesystem)",
                     )
-                    results[shard] = ShardResult(shard, None, message, run_id, attempts[shard])
                 else:
                     message = (state.message if state is not None else None) or kind.lower()
-                    results[shard] = ShardResult(shard, None, message, run_id, attempts[shard])
+                    results[shard] = ShardResult(shard, error=message)
     return [results[shard] for shard in range(shards)]
 
 
@@ -292,6 +290,11 @@ def ensure_crash_detection(silence_s: float) -> None:
         found.update()
 
 
+def lost_shards(results: Sequence[ShardResult]) -> dict[int, str]:
+    """The shards that left no report, by number, with why."""
+    return {r.shard: r.error or "no report" for r in results if r.report is None}
+
+
 def shard_failures(results: Sequence[ShardResult]) -> list[str]:
     """The shards that left no report, in words."""
     return [
@@ -299,7 +302,3 @@ def shard_failures(results: Sequence[ShardResult]) -> list[str]:
         for r in results
         if r.report is None
     ]
-
-
-def merged(results: Sequence[ShardResult], merge: Callable[[list[Any]], ReportT]) -> ReportT:
-    return merge([r.report for r in results if r.report is not None])

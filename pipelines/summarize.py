@@ -32,6 +32,7 @@ from pipelines.shards import (
     in_shard,
     is_parent,
     leave_report,
+    lost_shards,
     run_shards,
     shard_label,
     shard_of,
@@ -360,7 +361,7 @@ def _sharded(
         summarize_transcripts, parameters, shards, settings, SummarizeReport, local, progress
     )
     outcomes = [o for r in results if r.report is not None for o in r.report.transcripts]
-    lost = {r.shard: r.error for r in results if r.report is None}
+    lost = lost_shards(results)
     for key, source in keys:
         if (number := shard_of(key, shards)) in lost:
             error = f"shard {number + 1}/{shards} did not finish: {lost[number]}"

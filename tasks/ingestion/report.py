@@ -63,21 +63,7 @@ class IngestReport(BaseModel):
 
     def counts(self) -> dict[str, int]:
         """The integer keys of `gristmill ingest --json`."""
-        return {
-            key: getattr(self, key)
-            for key in (
-                "added",
-                "updated",
-                "unchanged",
-                "deleted",
-                "skipped",
-                "quarantined",
-                "chunks_written",
-                "chunks_deleted",
-                "embeddings_computed",
-                "collection_count",
-            )
-        }
+        return {key: getattr(self, key) for key in JSON_COUNTS}
 
 
 SUMMED = (
@@ -92,11 +78,14 @@ SUMMED = (
     "embeddings_computed",
     "embeddings_reused",
 )
+"""The counts a sharded job's report sums over its shards."""
+JSON_COUNTS = (*(key for key in SUMMED if key != "embeddings_reused"), "collection_count")
+"""The counts `gristmill ingest --json` prints (in this order)."""
 
 
 def merge_ingest_reports(reports: list[IngestReport]) -> IngestReport:
     """One report for the shards of a job: counts summed, the documents' lists joined (in
-    source order), the longest shard's duration (they may run side by side)."""
+    source order); the caller sets the job's own duration and collection count."""
     merged = IngestReport(
         **(reports[0].model_dump(include={"collection", "embedding_model"}) if reports else {})
     )
@@ -106,7 +95,6 @@ def merge_ingest_reports(reports: list[IngestReport]) -> IngestReport:
         merged.quarantine += report.quarantine
         merged.skipped_documents += report.skipped_documents
         merged.warnings += report.warnings
-        merged.duration_s = max(merged.duration_s, report.duration_s)
     merged.quarantine.sort(key=lambda r: r.source)
     merged.skipped_documents.sort(key=lambda r: r.source)
     return merged
