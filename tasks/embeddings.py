@@ -320,10 +320,10 @@ class OpenAIEmbedder:
         return vectors
 
 
-def build_embedder(settings: Settings) -> Embedder:
-    """The embedder the settings ask for."""
+def build_embedder(settings: Settings, *, threads: int | None = None) -> Embedder:
+    """The embedder the settings ask for; `threads`: the local model's (default: the cores)."""
     if settings.embedding_engine == "openai":
         return OpenAIEmbedder.from_settings(settings)
-    embedder = LocalOnnxEmbedder(settings.embedding_model_dir)
+    embedder = LocalOnnxEmbedder(settings.embedding_model_dir, threads=threads)
     embedder.check_files()
     return embedder

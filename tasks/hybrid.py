@@ -74,22 +74,22 @@ def fuse(text: str, hits: list[Hit]) -> list[Hit]:
 
 
 def fuse_rankings(
-    dense: list[Hit],
+    dense: list[str],
     lexical: list[tuple[str, float]],
     fetch: Callable[[list[str]], dict[str, Hit]],
     limit: int,
 ) -> list[Hit]:
-    """The best `limit` of the union of the embedder's nearest chunks (`dense`, best first) and
-    the collection-wide BM25 ranking (`lexical`, best first, from `tasks.lexical`), in
+    """The best `limit` of the union of the embedder's nearest chunk ids (`dense`, best first)
+    and the collection-wide BM25 ranking (`lexical`, best first, from `tasks.lexical`), in
     reciprocal-rank-fusion order; ties keep the dense order, then the lexical one. `fetch`
-    loads the chunks only BM25 found, and only those that made the cut."""
+    loads only the chunks that made the cut (text, metadata, cosine score): fetching all ~200
+    candidates' texts cost more than the nearest-neighbour search itself."""
     fused: dict[str, float] = {}
-    for rank, hit in enumerate(dense):
-        fused[hit.id] = 1.0 / (RRF_K + rank + 1)
+    for rank, chunk_id in enumerate(dense):
+        fused[chunk_id] = 1.0 / (RRF_K + rank + 1)
     for rank, (chunk_id, _) in enumerate(lexical):
         fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
     position = {chunk_id: i for i, chunk_id in enumerate(fused)}
     best = sorted(fused, key=lambda chunk_id: (-fused[chunk_id], position[chunk_id]))[:limit]
-    known = {hit.id: hit for hit in dense}
-    known.update(fetch([chunk_id for chunk_id in best if chunk_id not in known]))
+    known = fetch(best)
     return [known[i].model_copy(update={"fused": round(fused[i], 6)}) for i in best if i in known]

@@ -106,9 +106,7 @@ def ranked(
             vector, k=candidate_count(k), where=where, include_embeddings=include_embeddings
         )
         return fuse(text, candidates)
-    dense = store.query(
-        vector, k=max(DENSE_CANDIDATES, k), where=where, include_embeddings=include_embeddings
-    )
+    dense = store.nearest_ids(vector, k=max(DENSE_CANDIDATES, k), where=where)
     best_words = (
         lexical.result()
         if lexical is not None

@@ -53,7 +53,10 @@ class DocumentSearch:
 
     def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
         self.settings = settings
-        self.embedder = embedder or build_embedder(settings)
+        # One thread embeds a query: a few dozen tokens gain nothing from two, and the other
+        # core is BM25's meanwhile (`lexical_ahead`). Measured on 10k chunks under load: two
+        # threads took 14-21 ms a query, one 7-9 ms.
+        self.embedder = embedder or build_embedder(settings, threads=1)
         self._lock = threading.Lock()
         self._client: ClientAPI | None = None
         self._stores: dict[str, ChunkStore] = {}

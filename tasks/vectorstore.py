@@ -344,6 +344,21 @@ class ChunkStore:
                 found[chunk_id] = dict(metadata or {})
         return found
 
+    def nearest_ids(
+        self, embedding: np.ndarray | Sequence[float], k: int, where: dict[str, Any] | None = None
+    ) -> list[str]:
+        """The ids of the `k` nearest chunks, nearest first, without their texts or metadata
+        (`hits` loads those for the few a ranking keeps)."""
+        if k <= 0:
+            return []
+        result = self.collection.query(
+            query_embeddings=self._query_vector(embedding),
+            n_results=k,
+            where=where or None,
+            include=[],
+        )
+        return list(result["ids"][0])
+
     def query(
         self,
         embedding: np.ndarray | Sequence[float],
@@ -355,12 +370,7 @@ class ChunkStore:
         """The `k` nearest chunks, best first; score is the cosine similarity."""
         if k <= 0:
             return []
-        vector = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
-        if vector.shape[1] != self.dimension:
-            raise ConfigurationError(
-                f"query vector has {vector.shape[1]} dimensions; collection {self.name!r} holds "
-                f"{self.dimension}-dimensional vectors from {self.embedding_name}"
-            )
+        vector = self._query_vector(embedding)
         include = ["documents", "metadatas", "distances"]
         if include_embeddings:
             include.append("embeddings")
@@ -386,6 +396,15 @@ class ChunkStore:
             )
             for i, chunk_id in enumerate(ids)
         ]
+
+    def _query_vector(self, embedding: np.ndarray | Sequence[float]) -> np.ndarray:
+        vector = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+        if vector.shape[1] != self.dimension:
+            raise ConfigurationError(
+                f"query vector has {vector.shape[1]} dimensions; collection {self.name!r} holds "
+                f"{self.dimension}-dimensional vectors from {self.embedding_name}"
+            )
+        return vector
 
 
 def chunk_collections(client: ClientAPI) -> list[str]:
