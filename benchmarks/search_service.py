@@ -16,9 +16,10 @@ over HTTP at 10k and 100k chunks, and the wall of a cold `gristmill query` again
   real ones, not uniform noise.
 - Warm `/query`: `gristmill api` started as a subprocess on the corpus; 20 queries to warm up,
   then QUERIES queries one after another over one keep-alive httpx client (k=5, hybrid ranking:
-  the embedder, Chroma's nearest 100, BM25's best 100, fused). The same queries in-process
-  (`DocumentSearch.query`), alternating with the HTTP ones, show the HTTP share; then the parts
-  alone (embed the query, Chroma's nearest 100, BM25's best 100 from the lexical index).
+  the embedder, Chroma's nearest 100 ids, BM25's best 100, fused, the 5 kept fetched). The
+  same queries in-process (`DocumentSearch.query`), alternating with the HTTP ones, show the
+  HTTP share; then the parts alone (embed the query, Chroma's nearest 100 ids, BM25's best
+  100 from the lexical index, fetching the 5 kept chunks).
 - Cold `gristmill query TEXT --json` on the first corpus, a fresh process each run, against
   T0 = `python -c "import prefect, chromadb"`, the two alternating, RUNS each.
 """
@@ -205,7 +206,12 @@ def warm_latency(data_dir: Path, queries: list[str]) -> dict[str, float]:
     finally:
         service.terminate()
         service.wait(timeout=60)
-    parts: dict[str, list[float]] = {"embed": [], "dense 100": [], "bm25 100": []}
+    parts: dict[str, list[float]] = {
+        "embed": [],
+        "dense 100 ids": [],
+        "bm25 100": [],
+        "fetch 5": [],
+    }
     store = search.store(None)
     assert store.lexical is not None
     for text in queries:
@@ -213,11 +219,14 @@ def warm_latency(data_dir: Path, queries: list[str]) -> dict[str, float]:
         vector = search.embedder.embed([text])[0]
         parts["embed"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        store.query(vector, k=100)
-        parts["dense 100"].append(time.perf_counter() - started)
+        dense = store.nearest_ids(vector, k=100)
+        parts["dense 100 ids"].append(time.perf_counter() - started)
         started = time.perf_counter()
         store.lexical.search(text, 100)
         parts["bm25 100"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        store.hits(dense[:5], vector)
+        parts["fetch 5"].append(time.perf_counter() - started)
     figures = {
         "http p50": 1000 * percentile(http, 0.5),
         "http p95": 1000 * percentile(http, 0.95),
