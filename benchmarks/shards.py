@@ -12,6 +12,7 @@
    (4 shard flow runs, counting rows per shard, joining the parts, merging reports) as a share.
 
     python -m benchmarks.shards [--rows 9600] [--overhead-rows 4000] [--latency 0.1]
+    python -m benchmarks.shards --rows 2000 --baseline-only   # issue 13: one process x16
 
 Starts its own Prefect server (`prefect server start` on a free port, a throwaway home), pool,
 workers and global limit; needs nothing else. Both parts take a few minutes.
@@ -87,6 +88,11 @@ def main() -> None:
         "--without-limit", action="store_true", help="also run the pool without the global limit"
     )
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="only one process x16 (issue 13's batch figure: --rows 2000)",
+    )
     args = parser.parse_args()
 
     from tests.support.prefect_server import prefect_server_process, start, stop
@@ -121,6 +127,14 @@ def main() -> None:
         # 1. one process x 16, then two workers x 16 on a pool, sharing one global limit
         wall, report = batch("baseline.csv")
         results["one_process_x16"] = summary(wall, report, cap)
+        own_cap = 16 / args.latency  # what 16 in flight can reach at most
+        results["one_process_x16"]["wall_share_of_160"] = round(report["rows"] / wall / own_cap, 3)
+        results["one_process_x16"]["body_share_of_160"] = round(
+            report["rows"] / report["duration_s"] / own_cap, 3
+        )
+        if args.baseline_only:
+            print(json.dumps(results, indent=2))
+            return
         prefect(["work-pool", "create", "gristmill", "--type", "process"], env, log)
         prefect(["deploy", "--name", "process-records/shard"], env, log)
         # a rate just above the cap: it paces, the server's 32-in-flight quota decides
