@@ -13,6 +13,7 @@
 
     python -m benchmarks.shards [--rows 9600] [--overhead-rows 4000] [--latency 0.1]
     python -m benchmarks.shards --rows 2000 --baseline-only   # issue 13: one process x16
+    python -m benchmarks.shards --overhead-only --overhead-rows 7680 --latency 1.0  # 4 x 2 min
 
 Starts its own Prefect server (`prefect server start` on a free port, a throwaway home), pool,
 workers and global limit; needs nothing else. Both parts take a few minutes.
@@ -89,6 +90,11 @@ def main() -> None:
     )
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="only part 2 (4 shards x 2 minutes: --overhead-rows 7680 --latency 1.0)",
+    )
+    parser.add_argument(
         "--baseline-only",
         action="store_true",
         help="only one process x16 (issue 13's batch figure: --rows 2000)",
@@ -124,6 +130,10 @@ def main() -> None:
             environment = {**environment, "GRISTMILL_DATA_DIR": str(root / f"data-{out}")}
             return run([*command, str(root / out), *job, *extra], environment, log)
 
+        if args.overhead_only:
+            overhead(args.overhead_rows, root, batch, results)
+            print(json.dumps(results, indent=2))
+            return
         # 1. one process x 16, then two workers x 16 on a pool, sharing one global limit
         wall, report = batch("baseline.csv")
         results["one_process_x16"] = summary(wall, report, cap)
@@ -186,19 +196,25 @@ def main() -> None:
         if args.skip_overhead:
             print(json.dumps(results, indent=2))
             return
-        src = write_rows(root / "overhead.csv", args.overhead_rows)
-        wall_whole, _ = batch("whole.csv")
-        wall_sharded, _ = batch("sharded.csv", "--shards", "4")
-        results["overhead"] = {
-            "rows": args.overhead_rows,
-            "unsharded_wall_s": round(wall_whole, 2),
-            "four_shards_wall_s": round(wall_sharded, 2),
-            "overhead_share": round(wall_sharded / wall_whole - 1, 4),
-        }
+        overhead(args.overhead_rows, root, batch, results)
     stopping.set()
     results["server"] = queue.get(timeout=30)
     fake.join(10)
     print(json.dumps(results, indent=2))
+
+
+def overhead(rows: int, root: Path, batch: Any, results: dict[str, Any]) -> None:
+    """The job with 4 shards in the command's process against the same job unsharded."""
+    write_rows(root / "rows.csv", rows)
+    wall_whole, whole = batch("whole.csv")
+    wall_sharded, sharded = batch("sharded.csv", "--shards", "4")
+    assert whole["ok"] == sharded["ok"] == rows, (whole, sharded)
+    results["overhead"] = {
+        "rows": rows,
+        "unsharded_wall_s": round(wall_whole, 2),
+        "four_shards_wall_s": round(wall_sharded, 2),
+        "overhead_share": round(wall_sharded / wall_whole - 1, 4),
+    }
 
 
 def summary(wall: float, report: dict[str, Any], cap: float) -> dict[str, Any]:
