@@ -1,12 +1,11 @@
 """`gristmill server --database-url postgresql+asyncpg://...` end to end, on a real PostgreSQL
 (tests/support/postgres.py): the schema and pg_trgm are made, the password is never printed,
-a schedule fires and its run completes, four writers at once get no 503 and lose no task run,
-and the history is in PostgreSQL: a second server on another data dir (an extra replica, with
-`--no-migrate`) sees it."""
+schedules fire and `serve` and a process worker complete their runs, which the UI's Runs page
+shows, four writers at once get no 503 and lose no task run, and the history is in PostgreSQL:
+a second server on another data dir (an extra replica, with `--no-migrate`) sees it."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,16 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, SAMPLE_TRANSCRIPTS
+from tests.conftest import REPO
+from tests.support.browser import browse
 from tests.support.postgres import PostgresCluster
 from tests.support.prefect_server import (
     PrefectServer,
-    completed_scheduled_run,
-    start,
     start_gristmill_server,
     stop,
     tail,
-    wait_for,
 )
 from tests.support.prefect_writers import (
     Writers,
@@ -33,11 +30,11 @@ from tests.support.prefect_writers import (
     server_errors,
     wait_recorded,
 )
+from tests.support.scheduled import WORKER_SCHEDULED, scheduled_runs_completed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROLE, PASSWORD, DATABASE = "gristmill", "pg-Secret-4711", "prefect_e2e"
-DEPLOYMENT = "summarize-transcripts/nightly"
 WRITERS, TASK_RUNS = 4, 100
 MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 
@@ -93,40 +90,35 @@ def test_server_makes_the_schema_and_pg_trgm_and_never_prints_the_password(
     assert PASSWORD not in doctor.stdout + doctor.stderr
 
 
-def test_a_schedule_fires_on_postgres_and_gristmill_serve_completes_the_run(
-    pg_server: PrefectServer, tmp_path: Path
+@pytest.fixture(scope="module")
+def scheduled_runs(
+    pg_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, dict[str, Any]]]:
+    """The server's scheduler, on PostgreSQL, creates the runs; `gristmill serve` and a
+    process worker each run one to Completed (`tests.support.scheduled`)."""
+    with scheduled_runs_completed(
+        pg_server, tmp_path_factory.mktemp("scheduled"), MODEL_DIR
+    ) as runs:
+        yield runs
+
+
+def test_a_schedule_fires_on_postgres_and_serve_and_a_worker_complete_the_runs(
+    scheduled_runs: dict[str, dict[str, Any]],
 ) -> None:
-    data = tmp_path / "data"
-    (data / "transcripts").mkdir(parents=True)
-    shutil.copy(SAMPLE_TRANSCRIPTS / "weekly-standup.txt", data / "transcripts")
-    env = {
-        **pg_server.env,
-        "GRISTMILL_DATA_DIR": str(data),
-        "GRISTMILL_MODEL_DIR": str(MODEL_DIR),
-        "GRISTMILL_ENGINE": "offline",
-        "GRISTMILL_SUMMARIZE_SCHEDULE": "every 15s",
-        "GRISTMILL_INGEST_SCHEDULE": "none",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-    }
-    log = pg_server.logs / "serve.log"
-    serving = start([sys.executable, "-m", "pipelines.cli", "serve"], env, log)
+    for run in scheduled_runs.values():
+        assert run["auto_scheduled"] is True
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+        assert run["state"]["message"].startswith("1 transcripts: "), run["state"]
 
-    def scheduled_and_completed() -> dict[str, Any] | None:
-        assert serving.poll() is None, f"serve exited:\n{tail(log)}"
-        return completed_scheduled_run(pg_server, DEPLOYMENT)
 
-    try:
-        run = wait_for(
-            "a scheduled run picked up by gristmill serve",
-            scheduled_and_completed,
-            300,
-            lambda: f"{tail(pg_server.logs / 'server.log')}\n--- serve\n{tail(log)}",
-        )
-    finally:
-        stop(serving)
-    assert run["auto_scheduled"] is True
-    assert run["state"]["message"].startswith("1 transcripts: "), run["state"]
-    assert (data / "summaries" / "weekly-standup.json").is_file()
+def test_runs_page_on_postgres_shows_the_scheduled_runs(
+    pg_server: PrefectServer, scheduled_runs: dict[str, dict[str, Any]], chromium: str
+) -> None:
+    dom = browse(chromium, f"{pg_server.url}/runs", "--dump-dom")
+    assert WORKER_SCHEDULED.split("/")[1] in dom, dom[-3000:]
+    for run in scheduled_runs.values():
+        page = browse(chromium, f"{pg_server.url}/runs/flow-run/{run['id']}", "--dump-dom")
+        assert "Completed" in page and run["name"] in page, page[-3000:]
 
 
 def test_four_writers_at_once_get_no_503_and_every_task_run_is_recorded(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -26,11 +25,11 @@ import pytest
 from deployments.definitions import BATCH_PARAMETERS
 from tasks.model_files import missing_files
 from tests.conftest import REPO, SAMPLE_TRANSCRIPTS
+from tests.support.browser import browse
 from tests.support.prefect_server import (
     FAST_SCHEDULER,
     TERMINAL,
     PrefectServer,
-    completed_scheduled_run,
     prefect_cli,
     prefect_server_process,
     start,
@@ -38,6 +37,7 @@ from tests.support.prefect_server import (
     tail,
     wait_for,
 )
+from tests.support.scheduled import WORKER_SCHEDULED, scheduled_runs_completed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -56,22 +56,6 @@ NEEDS_MODEL = pytest.mark.skipif(
 )
 # Screenshots go to a temp dir unless asked for: `make screenshots` refreshes docs/img.
 SCREENSHOTS = Path(os.environ.get("GRISTMILL_SCREENSHOTS") or tempfile.mkdtemp(prefix="shots-"))
-SCHEDULED_POOL = "scheduled"
-WORKER_SCHEDULED = "summarize-transcripts/every-15s"
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-    "--window-size=1440,1000",
-    # Virtual time, not wall time (a page takes ~2 s): at 15 s the runs list is still fading in.
-    "--virtual-time-budget=40000",
-)
 
 
 @dataclass
@@ -254,47 +238,6 @@ def test_batch_run_from_the_deployment_defaults_classifies_every_ticket(
     assert {r["label"] for r in rows} <= set(BATCH_PARAMETERS["labels"])  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing and we are root; else skip."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed (as root: apt-get install -y chromium)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "chromium"]
-    output = ""
-    for steps in ([install], [["apt-get", "update", "-q"], install]):
-        try:
-            done = [
-                subprocess.run(step, env=env, capture_output=True, text=True, timeout=600)
-                for step in steps
-            ]
-        except subprocess.TimeoutExpired as exc:
-            output = f"timed out: {exc}"
-            continue
-        output = done[-1].stdout[-2000:] + done[-1].stderr[-2000:]
-        found = shutil.which("chromium")
-        if found:
-            return found
-    pytest.skip(f"could not install chromium with apt-get: {output.strip()[-500:]}")
-
-
-def browse(chromium: str, url: str, *flags: str) -> str:
-    """Load `url` in headless Chromium with a throwaway profile; its stdout."""
-    with tempfile.TemporaryDirectory(prefix="gristmill-chromium-") as profile:
-        done = subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, url],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    assert done.returncode == 0, f"chromium failed on {url}:\n{done.stderr[-2000:]}"
-    return done.stdout
-
-
 def test_runs_page_shows_the_runs(finished_runs: FinishedRuns, chromium: str) -> None:
     """The dashboard lists every run by name; screenshots for the README's 'Watching runs'."""
     server, good, bad = finished_runs.server, finished_runs.good, finished_runs.bad
@@ -379,76 +322,12 @@ def test_gristmill_serve_runs_a_deployment_on_demand(
 def scheduled_runs(
     finished_runs: FinishedRuns, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, dict[str, Any]]]:
-    """The promise of a schedule, kept: the server's scheduler creates runs of two deployments
-    with a 15 s interval; `gristmill serve` runs one, a process worker the other, to Completed.
-    After the on-demand tests: it takes over the nightly deployment."""
-    server = finished_runs.server
-    data = tmp_path_factory.mktemp("scheduled")
-    (data / "transcripts").mkdir()
-    shutil.copy(SAMPLE_TRANSCRIPTS / "weekly-standup.txt", data / "transcripts")
-    env = {
-        **server.env,
-        "GRISTMILL_DATA_DIR": str(data),
-        "GRISTMILL_MODEL_DIR": str(MODEL_DIR),
-        "GRISTMILL_ENGINE": "offline",
-    }
-    log = server.logs / "scheduled.log"
-    prefect_cli("work-pool", "create", SCHEDULED_POOL, "--type", "process", env=env, log=log)
-    prefect_cli(
-        "deploy",
-        "pipelines/summarize.py:summarize_transcripts",
-        *("--name", WORKER_SCHEDULED.split("/")[1], "--pool", SCHEDULED_POOL),
-        *("--interval", "15"),
-        env=env,
-        log=log,
-    )
-    found = server.request("GET", f"/deployments/name/{DEPLOYMENT}")
-    if found.status_code == 200:
-        server.request("DELETE", f"/deployments/{found.json()['id']}").raise_for_status()
-    worker = start(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", SCHEDULED_POOL],
-        {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"},
-        server.logs / "scheduled-worker.log",
-    )
-    serve_env = {
-        **env,
-        "GRISTMILL_SUMMARIZE_SCHEDULE": "every 15s",
-        "GRISTMILL_INGEST_SCHEDULE": "none",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-    }
-    serving = start(
-        [sys.executable, "-m", "pipelines.cli", "serve"], serve_env, server.logs / "serve-2.log"
-    )
-
-    def scheduled_and_completed(name: str) -> dict[str, Any] | None:
-        for process, log_name in ((worker, "scheduled-worker.log"), (serving, "serve-2.log")):
-            assert process.poll() is None, f"{log_name} exited:\n{tail(server.logs / log_name)}"
-        return completed_scheduled_run(server, name)
-
-    def why() -> str:
-        return "\n".join(
-            f"--- {name}\n{tail(server.logs / name)}"
-            for name in ("server.log", "scheduled-worker.log", "serve-2.log")
-        )
-
-    try:
-        yield {
-            "worker": wait_for(
-                "a scheduled run picked up by the worker",
-                lambda: scheduled_and_completed(WORKER_SCHEDULED),
-                240,
-                why,
-            ),
-            "serve": wait_for(
-                "a scheduled run picked up by gristmill serve",
-                lambda: scheduled_and_completed(DEPLOYMENT),
-                240,
-                why,
-            ),
-        }
-    finally:
-        stop(serving)
-        stop(worker)
+    """The promise of a schedule, kept (`tests.support.scheduled`). After the on-demand tests:
+    it takes over the nightly deployment."""
+    with scheduled_runs_completed(
+        finished_runs.server, tmp_path_factory.mktemp("scheduled"), MODEL_DIR
+    ) as runs:
+        yield runs
 
 
 def test_scheduled_runs_are_created_by_the_server_and_run_to_completion(
