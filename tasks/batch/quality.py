@@ -160,6 +160,12 @@ class QualityGates:
         if not report.success:
             self.errors.append(report.reason())
 
+    @property
+    def flags_rows(self) -> bool:
+        """Whether `check_input` decides which rows are sent (a user's input suite does; the
+        built-in one only verifies what reading already screened)."""
+        return bool(self.input_suite)
+
     def check_input(self, rows: list[Row]) -> None:
         """The input suites on a chunk; the rows the user's suite fails end `invalid_input`."""
         self._record("input", check_input_rows(rows, self.job))
