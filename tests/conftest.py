@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 # Fixtures defined in tests/support: a real PostgreSQL for the session (`postgres_cluster`).
-pytest_plugins = ["tests.support.postgres", "tests.support.browser"]
+pytest_plugins = [
+    "tests.support.postgres",
+    "tests.support.browser",
+    "tests.support.chroma_backends",
+]
 
 _RESULTS = tempfile.mkdtemp(prefix="gristmill-results-")
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = _RESULTS

@@ -1,8 +1,9 @@
 """A Chroma server that is configured wrong: one clear error that says what is wrong, never a hang.
 
-tests/test_chroma_http.py runs the store and ingestion scenarios against a real `chroma run`;
-these are the ways GRISTMILL_CHROMA_HOST/PORT/SSL/TOKEN can point somewhere wrong: at nothing,
-at something that never answers, at something that is not Chroma, at a server that refuses the
+The store and ingestion scenarios run against a real `chroma run` too
+(`@on_both_chroma_backends` in tests/test_vectorstore.py and tests/test_ingest.py); these are
+the ways GRISTMILL_CHROMA_HOST/PORT/SSL/TOKEN can point somewhere wrong: at nothing, at
+something that never answers, at something that is not Chroma, at a server that refuses the
 token, or at the right server spelled as a URL.
 """
 

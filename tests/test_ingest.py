@@ -17,6 +17,8 @@ from tasks.llm import Completion
 from tasks.reporting import state_report
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore
+from tests.support.chroma_backends import on_backend, on_both_chroma_backends
+from tests.support.chroma_process import ChromaServer
 from tests.support.embedders import HashEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +54,9 @@ def write_corpus(root: Path) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", doc_chunk_tokens=60, doc_chunk_overlap_tokens=0)
+def settings(tmp_path: Path, chroma_backend: ChromaServer | None) -> Settings:
+    values = Settings(data_dir=tmp_path / "data", doc_chunk_tokens=60, doc_chunk_overlap_tokens=0)
+    return on_backend(values, chroma_backend)
 
 
 def open_store(settings: Settings, embedder: HashEmbedder) -> ChunkStore:
@@ -96,6 +99,7 @@ def all_ids(settings: Settings, embedder: HashEmbedder) -> set[str]:
     return set(open_store(settings, embedder).collection.get(include=[])["ids"])
 
 
+@on_both_chroma_backends
 def test_first_run_adds_and_second_run_computes_nothing(tmp_path: Path, settings: Settings) -> None:
     docs = write_corpus(tmp_path)
     embedder = HashEmbedder()
@@ -212,6 +216,7 @@ def test_after_a_failed_batch_no_new_batch_starts(
 
 
 @pytest.mark.parametrize("cleanup", ["none", "incremental", "full"])
+@on_both_chroma_backends
 def test_modify_delete_and_rename_under_each_cleanup_mode(
     tmp_path: Path, settings: Settings, cleanup: str
 ) -> None:
@@ -373,6 +378,7 @@ def test_chunks_that_fail_the_quality_gate_are_quarantined(tmp_path: Path) -> No
     assert all("token_count" in " ".join(r.failed_expectations) for r in quarantine)
 
 
+@on_both_chroma_backends
 def test_a_crashed_run_resumes_to_exactly_the_current_chunks(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -435,6 +441,7 @@ def ingest_task_run_names(flow_run_id: str, count: int = 3) -> list[str]:
             time.sleep(0.2)
 
 
+@on_both_chroma_backends
 def test_ingest_flow_reports_and_publishes_an_artifact(
     prefect_harness: None, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -472,6 +479,10 @@ def test_ingest_flow_reports_and_publishes_an_artifact(
     failed = state_report(state)
     assert isinstance(failed, IngestReport)
     assert failed.unchanged == 3 and failed.quarantined == 1
+    # what the flow wrote is in the store (on a server: on the server), seen by a client of its own
+    stored = open_chroma(settings).get_collection("flow-docs").get(include=[])
+    (docs / "bad.txt").unlink()  # quarantined by the second run: it never reached the store
+    assert set(stored["ids"]) == expected_ids(docs, settings, embedder)
 
 
 def test_real_embedder_ingests_the_sample_corpus(tmp_path: Path) -> None:
@@ -523,6 +534,7 @@ def test_guardrails_refuse_clearly(question: str) -> None:
     )
 
 
+@on_both_chroma_backends
 def test_query_and_mmr_return_relevant_diverse_chunks(tmp_path: Path, settings: Settings) -> None:
     import numpy as np
 

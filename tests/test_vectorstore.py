@@ -15,6 +15,8 @@ from tasks.chroma_client import acquire_writer_lock, open_chroma, writer_lock
 from tasks.errors import ConfigurationError, StoreLockedError
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore
+from tests.support.chroma_backends import on_backend, on_both_chroma_backends
+from tests.support.chroma_process import ChromaServer
 from tests.support.embedders import HashEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,8 +28,8 @@ def settings_for(data_dir: Path, **values: Any) -> Settings:
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Any:
-    return open_chroma(settings_for(tmp_path))
+def client(tmp_path: Path, chroma_backend: ChromaServer | None) -> Any:
+    return open_chroma(on_backend(settings_for(tmp_path), chroma_backend))
 
 
 def store_for(client: Any, embedder: HashEmbedder, **kwargs: Any) -> ChunkStore:
@@ -58,6 +60,7 @@ def write(store: ChunkStore, embedder: HashEmbedder, chunks: dict[str, list[Any]
     )
 
 
+@on_both_chroma_backends
 def test_upsert_query_replace_and_delete_by_source(client: Any) -> None:
     embedder = HashEmbedder()
     store = store_for(client, embedder)
@@ -116,6 +119,7 @@ def test_score_is_cosine_similarity(client: Any) -> None:
     assert with_vectors[0].embedding == pytest.approx([1.0, 0.0])
 
 
+@on_both_chroma_backends
 def test_sources_flag_interrupted_and_mixed_writes(client: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr("tasks.vectorstore.PAGE_SIZE", 2)  # several pages
     embedder = HashEmbedder()
@@ -165,6 +169,7 @@ def test_limit_comes_from_the_client(client: Any) -> None:
     assert store.batch_size == client.get_max_batch_size()
 
 
+@on_both_chroma_backends
 def test_another_embedding_model_is_refused(client: Any) -> None:
     embedder = HashEmbedder()
     write(store_for(client, embedder), embedder, chunks_of("a.md", ["text"], "h"))
@@ -179,6 +184,7 @@ def test_another_embedding_model_is_refused(client: Any) -> None:
         store_for(client, embedder).upsert(["x"], np.ones((1, 8)), ["x"], [{"source": "x"}])
 
 
+@on_both_chroma_backends
 def test_collections_made_elsewhere(client: Any) -> None:
     foreign = client.create_collection(
         "foreign", embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
@@ -200,6 +206,7 @@ def test_collections_made_elsewhere(client: Any) -> None:
         ChunkStore(client, "x", "m", 2)  # names need 3+ characters
 
 
+@on_both_chroma_backends
 def test_reading_a_collection_that_does_not_exist_names_the_ones_that_do(client: Any) -> None:
     ChunkStore(client, "handbook", "m", 2).left_out()  # its ledger is not a collection to name
     with pytest.raises(ConfigurationError) as raised:
