@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from tasks.reporting import Progress as ProgressCounts
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -58,17 +61,21 @@ def print_json(data: Any) -> None:
 
 
 class ProgressBar:
-    """A rich progress bar on stderr for flows that report `(done, total)`: items done of
-    total, elapsed time and an estimate of the time left; off when not a tty."""
+    """A rich progress bar on stderr for flows that report `Progress`: items done of total,
+    their parts (chunks) done of those known so far, elapsed time and an estimate of the time
+    left. Shown only on a terminal (or on the `console` a test gives): piped, it prints nothing.
 
-    def __init__(self, enabled: bool) -> None:
+    The bar and the estimate follow `Progress.completed`, which moves while a batch is still in
+    flight, so the estimate appears with the first embedded sub-batch, not the first batch."""
+
+    def __init__(self, enabled: bool, console: Any = None) -> None:
         self._progress: Any = None
         self._bar: Any = None
-        if enabled and sys.stderr.isatty():
+        self._parts = ""
+        if enabled and (console is not None or sys.stderr.isatty()):
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
-                MofNCompleteColumn,
                 Progress,
                 TextColumn,
                 TimeElapsedColumn,
@@ -78,23 +85,40 @@ class ProgressBar:
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"),
                 TextColumn("elapsed"),
                 TimeElapsedColumn(),
                 TextColumn("left"),
                 TimeRemainingColumn(),
-                console=Console(stderr=True),
+                console=console or Console(stderr=True),
                 transient=True,
             )
 
-    def start(self, label: str) -> None:
+    def start(self, label: str, parts: str = "") -> None:
+        """Show the bar for `label` items (cut into `parts`, if they are), total not yet known."""
+        self._parts = parts
         if self._progress is not None:
             self._progress.start()
-            self._bar = self._progress.add_task(label, total=None)
+            self._bar = self._progress.add_task(label, total=None, counts="")
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, progress: ProgressCounts) -> None:
         if self._progress is not None:
-            self._progress.update(self._bar, completed=done, total=total)
+            self._progress.update(
+                self._bar,
+                completed=progress.completed,
+                total=progress.total,
+                counts=self.counts(progress),
+            )
+
+    def counts(self, progress: ProgressCounts) -> str:
+        """`37/200`, then `· 512/1,104 chunks` when there are parts (`512 chunks` while all
+        those known are done: a total still to come)."""
+        text = f"{progress.done:,}/{progress.total:,}"
+        if not self._parts or not progress.parts_known:
+            return text
+        if progress.parts_done == progress.parts_known:
+            return f"{text} · {progress.parts_done:,} {self._parts}"
+        return f"{text} · {progress.parts_done:,}/{progress.parts_known:,} {self._parts}"
 
     def stop(self) -> None:
         if self._progress is not None:
