@@ -66,12 +66,15 @@ class ProgressBar:
     left. Shown only on a terminal (or on the `console` a test gives): piped, it prints nothing.
 
     The bar and the estimate follow `Progress.completed`, which moves while a batch is still in
-    flight, so the estimate appears with the first embedded sub-batch, not the first batch."""
+    flight. The time left is the pace since the work began (`_time_left`), so it shows from the
+    first move of the bar: the first embedded sub-batch, not the first document batch."""
 
     def __init__(self, enabled: bool, console: Any = None) -> None:
         self._progress: Any = None
         self._bar: Any = None
         self._parts = ""
+        self._began: float | None = None
+        self._began_with_parts = False
         if enabled and (console is not None or sys.stderr.isatty()):
             from rich.console import Console
             from rich.progress import (
@@ -79,7 +82,6 @@ class ProgressBar:
                 Progress,
                 TextColumn,
                 TimeElapsedColumn,
-                TimeRemainingColumn,
             )
 
             self._progress = Progress(
@@ -89,7 +91,7 @@ class ProgressBar:
                 TextColumn("elapsed"),
                 TimeElapsedColumn(),
                 TextColumn("left"),
-                TimeRemainingColumn(),
+                _time_left_column(),
                 console=console or Console(stderr=True),
                 transient=True,
             )
@@ -99,16 +101,24 @@ class ProgressBar:
         self._parts = parts
         if self._progress is not None:
             self._progress.start()
-            self._bar = self._progress.add_task(label, total=None, counts="")
+            self._bar = self._progress.add_task(label, total=None, counts="", began=None)
 
     def update(self, progress: ProgressCounts) -> None:
-        if self._progress is not None:
-            self._progress.update(
-                self._bar,
-                completed=progress.completed,
-                total=progress.total,
-                counts=self.counts(progress),
-            )
+        if self._progress is None:
+            return
+        if progress.completed == 0 and not self._began_with_parts:
+            # The work begins at the last report with nothing done, or at the first with parts
+            # handed over (chunks to the embedder): a second batch's own hand-over while the
+            # first embeds must not restart the clock.
+            self._began = self._progress.get_time()
+            self._began_with_parts = progress.parts_known > 0
+        self._progress.update(
+            self._bar,
+            completed=progress.completed,
+            total=progress.total,
+            counts=self.counts(progress),
+            began=self._began,
+        )
 
     def counts(self, progress: ProgressCounts) -> str:
         """`37/200`, then `· 512/1,104 chunks` when there are parts (`512 chunks` while all
@@ -123,6 +133,33 @@ class ProgressBar:
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _time_left(task: Any) -> float | None:
+    """Seconds left at the pace since the work began (the task's `began` field): known from the
+    first update that moves the bar, where rich's own estimate needs two; rich's without one."""
+    began = task.fields.get("began")
+    if began is None or not task.completed or task.total is None:
+        return task.time_remaining
+    spent = task.get_time() - began
+    return (task.total - task.completed) * spent / task.completed if spent > 0 else None
+
+
+def _time_left_column() -> Any:
+    """A rich column showing `_time_left` as h:mm:ss (rich is imported here, on a terminal)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class TimeLeft(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            left = _time_left(task) if task.total is not None else None
+            if left is None:
+                return Text("-:--:--", style="progress.remaining")
+            minutes, seconds = divmod(int(left), 60)
+            hours, minutes = divmod(minutes, 60)
+            return Text(f"{hours:d}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
+    return TimeLeft()
 
 
 def print_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

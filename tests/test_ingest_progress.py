@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from rich.console import Console
 from rich.text import Text
 
-from pipelines.console import ProgressBar
+from pipelines.console import ProgressBar, _time_left
 from tasks.chroma_client import open_chroma
 from tasks.documents import discover_documents
 from tasks.embeddings import LocalOnnxEmbedder
@@ -108,19 +109,28 @@ def test_embedding_in_parts_gives_the_vectors_of_one_call(
     assert np.allclose(vectors, local_embedder.embed(texts), atol=1e-5)
 
 
-def test_the_bar_shows_documents_chunks_elapsed_and_time_left() -> None:
+def test_the_bar_shows_documents_chunks_elapsed_and_time_left_from_its_first_move() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=160, color_system=None)
     bar = ProgressBar(enabled=True, console=console)
     bar.start("documents", parts="chunks embedded")
     bar.update(Progress(0, 200))
-    bar.update(Progress(0, 200, 16, 150, 3.2))
-    bar.update(Progress(32, 200, 1520, 2970, 40.5))
+    bar.update(Progress(0, 200, 0, 150))  # the first chunks handed to the embedder
+    bar.update(Progress(0, 200, 0, 290))  # a second batch's: the clock does not restart
+    bar.update(Progress(0, 200, 16, 290, 3.2))  # one move
     bar.stop()  # a last refresh, then the transient bar is erased: its text stays in the file
-    shown = Text.from_ansi(out.getvalue()).plain
-    assert "32/200 · 1,520/2,970 chunks embedded" in shown, shown
-    assert "elapsed 0:00:00" in shown and "left" in shown
-    assert "-:--:--" not in shown.rsplit("documents", 1)[-1]  # an estimate after two updates
+    last = Text.from_ansi(out.getvalue()).plain.rsplit("documents", 1)[-1]
+    assert "0/200 · 16/290 chunks embedded" in last, last
+    assert "elapsed 0:00:00" in last and "left" in last
+    assert "-:--:--" not in last, last  # an estimate after one move
+
+
+def test_time_left_is_the_pace_since_the_work_began() -> None:
+    task = SimpleNamespace(fields={"began": 10.0}, completed=25.0, total=100, get_time=lambda: 20.0)
+    assert _time_left(task) == 30.0
+    task.fields = {"began": None}
+    task.time_remaining = 7.0  # rich's own, without a start
+    assert _time_left(task) == 7.0
 
 
 def test_chunks_all_known_done_read_as_a_count_and_no_bar_off_a_terminal(
