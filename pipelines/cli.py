@@ -113,7 +113,7 @@ def summarize(
     progress = ProgressBar(enabled=not as_json)
     typer.echo(f"Summarising with {summarizer.engine} ({summarizer.model}) ...", err=True)
     try:
-        progress.start("transcripts", parts="chunks")
+        progress.start("transcripts", parts=("chunk", "chunks"))
         state = summarize_flow_for(settings)(
             paths=[str(p) for p in paths] if paths else None,
             out_dir=str(out) if out else None,
@@ -335,7 +335,7 @@ def ingest(
     progress = ProgressBar(enabled=not as_json)
     typer.echo(f"Ingesting into {settings.collection!r} with {embedder.name} ...", err=True)
     try:
-        progress.start("documents", parts="chunks embedded")
+        progress.start("documents", parts=("chunk embedded", "chunks embedded"))
         progress.update(Progress(0, len(found)))
         prepare_prefect(settings, verbose=verbose)
         from pipelines.ingest import ingest_documents

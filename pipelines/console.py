@@ -72,7 +72,7 @@ class ProgressBar:
     def __init__(self, enabled: bool, console: Any = None) -> None:
         self._progress: Any = None
         self._bar: Any = None
-        self._parts = ""
+        self._parts: tuple[str, str] | None = None
         self._began: float | None = None
         self._began_with_parts = False
         if enabled and (console is not None or sys.stderr.isatty()):
@@ -96,8 +96,9 @@ class ProgressBar:
                 transient=True,
             )
 
-    def start(self, label: str, parts: str = "") -> None:
-        """Show the bar for `label` items (cut into `parts`, if they are), total not yet known."""
+    def start(self, label: str, parts: tuple[str, str] | None = None) -> None:
+        """Show the bar for `label` items (cut into `parts`, singular and plural, if they are),
+        total not yet known."""
         self._parts = parts
         if self._progress is not None:
             self._progress.start()
@@ -124,11 +125,13 @@ class ProgressBar:
         """`37/200`, then `· 512/1,104 chunks` when there are parts (`512 chunks` while all
         those known are done: a total still to come)."""
         text = f"{progress.done:,}/{progress.total:,}"
-        if not self._parts or not progress.parts_known:
+        if self._parts is None or not progress.parts_known:
             return text
+        one, many = self._parts
+        name = one if progress.parts_known == 1 else many
         if progress.parts_done == progress.parts_known:
-            return f"{text} · {progress.parts_done:,} {self._parts}"
-        return f"{text} · {progress.parts_done:,}/{progress.parts_known:,} {self._parts}"
+            return f"{text} · {progress.parts_done:,} {name}"
+        return f"{text} · {progress.parts_done:,}/{progress.parts_known:,} {name}"
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -113,7 +113,7 @@ def test_the_bar_shows_documents_chunks_elapsed_and_time_left_from_its_first_mov
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=160, color_system=None)
     bar = ProgressBar(enabled=True, console=console)
-    bar.start("documents", parts="chunks embedded")
+    bar.start("documents", parts=("chunk embedded", "chunks embedded"))
     bar.update(Progress(0, 200))
     bar.update(Progress(0, 200, 0, 150))  # the first chunks handed to the embedder
     bar.update(Progress(0, 200, 0, 290))  # a second batch's: the clock does not restart
@@ -137,11 +137,12 @@ def test_chunks_all_known_done_read_as_a_count_and_no_bar_off_a_terminal(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     bar = ProgressBar(enabled=True, console=Console(file=io.StringIO()))
-    bar.start("transcripts", parts="chunks")
+    bar.start("transcripts", parts=("chunk", "chunks"))
     assert bar.counts(Progress(3, 4, 12, 12)) == "3/4 · 12 chunks"
+    assert bar.counts(Progress(1, 4, 1, 1)) == "1/4 · 1 chunk"
     assert bar.counts(Progress(3, 4)) == "3/4"
     piped = ProgressBar(enabled=True)  # pytest's stderr is not a terminal
-    piped.start("documents", parts="chunks embedded")
+    piped.start("documents", parts=("chunk embedded", "chunks embedded"))
     piped.update(Progress(1, 2, 5, 9, 1.5))
     piped.stop()
     assert capsys.readouterr().err == ""
