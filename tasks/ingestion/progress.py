@@ -16,23 +16,25 @@ from tasks.reporting import Progress, ProgressCallback
 
 @dataclass
 class BatchCounts:
-    """One document batch in flight: its documents, the texts it handed to the embedder and
-    those embedded so far."""
+    """One document batch in flight: its documents, and the characters of the texts it handed
+    to the embedder and of those embedded so far."""
 
     documents: int
-    known: int = 0
-    embedded: int = 0
+    known_chars: int = 0
+    embedded_chars: int = 0
 
 
 class IngestProgress:
     """Documents done of the total and chunks embedded of those known so far, reported to
     `on_progress` at every change (every sub-batch the embedder finishes).
 
-    A batch in flight counts as the share of its texts embedded (`Progress.work`): embedding is
-    most of an ingest, so the bar and its estimate of the time left move from the first
-    sub-batch on instead of jumping once per document batch. Chunks are known only when their
-    batch reaches the embedder, so `parts_known` grows as batches start. Reports are made under
-    a lock, so the counts a caller sees never go back (two batches run at once).
+    A batch in flight counts as the share of its text embedded, by characters (`Progress.work`):
+    embedding is most of an ingest and costs about its tokens, so the bar and its estimate of
+    the time left move from the first sub-batch on, at the pace of the work, instead of jumping
+    once per document batch (counted by texts, the longest, embedded first, made the early pace
+    look slow). Chunks are known only when their batch reaches the embedder, so `parts_known`
+    grows as batches start. Reports are made under a lock, so the counts a caller sees never go
+    back (two batches run at once).
     """
 
     def __init__(self, total: int, on_progress: ProgressCallback | None) -> None:
@@ -56,16 +58,16 @@ class IngestProgress:
             self._in_flight.append(counts)
             return counts
 
-    def texts_known(self, batch: BatchCounts, texts: int) -> None:
+    def texts_known(self, batch: BatchCounts, texts: list[str]) -> None:
         with self._lock:
-            batch.known += texts
-            self.known += texts
+            batch.known_chars += sum(map(len, texts))
+            self.known += len(texts)
             self._report()
 
-    def texts_embedded(self, batch: BatchCounts, texts: int) -> None:
+    def texts_embedded(self, batch: BatchCounts, texts: list[str]) -> None:
         with self._lock:
-            batch.embedded += texts
-            self.embedded += texts
+            batch.embedded_chars += sum(map(len, texts))
+            self.embedded += len(texts)
             self._report()
 
     def batch_done(self, batch: BatchCounts) -> None:
@@ -75,7 +77,9 @@ class IngestProgress:
             self._report()
 
     def snapshot(self) -> Progress:
-        share = sum(b.documents * b.embedded / b.known for b in self._in_flight if b.known)
+        share = sum(
+            b.documents * b.embedded_chars / b.known_chars for b in self._in_flight if b.known_chars
+        )
         return Progress(self.done, self.total, self.embedded, self.known, self.done + share)
 
     def _report(self) -> None:
@@ -84,9 +88,9 @@ class IngestProgress:
 
 
 def embed_in_parts(
-    embedder: Embedder, texts: list[str], on_part: Callable[[int], None] | None = None
+    embedder: Embedder, texts: list[str], on_part: Callable[[list[str]], None] | None = None
 ) -> Vectors:
-    """`embedder.embed(texts)`, a part at a time, calling `on_part(texts)` after each.
+    """`embedder.embed(texts)`, a part at a time, calling `on_part(part's texts)` after each.
 
     The texts are sorted longest first and cut into parts of the embedder's own `batch_size`
     (all at once when it has none): the local embedder then pads each part exactly as it would
@@ -97,14 +101,15 @@ def embed_in_parts(
     if on_part is None or not isinstance(size, int) or size < 1 or len(texts) <= size:
         vectors = embedder.embed(texts)
         if on_part is not None:
-            on_part(len(texts))
+            on_part(texts)
         return vectors
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
     result = np.empty((len(texts), embedder.dimension), dtype=np.float32)
     for start in range(0, len(order), size):
         part = order[start : start + size]
-        result[part] = embedder.embed([texts[i] for i in part])
-        on_part(len(part))
+        chosen = [texts[i] for i in part]
+        result[part] = embedder.embed(chosen)
+        on_part(chosen)
     return result
 
 
@@ -143,10 +148,10 @@ class OneEmbedAtATime:
             with self._lock:
                 return self.embedder.embed(texts)
         progress, batch = self._progress
-        progress.texts_known(batch, len(texts))  # known while waiting for its turn
+        progress.texts_known(batch, texts)  # known while waiting for its turn
         with self._lock:
             return embed_in_parts(
-                self.embedder, texts, lambda done: progress.texts_embedded(batch, done)
+                self.embedder, texts, lambda part: progress.texts_embedded(batch, part)
             )
 
     def __getattr__(self, name: str) -> Any:
