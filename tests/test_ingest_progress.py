@@ -17,7 +17,7 @@ from tasks.chroma_client import open_chroma
 from tasks.documents import discover_documents
 from tasks.embeddings import LocalOnnxEmbedder
 from tasks.ingestion import ingest_files
-from tasks.ingestion.progress import embed_in_parts
+from tasks.ingestion.progress import IngestProgress, embed_in_parts
 from tasks.model_files import provision_embedding_model
 from tasks.reporting import Progress, RunProgress
 from tasks.settings import Settings
@@ -86,6 +86,18 @@ def test_progress_moves_within_a_batch_and_ends_at_the_report_totals(
     last = progress[-1]
     assert (last.done, last.completed) == (20, 20)
     assert last.parts_done == last.parts_known == report.embeddings_computed
+
+
+def test_a_batch_with_nothing_to_embed_ends_before_an_earlier_one_that_has_not_begun() -> None:
+    heard: list[Progress] = []
+    progress = IngestProgress(2, heard.append)
+    first, unchanged = progress.batch(1), progress.batch(1)  # equal counts: (1 document, 0, 0)
+    progress.batch_done(unchanged)
+    progress.texts_known(first, ["new text"])
+    assert heard[-1].completed == 1  # the first batch's share is still counted
+    progress.texts_embedded(first, ["new text"])
+    progress.batch_done(first)
+    assert heard[-1] == Progress(2, 2, 1, 1, 2.0)
 
 
 def test_a_second_run_with_nothing_to_embed_still_counts_documents(tmp_path: Path) -> None:

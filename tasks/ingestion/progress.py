@@ -14,10 +14,11 @@ from tasks.embeddings import Embedder, Vectors
 from tasks.reporting import Progress, ProgressCallback
 
 
-@dataclass
+@dataclass(eq=False)
 class BatchCounts:
     """One document batch in flight: its documents, and the characters of the texts it handed
-    to the embedder and of those embedded so far."""
+    to the embedder and of those embedded so far. Compared by identity: two batches with the
+    same counts are still two batches."""
 
     documents: int
     known_chars: int = 0
