@@ -15,7 +15,7 @@ overrides for the CLI and tests, never set by a deployment.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,12 +51,11 @@ from tasks.batch.report import (
 from tasks.batch.results import RowResult, failed_result
 from tasks.batch.writing import RecordWriter
 from tasks.errors import GristmillError, RunFailed, ShardsUnfinished
-from tasks.reporting import RunProgress, publish_report, tag_flow_run
+from tasks.reporting import Progress, ProgressCallback, RunProgress, publish_report, tag_flow_run
 from tasks.settings import Settings
 
 REPORT_ARTIFACT_KEY = "process-records-report"
 PROGRESS_ARTIFACT_KEY = "process-records-progress"
-ProgressCallback = Callable[[int, int], None]
 
 
 def _run_name() -> str:
@@ -134,7 +133,7 @@ def process_records(
         settings: Override of the settings read from the environment (CLI and tests).
         engine: A row engine built for the same job (CLI and tests); default: built from
             the settings.
-        on_progress: Called with (rows done, rows expected) after each batch (CLI).
+        on_progress: Called with `Progress` (rows done, rows expected) after each batch (CLI).
     """
     parameters = {k: v for k, v in locals().items() if k not in _OVERRIDES}  # the JSON ones
     started = time.monotonic()
@@ -366,7 +365,7 @@ class _Progress:
         if rows == 0:
             return
         self.done += rows
-        self.report(self.done, self.total)
+        self.report(Progress(self.done, self.total))
 
     def finish(self) -> None:
         self.report.complete()

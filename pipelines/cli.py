@@ -113,7 +113,7 @@ def summarize(
     progress = ProgressBar(enabled=not as_json)
     typer.echo(f"Summarising with {summarizer.engine} ({summarizer.model}) ...", err=True)
     try:
-        progress.start("transcripts")
+        progress.start("transcripts", parts=("chunk", "chunks"))
         state = summarize_flow_for(settings)(
             paths=[str(p) for p in paths] if paths else None,
             out_dir=str(out) if out else None,
@@ -316,24 +316,32 @@ def ingest(
     if cleanup not in ("none", "incremental", "full"):
         fail(f"--cleanup must be none, incremental or full, not {cleanup!r}")
     settings = load_settings(collection=collection)
-    prepare_prefect(settings, verbose=verbose)
-    from tasks.embeddings import build_embedder
+    from tasks.documents import discover_documents
+    from tasks.embeddings import build_embedder, load_in_background
     from tasks.errors import GristmillError
+    from tasks.quality import preload
+    from tasks.reporting import Progress
 
     try:
         embedder = build_embedder(settings)
+        # Counted before the Prefect server starts (~20 s on a new data dir), so the bar shows
+        # them at once; the flow finds the same files.
+        found = discover_documents(paths or [settings.documents_dir], include, exclude)
     except GristmillError as exc:
         fail(str(exc))
-    from pipelines.ingest import ingest_documents
-    from tasks.ingestion import IngestReport
-    from tasks.reporting import state_report
-
+    # The first batch needs the model and great-expectations: both load while Prefect starts.
+    loading = load_in_background(embedder)
+    preload()
     progress = ProgressBar(enabled=not as_json)
-    if settings.task_runner == "dask":  # docs/deployment.md: what ingest still needs for Dask
-        typer.echo("gristmill: ingest runs its tasks in this process, not on Dask", err=True)
     typer.echo(f"Ingesting into {settings.collection!r} with {embedder.name} ...", err=True)
     try:
-        progress.start("documents")
+        progress.start("documents", parts=("chunk embedded", "chunks embedded"))
+        progress.update(Progress(0, len(found)))
+        prepare_prefect(settings, verbose=verbose)
+        from pipelines.ingest import ingest_documents
+
+        if settings.task_runner == "dask":  # docs/deployment.md: what ingest needs for Dask
+            typer.echo("gristmill: ingest runs its tasks in this process, not on Dask", err=True)
         state = ingest_documents(
             paths=[str(p) for p in paths] if paths else None,
             collection=settings.collection,
@@ -348,6 +356,11 @@ def ingest(
         )
     finally:
         progress.stop()
+        if loading is not None:  # no exit while onnxruntime is half loaded
+            loading.join(timeout=120)
+    from tasks.ingestion import IngestReport
+    from tasks.reporting import state_report
+
     report = state_report(state)
     if isinstance(report, Exception):
         fail(str(report), error_exit_code(report))

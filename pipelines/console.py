@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from tasks.reporting import Progress as ProgressCounts
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -58,47 +61,108 @@ def print_json(data: Any) -> None:
 
 
 class ProgressBar:
-    """A rich progress bar on stderr for flows that report `(done, total)`: items done of
-    total, elapsed time and an estimate of the time left; off when not a tty."""
+    """A rich progress bar on stderr for flows that report `Progress`: items done of total,
+    their parts (chunks) done of those known so far, elapsed time and an estimate of the time
+    left. Shown only on a terminal (or on the `console` a test gives): piped, it prints nothing.
 
-    def __init__(self, enabled: bool) -> None:
+    The bar and the estimate follow `Progress.completed`, which moves while a batch is still in
+    flight. The time left is the pace since the work began (`_time_left`), so it shows from the
+    first move of the bar: the first embedded sub-batch, not the first document batch."""
+
+    def __init__(self, enabled: bool, console: Any = None) -> None:
         self._progress: Any = None
         self._bar: Any = None
-        if enabled and sys.stderr.isatty():
+        self._parts: tuple[str, str] | None = None
+        self._began: float | None = None
+        self._began_with_parts = False
+        if enabled and (console is not None or sys.stderr.isatty()):
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
-                MofNCompleteColumn,
                 Progress,
                 TextColumn,
                 TimeElapsedColumn,
-                TimeRemainingColumn,
             )
 
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"),
                 TextColumn("elapsed"),
                 TimeElapsedColumn(),
                 TextColumn("left"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
+                _time_left_column(),
+                console=console or Console(stderr=True),
                 transient=True,
             )
 
-    def start(self, label: str) -> None:
+    def start(self, label: str, parts: tuple[str, str] | None = None) -> None:
+        """Show the bar for `label` items (cut into `parts`, singular and plural, if they are),
+        total not yet known."""
+        self._parts = parts
         if self._progress is not None:
             self._progress.start()
-            self._bar = self._progress.add_task(label, total=None)
+            self._bar = self._progress.add_task(label, total=None, counts="", began=None)
 
-    def update(self, done: int, total: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._bar, completed=done, total=total)
+    def update(self, progress: ProgressCounts) -> None:
+        if self._progress is None:
+            return
+        if progress.completed == 0 and not self._began_with_parts:
+            # The work begins at the last report with nothing done, or at the first with parts
+            # handed over (chunks to the embedder): a second batch's own hand-over while the
+            # first embeds must not restart the clock.
+            self._began = self._progress.get_time()
+            self._began_with_parts = progress.parts_known > 0
+        self._progress.update(
+            self._bar,
+            completed=progress.completed,
+            total=progress.total,
+            counts=self.counts(progress),
+            began=self._began,
+        )
+
+    def counts(self, progress: ProgressCounts) -> str:
+        """`37/200`, then `· 512/1,104 chunks` when there are parts (`512 chunks` while all
+        those known are done: a total still to come)."""
+        text = f"{progress.done:,}/{progress.total:,}"
+        if self._parts is None or not progress.parts_known:
+            return text
+        one, many = self._parts
+        name = one if progress.parts_known == 1 else many
+        if progress.parts_done == progress.parts_known:
+            return f"{text} · {progress.parts_done:,} {name}"
+        return f"{text} · {progress.parts_done:,}/{progress.parts_known:,} {name}"
 
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _time_left(task: Any) -> float | None:
+    """Seconds left at the pace since the work began (the task's `began` field): known from the
+    first update that moves the bar, where rich's own estimate needs two; rich's without one."""
+    began = task.fields.get("began")
+    if began is None or not task.completed or task.total is None:
+        return task.time_remaining
+    spent = task.get_time() - began
+    return (task.total - task.completed) * spent / task.completed if spent > 0 else None
+
+
+def _time_left_column() -> Any:
+    """A rich column showing `_time_left` as h:mm:ss (rich is imported here, on a terminal)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class TimeLeft(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            left = _time_left(task) if task.total is not None else None
+            if left is None:
+                return Text("-:--:--", style="progress.remaining")
+            minutes, seconds = divmod(int(left), 60)
+            hours, minutes = divmod(minutes, 60)
+            return Text(f"{hours:d}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
+    return TimeLeft()
 
 
 def print_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

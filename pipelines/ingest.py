@@ -79,10 +79,11 @@ def ingest_documents(
     """Bring the collection in line with the documents under `paths`.
 
     `embedder` is an `Embedder` (typed Any: Prefect cannot build a parameter schema for a
-    Protocol); `on_progress(done, total)` is called after each document batch. With `shards`
-    above 1 the documents are cut by a hash of their source name: without `shard` the run
-    starts one run per shard (here or on the work pool, see pipelines/shards.py), merges their
-    reports and then does the full cleanup once; with `shard` it ingests that part only.
+    Protocol); `on_progress(Progress)` hears documents done and chunks embedded as they change
+    (with every sub-batch the embedder finishes). With `shards` above 1 the documents are cut
+    by a hash of their source name: without `shard` the run starts one run per shard (here or
+    on the work pool, see pipelines/shards.py), merges their reports and then does the full
+    cleanup once; with `shard` it ingests that part only.
     """
     try:
         if is_parent(shards, shard):
@@ -169,6 +170,7 @@ def _ingest(
             steps=TASK_STEPS,
             on_progress=report_progress,
         )
+    report_progress.complete()
     if shard is not None:
         leave_report(settings, report)
     return _finish(report)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from tasks.errors import ConfigurationError, UsageError
-from tasks.reporting import state_report, write_json_atomically
+from tasks.reporting import Progress, ProgressCallback, state_report, write_json_atomically
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -103,22 +103,37 @@ class ShardResult:
 
 
 class ShardProgress:
-    """The items of shards run one after another in this process, as one count for the
-    caller's `on_progress(done, total)` (the CLI's bar); `total` is the whole job's."""
+    """The progress of shards run one after another in this process, as one count for the
+    caller's `on_progress(Progress)` (the CLI's bar); `total` is the whole job's items."""
 
-    def __init__(self, on_progress: Callable[[int, int], None], total: int) -> None:
+    def __init__(self, on_progress: ProgressCallback, total: int) -> None:
         self.on_progress = on_progress
         self.total = total
-        self.base = 0
-        self.current = 0
+        self.base = Progress(0, total)
+        self.current = Progress(0, 0)
 
-    def __call__(self, done: int, shard_total: int) -> None:
-        self.current = shard_total
-        self.on_progress(min(self.base + done, self.total), self.total)
+    def __call__(self, progress: Progress) -> None:
+        self.current = progress
+        base = self.base
+        self.on_progress(
+            Progress(
+                min(base.done + progress.done, self.total),
+                self.total,
+                base.parts_done + progress.parts_done,
+                base.parts_known + progress.parts_known,
+                None if progress.work is None else base.done + progress.work,
+            )
+        )
 
     def next_shard(self) -> None:
-        self.base += self.current
-        self.current = 0
+        base, current = self.base, self.current
+        self.base = Progress(
+            base.done + current.total,
+            self.total,
+            base.parts_done + current.parts_done,
+            base.parts_known + current.parts_known,
+        )
+        self.current = Progress(0, 0)
 
 
 def run_shards(

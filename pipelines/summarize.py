@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,8 @@ from tasks.errors import GristmillError, RunFailed
 from tasks.llm import Usage
 from tasks.reporting import (
     ItemOutcome,
+    Progress,
+    ProgressCallback,
     RunProgress,
     SummarizeReport,
     publish_report,
@@ -90,19 +91,22 @@ def _run_name() -> str:
 
 class _Outcomes(dict[str, ItemOutcome]):
     """Each transcript's outcome by source; every new one moves the progress on (the CLI's bar
-    through `on_progress`, and the run's progress artifact in the UI)."""
+    through `on_progress`, and the run's progress artifact in the UI), with the chunks of the
+    transcripts done (a transcript's chunks are known once it is)."""
 
-    def __init__(self, total: int, on_progress: Callable[[int, int], None] | None) -> None:
+    def __init__(self, total: int, on_progress: ProgressCallback | None) -> None:
         super().__init__()
         self.total = total
+        self.chunks = 0
         self.progress = RunProgress(PROGRESS_ARTIFACT_KEY, "transcripts done (%)", on_progress)
-        self.progress(0, total)
+        self.progress(Progress(0, total))
 
     def __setitem__(self, source: str, outcome: ItemOutcome) -> None:
         new = source not in self
         super().__setitem__(source, outcome)
         if new:
-            self.progress(len(self), self.total)
+            self.chunks += outcome.chunks
+            self.progress(Progress(len(self), self.total, self.chunks, self.chunks))
 
 
 def _reason(exc: BaseException) -> str:
@@ -136,7 +140,7 @@ def summarize_transcripts(
 
     Small transcripts go in groups of up to `group_files` files and `group_bytes` bytes, one
     task per group (`group_files` below 2 gives every transcript its own tasks).
-    `on_progress(done, total)` is called as transcripts end (the CLI's bar); the run's
+    `on_progress(Progress)` is called as transcripts end (the CLI's bar); the run's
     progress artifact moves with it.
     """
     started = time.monotonic()
@@ -304,6 +308,7 @@ def summarize_transcripts(
             warnings=transcript.warnings,
         )
 
+    outcomes.progress.complete()
     report = _report(list(outcomes.values()), summarizer, started)
     if shard is not None:
         leave_report(settings, report)
@@ -345,7 +350,7 @@ def _sharded(
     shards: int,
     inputs: list[Path],
     out: Path,
-    on_progress: Callable[[int, int], None] | None,
+    on_progress: ProgressCallback | None,
     summarizer: Summarizer,
     started: float,
 ) -> State:

@@ -6,6 +6,7 @@ embedders never share a collection: the store records `name` and `dimension` (se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -154,6 +155,11 @@ class LocalOnnxEmbedder:
                 self._session = session
         assert self._session is not None and self._tokenizer is not None
         return self._session, self._tokenizer
+
+    def load(self) -> None:
+        """Load the tokenizers and the ONNX session now (and run it once), not on first use."""
+        self.count_tokens(["warm up"])
+        self.embed(["warm up"])
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Word pieces per text, without [CLS] and [SEP]; past `max_text_tokens` text is cut off.
@@ -318,6 +324,24 @@ class OpenAIEmbedder:
         with self._lock:
             self.usage = self.usage + Usage(calls=1, prompt_tokens=tokens, cost_usd=round(cost, 8))
         return vectors
+
+
+def load_in_background(embedder: Embedder) -> threading.Thread | None:
+    """Start loading a local model in a background thread, so that ~2 s of loading overlap a
+    command's set-up (starting a Prefect server, a flow run); None for a remote embedder, which
+    has nothing to load. A load that fails here fails again, in words, on first use. Join the
+    thread before the process exits: an interpreter that shuts down while onnxruntime loads
+    aborts in C++ (see `tasks.search.DocumentSearch.settle`)."""
+    if not isinstance(embedder, LocalOnnxEmbedder):
+        return None
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            embedder.load()
+
+    thread = threading.Thread(target=load, name="load-embedder", daemon=True)
+    thread.start()
+    return thread
 
 
 def build_embedder(settings: Settings, *, threads: int | None = None) -> Embedder:

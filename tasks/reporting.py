@@ -8,7 +8,11 @@ import json
 import logging
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 from uuid import UUID
@@ -104,40 +108,85 @@ def tag_flow_run(*new_tags: str) -> None:
         logger.warning("could not tag flow run %s: %s", run_id, exc)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a run is: items (documents, transcripts, rows) done of their total, and the parts
+    they are cut into (chunks) done of those known so far. `work` counts items in flight by
+    their share done (a document batch half embedded is half its documents), so a bar and its
+    estimate of the time left move between whole items; None when only whole items count."""
+
+    done: int
+    total: int
+    parts_done: int = 0
+    parts_known: int = 0
+    work: float | None = None
+
+    @property
+    def completed(self) -> float:
+        """Items' worth of work done, never past the total."""
+        return min(self.done if self.work is None else max(self.work, self.done), self.total)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
 class RunProgress:
-    """Items done of a total, moved together in the run's Prefect progress artifact (the UI)
-    and the caller's `on_progress(done, total)` (the CLI's bar). Call it from a flow run."""
+    """A run's progress, moved together in its Prefect progress artifact (the UI) and the
+    caller's `on_progress(Progress)` (the CLI's bar). Call it from a flow run; thread-safe."""
+
+    # Seconds between two updates of the artifact below 100%: a run reports progress many
+    # times a second (every embedded sub-batch) and the UI needs no more.
+    ARTIFACT_EVERY_S = 1.0
 
     def __init__(
-        self, key: str, description: str, on_progress: Callable[[int, int], None] | None = None
+        self, key: str, description: str, on_progress: ProgressCallback | None = None
     ) -> None:
         from prefect.artifacts import create_progress_artifact
 
         self.on_progress = on_progress
         self._shown = 0
+        self._shown_at = 0.0
+        self._lock = threading.Lock()
+        self._posting: ThreadPoolExecutor | None = None
         self.artifact: UUID | None = None
         with _for_people("the progress artifact"):
             made = create_progress_artifact(progress=0.0, key=key, description=description)
             self.artifact = cast(UUID, made) if made is not None else None
 
-    def __call__(self, done: int, total: int) -> None:
-        total = max(total, done)
+    def __call__(self, progress: Progress) -> None:
         if self.on_progress is not None:
-            self.on_progress(done, total)
-        self._set(100.0 * done / max(total, 1))
+            self.on_progress(progress)
+        self._set(100.0 * progress.completed / max(progress.total, 1))
 
     def complete(self) -> None:
+        """100%, and wait until every update has reached the server."""
         self._set(100.0)
+        with self._lock:
+            posting, self._posting = self._posting, None
+        if posting is not None:
+            posting.shutdown(wait=True)
 
     def _set(self, percent: float) -> None:
-        """One API call per whole percent at most: 2,000 small items must not cost 2,000
-        round trips to the Prefect server."""
+        """One API call per whole percent and per second at most (100% always): 2,000 small
+        items must not cost 2,000 round trips to the Prefect server. The call is made on a
+        thread of its own, in order: progress is reported from the embedding thread (every
+        sub-batch), which must not wait for the server."""
+        with self._lock:
+            now = time.monotonic()
+            due = percent >= 100 or now - self._shown_at >= self.ARTIFACT_EVERY_S
+            if self.artifact is None or int(percent) <= self._shown or not due:
+                return
+            self._shown, self._shown_at = int(percent), now
+            if self._posting is None:
+                self._posting = ThreadPoolExecutor(1, thread_name_prefix="progress-artifact")
+            self._posting.submit(self._post, self.artifact, percent)
+
+    @staticmethod
+    def _post(artifact: UUID, percent: float) -> None:
         from prefect.artifacts import update_progress_artifact
 
-        if self.artifact is not None and int(percent) > self._shown:
-            self._shown = int(percent)
-            with _for_people("the progress artifact"):
-                update_progress_artifact(self.artifact, percent)
+        with _for_people("the progress artifact"):
+            update_progress_artifact(artifact, percent)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from tasks.chroma_client import open_chroma, server_errors
-from tasks.embeddings import Embedder, build_embedder
+from tasks.embeddings import Embedder, build_embedder, load_in_background
 from tasks.errors import UsageError
 from tasks.retrieval import open_store, query_chunks
 from tasks.settings import Settings
@@ -78,15 +78,8 @@ class DocumentSearch:
 
     def preload(self) -> None:
         """Start loading the model in the background, so that a cold search overlaps it with
-        importing chromadb and opening the store (a load that fails here fails again, in
-        words, on first use)."""
-
-        def load() -> None:
-            with contextlib.suppress(Exception):
-                self.embedder.embed(["warm up"])
-
-        self._loading = threading.Thread(target=load, name="load-embedder", daemon=True)
-        self._loading.start()
+        importing chromadb and opening the store (`tasks.embeddings.load_in_background`)."""
+        self._loading = load_in_background(self.embedder)
 
     def settle(self) -> None:
         """Wait for `preload`'s thread. Call before the process exits: an interpreter that

@@ -14,7 +14,7 @@ from tasks.embeddings import Vectors
 from tasks.ingestion import IngestReport, ingest_files
 from tasks.ingestion.batch import ingest_batch_plain
 from tasks.llm import Completion
-from tasks.reporting import state_report
+from tasks.reporting import Progress, state_report
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore
 from tests.support.chroma_backends import on_backend, on_both_chroma_backends
@@ -186,15 +186,15 @@ def test_batches_in_flight_embed_one_at_a_time_and_report_in_order(
     monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)
     docs = many_documents(tmp_path)
     embedder = TakingTurns()
-    progress: list[int] = []
+    progress: list[Progress] = []
     store = open_store(settings, embedder)
     report = ingest_files(
-        discover_documents([docs]), store, embedder, settings,
-        on_progress=lambda done, total: progress.append(done),
-    )  # fmt: skip
+        discover_documents([docs]), store, embedder, settings, on_progress=progress.append
+    )
     assert report.added == 8 and report.embeddings_computed == report.chunks_written
     assert embedder.most_at_once == 1 and len(embedder.calls) == 8
-    assert progress == list(range(0, 9))  # the count is shown before the first batch ends
+    done = [p.done for p in progress]
+    assert done[0] == 0 and done == sorted(done) and set(done) == set(range(9))
     assert all_ids(settings, embedder) == expected_ids(docs, settings, embedder)
 
 

@@ -14,7 +14,8 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from pipelines.shards import row_range, shard_of
+from pipelines.shards import ShardProgress, row_range, shard_of
+from tasks.reporting import Progress
 from tasks.settings import Settings
 from tests.conftest import SAMPLE_TRANSCRIPTS
 from tests.support.embedders import HashEmbedder
@@ -62,6 +63,20 @@ def test_a_key_lands_in_the_same_shard_every_time_and_keys_spread_evenly() -> No
     counts = Counter(first)
     assert set(counts) == {0, 1, 2, 3}
     assert all(400 < c < 600 for c in counts.values()), counts
+
+
+def test_shards_run_in_turn_are_one_count_of_the_whole_job() -> None:
+    heard: list[Progress] = []
+    progress = ShardProgress(heard.append, total=5)
+    progress(Progress(0, 3))
+    progress(Progress(1, 3, 10, 30, 1.5))
+    progress(Progress(3, 3, 30, 30))
+    progress.next_shard()
+    progress(Progress(0, 2))
+    progress(Progress(1, 2, 5, 12, 1.25))
+    assert heard[1] == Progress(1, 5, 10, 30, 1.5)
+    assert heard[-1] == Progress(4, 5, 35, 42, 4.25)
+    assert [p.completed for p in heard] == [0, 1.5, 3, 3, 4.25]
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3, 7])

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from pipelines.summarize import summarize_flow_for
 from tasks.errors import RunFailed, UsageError
-from tasks.reporting import SummarizeReport, state_report
+from tasks.reporting import Progress, SummarizeReport, state_report
 from tasks.settings import Settings
 from tasks.summaries import build_summarizer
 from tasks.summaries.grouped import plan_groups
@@ -548,19 +548,21 @@ def test_progress_counts_every_transcript_from_zero_to_the_total_and_moves_the_a
     folder = copy_samples(data_dir, "weekly-standup.txt", "incident-retro.md", "customer-call.srt")
     (folder / "empty.txt").write_text("")  # fails: it counts as done too
     settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
-    calls: list[tuple[int, int]] = []
+    calls: list[Progress] = []
     state = summarize_flow_for(settings)(
         paths=[str(folder)],
         settings=settings,
         summarizer=build_summarizer(settings),
-        on_progress=lambda done, total: calls.append((done, total)),
+        on_progress=calls.append,
         return_state=True,
     )
     report = state_report(state)
     assert isinstance(report, SummarizeReport) and len(report.transcripts) == 4
-    assert calls[0] == (0, 4) and calls[-1] == (4, 4), calls
-    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
-    assert {total for _, total in calls} == {4}
+    assert (calls[0].done, calls[-1].done) == (0, 4), calls
+    assert [p.done for p in calls] == sorted(p.done for p in calls)
+    assert {p.total for p in calls} == {4}
+    chunks = [p.parts_done for p in calls]
+    assert chunks == sorted(chunks) and chunks[-1] == sum(t.chunks for t in report.transcripts) > 0
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[PROGRESS_ARTIFACT_KEY]))

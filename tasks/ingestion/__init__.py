@@ -21,7 +21,8 @@ Incremental and crash-safe by construction:
 - vectors are looked up by content hash in the store before any is computed, so texts
   embedded before a crash, a rename or an edit elsewhere are not paid for twice.
 
-Modules, in the order a batch meets them: `driver` (`ingest_files`, batches in flight), `steps`
+Modules, in the order a batch meets them: `driver` (`ingest_files`, batches in flight),
+`progress` (documents done and chunks embedded, as they change), `steps`
 (plain or Prefect task steps), `batch` (one batch), `prepare` (load, chunk), `checks` (quality
 gate), `store` (plan against the store, embed, write, delete, verify), `left_out` (remembered
 verdicts), `report` (`IngestReport`, quarantine file, markdown)."""

@@ -4,21 +4,22 @@ document batch, two in flight."""
 from __future__ import annotations
 
 import contextvars
-import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tasks.documents import DocumentPath
-from tasks.embeddings import Embedder, Vectors
+from tasks.embeddings import Embedder
 from tasks.ingestion.batch import BatchOutcome
 from tasks.ingestion.prepare import chunk_budget
+from tasks.ingestion.progress import IngestProgress, OneEmbedAtATime
 from tasks.ingestion.report import IngestReport, QuarantineRecord, write_quarantine
 from tasks.ingestion.steps import PLAIN_STEPS, IngestSteps
 from tasks.ingestion.store import check_cleanup
+from tasks.reporting import ProgressCallback
 from tasks.vectorstore import ChunkStore
 
 if TYPE_CHECKING:
@@ -35,34 +36,6 @@ BATCHES_IN_FLIGHT = 2
 def batched(items: Sequence[DocumentPath], size: int) -> Iterable[list[DocumentPath]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
-
-
-class OneEmbedAtATime:
-    """An embedder whose `embed` calls run one at a time, for batches ingested side by side.
-
-    `ingest_files` keeps two document batches in flight so that one batch's loading, chunking,
-    checks and writes (single-threaded Python, ~15% of an ingest) run while the other batch
-    embeds. The local embedder already uses every core, so two embeddings at once would only
-    contend: they take turns. Everything else is the wrapped embedder's.
-    """
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.embedder = embedder
-        self.name = embedder.name
-        self._lock = threading.Lock()
-
-    @property
-    def dimension(self) -> int:
-        return self.embedder.dimension
-
-    def embed(self, texts: list[str]) -> Vectors:
-        with self._lock:
-            return self.embedder.embed(texts)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # copy/pickle protocols and private state stay this object's
-            raise AttributeError(name)
-        return getattr(self.embedder, name)
 
 
 def in_flight(
@@ -119,9 +92,12 @@ def ingest_files(
     cleanup: str = "incremental",
     run_id: str | None = None,
     steps: IngestSteps = PLAIN_STEPS,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> IngestReport:
     """Bring `store` in line with `files`; the caller holds the writer lock.
+
+    `on_progress` hears documents done and chunks embedded as they change (`IngestProgress`),
+    from the start on: the count of documents before the first batch ends.
 
     Writes the quarantine file; raises DataQualityError when verification fails.
     """
@@ -138,16 +114,16 @@ def ingest_files(
     present: set[str] = set()
     files, duplicates = unique_sources(files)
     report.quarantine += duplicates
-    done = len(duplicates)
     serial = OneEmbedAtATime(embedder)
-    if on_progress is not None:  # the count of documents before the first batch ends
-        on_progress(done, len(files) + len(duplicates))
+    progress = IngestProgress(len(files) + len(duplicates), on_progress)
+    progress.skipped(len(duplicates))
 
     def run_batch(batch: list[DocumentPath]) -> BatchOutcome:
-        return steps.batch(
+        counts = progress.batch(len(batch))
+        outcome = steps.batch(
             batch,
             store,
-            serial,
+            serial.counting(progress, counts),
             stored,
             max_tokens=max_tokens,
             overlap_tokens=settings.doc_chunk_overlap_tokens,
@@ -155,8 +131,10 @@ def ingest_files(
             context=settings.doc_chunk_context,
             label=batch[0].source if len(batch) == 1 else f"{batch[0].source} +{len(batch) - 1}",
         )
+        progress.batch_done(counts)
+        return outcome
 
-    for batch, outcome in in_flight(run_batch, batched(files, DOCUMENTS_PER_BATCH)):
+    for _, outcome in in_flight(run_batch, batched(files, DOCUMENTS_PER_BATCH)):
         for name in (
             "added",
             "updated",
@@ -172,9 +150,6 @@ def ingest_files(
         report.warnings += outcome.warnings
         expected.update(outcome.expected)
         present.update(outcome.sources)
-        done += len(batch)
-        if on_progress is not None:
-            on_progress(done, len(files) + len(duplicates))
     if mode == "full":
         gone, chunks = steps.delete_missing(store, stored, present)
         report.deleted = len(gone)
