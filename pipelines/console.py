@@ -75,6 +75,7 @@ class ProgressBar:
         self._parts: tuple[str, str] | None = None
         self._began: float | None = None
         self._began_with_parts = False
+        self._estimate: float | None = None
         if enabled and (console is not None or sys.stderr.isatty()):
             from rich.console import Console
             from rich.progress import (
@@ -102,7 +103,9 @@ class ProgressBar:
         self._parts = parts
         if self._progress is not None:
             self._progress.start()
-            self._bar = self._progress.add_task(label, total=None, counts="", began=None)
+            self._bar = self._progress.add_task(
+                label, total=None, counts="", began=None, estimate=self._estimate
+            )
 
     def update(self, progress: ProgressCounts) -> None:
         if self._progress is None:
@@ -120,6 +123,14 @@ class ProgressBar:
             counts=self.counts(progress),
             began=self._began,
         )
+
+    def estimate(self, seconds: float) -> None:
+        """The time the work is expected to take, shown as the time left (`~0:02:10`) until
+        the bar first moves; from then on the measured pace (`_time_left`) replaces it. May be
+        called from another thread, before or after `start`."""
+        self._estimate = seconds
+        if self._progress is not None and self._bar is not None:
+            self._progress.update(self._bar, estimate=seconds)
 
     def counts(self, progress: ProgressCounts) -> str:
         """`37/200`, then `· 512/1,104 chunks` when there are parts (`512 chunks` while all
@@ -148,6 +159,12 @@ def _time_left(task: Any) -> float | None:
     return (task.total - task.completed) * spent / task.completed if spent > 0 else None
 
 
+def _estimated(task: Any) -> float | None:
+    """The estimate given before the work began (`ProgressBar.estimate`), until the bar moves."""
+    estimate = task.fields.get("estimate")
+    return estimate if estimate is not None and not task.completed else None
+
+
 def _time_left_column() -> Any:
     """A rich column showing `_time_left` as h:mm:ss (rich is imported here, on a terminal)."""
     from rich.progress import ProgressColumn
@@ -155,12 +172,15 @@ def _time_left_column() -> Any:
 
     class TimeLeft(ProgressColumn):
         def render(self, task: Any) -> Text:
-            left = _time_left(task) if task.total is not None else None
+            left = _estimated(task)
+            about = "~" if left is not None else ""
+            if left is None and task.total is not None:
+                left = _time_left(task)
             if left is None:
                 return Text("-:--:--", style="progress.remaining")
             minutes, seconds = divmod(int(left), 60)
             hours, minutes = divmod(minutes, 60)
-            return Text(f"{hours:d}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+            return Text(f"{about}{hours:d}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
 
     return TimeLeft()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -326,10 +327,13 @@ class OpenAIEmbedder:
         return vectors
 
 
-def load_in_background(embedder: Embedder) -> threading.Thread | None:
+def load_in_background(
+    embedder: Embedder, then: Callable[[], None] | None = None
+) -> threading.Thread | None:
     """Start loading a local model in a background thread, so that ~2 s of loading overlap a
     command's set-up (starting a Prefect server, a flow run); None for a remote embedder, which
-    has nothing to load. A load that fails here fails again, in words, on first use. Join the
+    has nothing to load. `then` runs on the same thread once the model is loaded. A load that
+    fails here fails again, in words, on first use. Join the
     thread before the process exits: an interpreter that shuts down while onnxruntime loads
     aborts in C++ (see `tasks.search.DocumentSearch.settle`)."""
     if not isinstance(embedder, LocalOnnxEmbedder):
@@ -338,6 +342,8 @@ def load_in_background(embedder: Embedder) -> threading.Thread | None:
     def load() -> None:
         with contextlib.suppress(Exception):
             embedder.load()
+            if then is not None:
+                then()
 
     thread = threading.Thread(target=load, name="load-embedder", daemon=True)
     thread.start()
@@ -351,3 +357,26 @@ def build_embedder(settings: Settings, *, threads: int | None = None) -> Embedde
     embedder = LocalOnnxEmbedder(settings.embedding_model_dir, threads=threads)
     embedder.check_files()
     return embedder
+
+
+# A paragraph of ordinary prose, the calibration text of `chars_per_second`.
+_CALIBRATION = (
+    "The team reviewed the quarterly plan and agreed to move the release by two weeks, because "
+    "the new storage layer still fails under load. Each owner will write down the open risks, "
+    "the tests that cover them and the date by which a fix is expected. Support asked for a "
+    "short guide that explains the change to customers before it ships. "
+)
+
+
+def chars_per_second(embedder: Embedder, texts: int = 8, chars: int = 1200) -> float:
+    """How many characters of prose `embedder` embeds per second here, timed on `texts` texts
+    of about `chars` characters (a document chunk): a second or less of a loaded local model,
+    for an estimate of the time an ingest will take before it starts."""
+    import time
+
+    sample = [
+        (_CALIBRATION * (chars // len(_CALIBRATION) + 1))[i : i + chars] for i in range(texts)
+    ]
+    started = time.perf_counter()
+    embedder.embed(sample)
+    return sum(map(len, sample)) / max(time.perf_counter() - started, 1e-6)

@@ -15,7 +15,7 @@ from rich.text import Text
 from pipelines.console import ProgressBar, _time_left
 from tasks.chroma_client import open_chroma
 from tasks.documents import discover_documents
-from tasks.embeddings import LocalOnnxEmbedder
+from tasks.embeddings import LocalOnnxEmbedder, chars_per_second
 from tasks.ingestion import ingest_files
 from tasks.ingestion.progress import IngestProgress, embed_in_parts
 from tasks.model_files import provision_embedding_model
@@ -135,6 +135,25 @@ def test_the_bar_shows_documents_chunks_elapsed_and_time_left_from_its_first_mov
     assert "0/200 · 16/290 chunks embedded" in last, last
     assert "elapsed 0:00:00" in last and "left" in last
     assert "-:--:--" not in last, last  # an estimate after one move
+
+
+def test_before_the_work_begins_the_bar_shows_the_estimate_then_the_measured_pace(
+    local_embedder: LocalOnnxEmbedder,
+) -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160, color_system=None)
+    bar = ProgressBar(enabled=True, console=console)
+    bar.estimate(130.0)  # from the loading thread, before the bar starts
+    bar.start("documents", parts=("chunk embedded", "chunks embedded"))
+    bar.update(Progress(0, 200))
+    console.print(bar._progress)
+    assert "~0:02:10" in Text.from_ansi(out.getvalue()).plain
+    bar.update(Progress(0, 200, 16, 290, 3.2))  # the first move: the measured pace from now on
+    bar.stop()
+    last = Text.from_ansi(out.getvalue()).plain.rsplit("documents", 1)[-1]
+    assert "~" not in last and "-:--:--" not in last, last
+    # the rate the estimate divides by is measured, on the real model: a positive number
+    assert chars_per_second(local_embedder) > 0
 
 
 def test_time_left_is_the_pace_since_the_work_began() -> None:
