@@ -1,6 +1,7 @@
 """`gristmill ingest` on a generated docs tree, as a user runs it (issue 15, items 4 and 6).
 
-    python benchmarks/docs_tree_ingest.py [--files 1000] [--seed 0] [--skip-crash] [--json]
+    python benchmarks/docs_tree_ingest.py [--files 1000] [--seed 0] [--skip-crash | --kill-at 0.4]
+                                          [--json]
 
 The tree is tests/support/docs_tree.py's: Markdown and MDX pages with front matter, components,
 code, tables and admonitions, short and long pages, ~17 % API stubs with only front matter, a
@@ -48,6 +49,7 @@ if str(REPO) not in sys.path:
 MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 GRISTMILL = [sys.executable, "-m", "pipelines.cli"]
 KILL_AT = 0.4
+"""When the crashed ingest is killed, as a share of the first ingest's wall time."""
 SAMPLE_S = 0.2
 
 
@@ -236,12 +238,17 @@ def start_server(env: dict[str, str], home: Path, log: Path) -> subprocess.Popen
 
 
 def crash_and_resume(
-    tree: Any, tmp: Path, env: dict[str, str], clean: dict[str, Any], clean_ids: set[str]
+    tree: Any,
+    tmp: Path,
+    env: dict[str, str],
+    clean: dict[str, Any],
+    clean_ids: set[str],
+    kill_at: float,
 ) -> dict[str, Any]:
     """Kill an ingest into a fresh data dir, resume it, re-run it twice; compare with the
     clean run (`clean`: its first ingest and its re-run)."""
     data_dir = tmp / "data-crash"
-    kill_after = KILL_AT * clean["first"]["wall_s"]
+    kill_after = kill_at * clean["first"]["wall_s"]
     killed = ingest(tree.root, data_dir, env, kill_after=kill_after)
     if killed["report"] is not None:
         raise SystemExit(f"the ingest finished in under {kill_after:.0f} s: nothing to resume")
@@ -262,7 +269,8 @@ def crash_and_resume(
     }
 
 
-def run(files: int, seed: int, crash: bool) -> dict[str, Any]:
+def run(files: int, seed: int, kill_at: float | None) -> dict[str, Any]:
+    """The figures; no crash when `kill_at` is None."""
     from pipelines.server import stop
     from tests.support.docs_tree import build_tree
 
@@ -285,7 +293,11 @@ def run(files: int, seed: int, crash: bool) -> dict[str, Any]:
                 "first_verdicts": verdicts(first["report"]),
                 "rerun_counts": counts(rerun["report"]),
             }
-            crashed = crash_and_resume(tree, tmp, env, clean, clean_ids) if crash else None
+            crashed = (
+                None
+                if kill_at is None
+                else crash_and_resume(tree, tmp, env, clean, clean_ids, kill_at)
+            )
         finally:
             stop(home)
             server.wait(timeout=60)
@@ -393,6 +405,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000, help="documents in the tree")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-crash", action="store_true", help="no kill -9 and resume")
+    parser.add_argument(
+        "--kill-at", type=float, default=KILL_AT, help="share of the first ingest's wall time"
+    )
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
     from tasks.model_files import missing_files, provision_embedding_model
@@ -400,7 +415,7 @@ def main() -> None:
     if missing_files(MODEL_DIR):
         provision_embedding_model(MODEL_DIR)
     started = time.perf_counter()
-    figures = run(args.files, args.seed, crash=not args.skip_crash)
+    figures = run(args.files, args.seed, None if args.skip_crash else args.kill_at)
     print(table(figures))
     print(f"\nwhole benchmark: {time.perf_counter() - started:.0f} s")
     if args.json:

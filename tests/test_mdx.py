@@ -144,3 +144,31 @@ def test_mdx_pages_with_nothing_to_index_say_why(tmp_path: Path, text: str, reas
     with pytest.raises(NothingToIndex) as raised:
         load_document(path)
     assert raised.value.message == reason
+
+
+def test_an_mdx_file_quarantined_before_mdx_was_read_is_read_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.ingestion.left_out
+    from tasks.chroma_client import open_chroma
+    from tasks.documents.model import FORMATS
+    from tasks.ingestion import ingest_files
+    from tasks.settings import Settings
+    from tasks.vectorstore import ChunkStore
+    from tests.support.embedders import HashEmbedder
+
+    page = tmp_path / "install.mdx"
+    page.write_text(PAGE)
+    settings = Settings(data_dir=tmp_path / "data")
+    embedder = HashEmbedder()
+
+    def ingest() -> tuple[int, int]:
+        store = ChunkStore(open_chroma(settings), "docs", embedder.name, embedder.dimension)
+        report = ingest_files(discover_documents([page]), store, embedder, settings)
+        return report.added, report.quarantined
+
+    with monkeypatch.context() as before:  # the release before MDX was read
+        before.delitem(FORMATS, ".mdx")
+        before.setattr(tasks.ingestion.left_out, "LEFT_OUT_VERSION", 1)
+        assert ingest() == (0, 1)  # "unsupported file type", remembered for these bytes
+    assert ingest() == (1, 0)

@@ -4,8 +4,9 @@ MDX (Docusaurus, Nextra, Astro docs) is Markdown plus ESM `import`/`export` bloc
 components and `{...}` expressions. What a reader sees is the Markdown and the text inside the
 components, so that is what is indexed: ESM blocks and comments go, tags go and their children
 stay (a `<TabItem>`'s text, a `<Callout>`'s warning), and a component's `title` or `label`
-becomes a paragraph of its own (it is shown as the box's or tab's heading). Fenced code is kept
-byte for byte: a `<div>` or an `import` line inside a fence is code, not MDX.
+becomes a paragraph of its own (it is shown as the box's or tab's heading). Other `{...}`
+expressions stay as written. Fenced code is kept as written, less its fence's indentation: a
+`<div>` or an `import` line inside a fence is code, not MDX.
 """
 
 from __future__ import annotations
