@@ -19,6 +19,7 @@ BENCHMARKS = [
     "summary_quality",
     "embedder_speed",
     "ingest_speed",
+    "docs_tree_ingest",
     "retrieval_quality",
     "retrieval_collection",
     "batch_throughput",

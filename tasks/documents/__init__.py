@@ -30,7 +30,7 @@ is of the embedded text, so a chunk whose line changed is embedded again.
 
 Layout: `model` (formats, `Document`, `DocChunk`), `discovery` (finding files), `loaders` (one
 file as clean text; `tasks.textfiles.decode_text` reads the bytes), `html_text` (the HTML
-parser), `chunker`.
+parser), `mdx_text` (MDX pages as Markdown), `chunker`.
 """
 
 from tasks.documents.chunker import chunk_document, chunk_id, split_sections, split_to_budget

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.documents.discovery import source_name
 from tasks.documents.html_text import _html_text
+from tasks.documents.mdx_text import mdx_markdown
 from tasks.documents.model import (
     DEFAULT_MAX_BYTES,
     FORMATS,
@@ -78,6 +79,9 @@ def load_document(
             decoded = decode_text(raw)
             if fmt == "markdown":
                 text, title = _markdown_text(decoded)
+            elif fmt == "mdx":
+                body, title = _markdown_text(decoded)
+                text = mdx_markdown(body)
             elif fmt == "html":
                 text, title = _html_text(decoded)
             elif fmt in ("json", "jsonl"):
@@ -95,7 +99,7 @@ def load_document(
     return Document(
         source=source,
         title=(title or "").strip()
-        or (_first_heading(text) if fmt in ("markdown", "html") else None)
+        or (_first_heading(text) if fmt in ("markdown", "mdx", "html") else None)
         or path.stem,
         text=text,
         document_hash=document_hash,
@@ -110,8 +114,13 @@ def _no_text_reason(raw: bytes, fmt: str) -> str:
     decoded = raw.decode("utf-8-sig", "replace")
     if not decoded.strip():
         return "only whitespace"
-    if fmt == "markdown" and _FRONT_MATTER.match(decoded.replace("\r\n", "\n")):
-        return "no text after the front matter"
+    if fmt in ("markdown", "mdx"):
+        decoded = decoded.replace("\r\n", "\n")
+        front_matter = _FRONT_MATTER.match(decoded)
+        if front_matter and (fmt == "markdown" or not decoded[front_matter.end() :].strip()):
+            return "no text after the front matter"
+        if fmt == "mdx":
+            return "only MDX imports and components, no text"
     if fmt == "html":
         return "no visible text in the page"
     if fmt in ("json", "jsonl"):

@@ -13,6 +13,7 @@ FORMATS = {
     ".text": "text",
     ".md": "markdown",
     ".markdown": "markdown",
+    ".mdx": "mdx",
     ".html": "html",
     ".htm": "html",
     ".pdf": "pdf",
@@ -25,7 +26,7 @@ FORMATS = {
 JSON_TRANSCRIPT = "json-transcript"
 TRANSCRIPT_FORMATS = frozenset({"vtt", "srt", JSON_TRANSCRIPT})
 # Formats whose text carries Markdown headings after loading.
-STRUCTURED_FORMATS = frozenset({"markdown", "html", "json", "jsonl"})
+STRUCTURED_FORMATS = frozenset({"markdown", "mdx", "html", "json", "jsonl"})
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 # Bump when loading or chunking changes what chunks a document yields (or the text embedded;
 # the opt-in context line is recorded in the chunking key instead, `chunking_key`).
