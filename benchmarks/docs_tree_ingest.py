@@ -49,6 +49,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from tests.support.processes import descendants  # noqa: E402
+
 MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 GRISTMILL = [sys.executable, "-m", "pipelines.cli"]
 KILL_AT = 0.4
@@ -90,25 +93,6 @@ def proc_status(pid: int) -> dict[str, int]:
     except OSError:
         return {}
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+):\s+(\d+) kB", text, re.MULTILINE)}
-
-
-def descendants(pid: int) -> list[int]:
-    """Children, grandchildren, ... of `pid`, from each process's parent in /proc/*/stat."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            parents.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
 
 
 def ingest(
