@@ -36,7 +36,6 @@ from tests.support.prefect_server import (
     tail,
     wait_for,
 )
-from tests.support.processes import descendants
 from tests.support.responders import meeting_notes_responder
 
 MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
@@ -62,6 +61,25 @@ def server(
     finally:
         prefect.api.close()
         stop(process)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid` (from /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def responder(request: dict[str, Any]) -> str:
