@@ -12,6 +12,7 @@ earlier in the background (`preload`) by a command that will need it.
 
 from __future__ import annotations
 
+import re
 import threading
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,6 +53,9 @@ class ExpectationOutcome(BaseModel):
         return f"{where}{self.expectation}{detail}"
 
 
+_WARNINGS = re.compile(r", (\d+) warnings\)$")  # as summary_line() writes them
+
+
 class QualityReport(BaseModel):
     """A suite's verdict on one table: passed unless a critical expectation failed."""
 
@@ -68,6 +72,18 @@ class QualityReport(BaseModel):
         if self.warnings:
             line += f", {len(self.warnings)} warnings"
         return line + ")"
+
+    @staticmethod
+    def verdict(summary_lines: list[str]) -> str:
+        """A few words for a table cell from several suites' `summary_line()`s (the lines
+        themselves go below the table: they are too long for a cell that does not wrap)."""
+        failed = [line.split(":", 1)[0] for line in summary_lines if ": FAILED (" in line]
+        if failed:
+            return "failed: " + ", ".join(failed)
+        warned = sum(int(m.group(1)) for m in map(_WARNINGS.search, summary_lines) if m)
+        if not summary_lines:
+            return "-"
+        return f"passed, {warned} warnings" if warned else "passed"
 
     def reason(self) -> str:
         """The failed critical expectations, in words."""

@@ -20,6 +20,7 @@ from uuid import UUID
 from pydantic import BaseModel, Field
 
 from tasks.llm import Usage
+from tasks.quality import QualityReport
 
 ItemStatus = Literal["ok", "cached", "failed"]
 
@@ -259,9 +260,31 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _common_folder(paths: list[str]) -> str | None:
+    """The folder all `paths` are under, if they share one (so a table can show short names)."""
+    if not paths:
+        return None
+    try:
+        return os.path.commonpath([os.path.dirname(p) for p in paths]) or None
+    except ValueError:  # absolute and relative paths mixed
+        return None
+
+
+def _under(path: str | None, folder: str | None) -> str:
+    return os.path.relpath(path, folder) if path and folder else str(path)
+
+
 def summarize_report_markdown(report: SummarizeReport) -> str:
-    """The run report as Markdown for the Prefect UI."""
+    """The run report as Markdown for the Prefect UI.
+
+    The table must fit a 1,400 px browser (checked in tests/test_e2e_prefect_server.py): the
+    short columns come first and paths are shown under the folders named above the table, since
+    a path does not wrap and pushes every column after it off the screen."""
     usage = report.usage
+    sources = _common_folder([t.source for t in report.transcripts])
+    outputs = _common_folder(
+        [t.output for t in report.transcripts if t.status != "failed" and t.output]
+    )
     lines = [
         "# Transcript summaries",
         "",
@@ -271,30 +294,30 @@ def summarize_report_markdown(report: SummarizeReport) -> str:
         f"LLM calls: {report.llm_calls} · prompt tokens: {usage.prompt_tokens} · "
         f"completion tokens: {usage.completion_tokens} · estimated cost: ${usage.cost_usd:.4f}",
         "",
-        "| Transcript | Status | Chunks | LLM calls | Tokens | Cost (USD) | Output / reason "
-        "| Data quality | Warnings |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *([f"Transcripts from `{sources}`", ""] if sources else []),
+        *([f"Summaries written to `{outputs}`", ""] if outputs else []),
+        "| Transcript | Status | Data quality | Chunks | LLM calls | Cost (USD) "
+        "| Output / reason | Warnings |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    details: list[str] = []
     for t in report.transcripts:
-        tokens = t.usage.prompt_tokens + t.usage.completion_tokens
-        lines.append(
-            "| "
-            + " | ".join(
-                _cell(v)
-                for v in (
-                    t.source,
-                    t.status,
-                    t.chunks,
-                    t.llm_calls,
-                    tokens,
-                    f"{t.usage.cost_usd:.4f}",
-                    t.output if t.status != "failed" else t.error,
-                    "; ".join(t.quality) or "-",
-                    "; ".join(t.warnings) or "-",
-                )
-            )
-            + " |"
+        name = _under(t.source, sources)
+        cells = (
+            name,
+            t.status,
+            QualityReport.verdict(t.quality),
+            t.chunks,
+            t.llm_calls,
+            f"{t.usage.cost_usd:.4f}",
+            _under(t.output, outputs) if t.status != "failed" else t.error,
+            len(t.warnings) or "-",
         )
+        lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
+        if t.quality or t.warnings:
+            details.append(f"- **{name}**: " + "; ".join(t.quality + t.warnings))
+    if details:
+        lines += ["", "## Data-quality checks and warnings", "", *details]
     return "\n".join(lines) + "\n"
 
 

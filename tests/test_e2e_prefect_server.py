@@ -25,7 +25,7 @@ import pytest
 from deployments.definitions import BATCH_PARAMETERS
 from tasks.model_files import missing_files
 from tests.conftest import REPO, SAMPLE_TRANSCRIPTS
-from tests.support.browser import browse
+from tests.support.browser import browse, evaluate_when_ready
 from tests.support.prefect_server import (
     FAST_SCHEDULER,
     TERMINAL,
@@ -259,6 +259,33 @@ def test_failed_run_page_says_which_transcript_failed_and_why(
     dom = browse(chromium, page, "--dump-dom")
     assert "empty.txt: file is empty" in dom, dom[-3000:]
     screenshot(chromium, page, "failed-run.png")
+
+
+# Where the report table's "Data quality" header ends, and where its scrolling boxes clip it.
+DATA_QUALITY_PLACE = """(() => {
+  const th = [...document.querySelectorAll('th')]
+    .find(e => e.textContent.trim() === 'Data quality');
+  if (!th) return null;
+  let clip = window.innerWidth;
+  for (let e = th.parentElement; e; e = e.parentElement) {
+    if (getComputedStyle(e).overflowX !== 'visible') {
+      clip = Math.min(clip, e.getBoundingClientRect().right);
+    }
+  }
+  return {right: th.getBoundingClientRect().right, clip: clip};
+})()"""
+
+
+def test_the_report_shows_its_data_quality_column_in_a_1400_px_window(
+    finished_runs: FinishedRuns, chromium: str
+) -> None:
+    """Long paths once pushed the column past the table's scroll edge, out of sight."""
+    server = finished_runs.server
+    for run in (finished_runs.good, finished_runs.bad):
+        artifact = artifact_of(server, run, REPORT_KEY)
+        page = f"{server.url}/artifacts/artifact/{artifact['id']}"
+        place = evaluate_when_ready(chromium, page, DATA_QUALITY_PLACE, width=1400)
+        assert place["right"] <= place["clip"], (page, place)
 
 
 def screenshot(chromium: str, url: str, name: str) -> None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +70,63 @@ def browse(chromium: str, url: str, *flags: str) -> str:
         )
     assert done.returncode == 0, f"chromium failed on {url}:\n{done.stderr[-2000:]}"
     return done.stdout
+
+
+def evaluate_when_ready(
+    chromium: str, url: str, expression: str, *, width: int, height: int = 1000, timeout: float = 60
+) -> Any:
+    """Load `url` in a `width` x `height` window and return the JSON value of the JavaScript
+    `expression` once it is not null (the UI renders after its API calls). Speaks the DevTools
+    protocol over its WebSocket (the `websockets` package comes with Prefect): --dump-dom gives
+    no layout, and a column cut off at some width is a question of layout."""
+    from websockets.sync.client import connect
+
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith(("--window-size", "--virtual-time"))]
+    with tempfile.TemporaryDirectory(prefix="gristmill-chromium-") as profile:
+        browser = subprocess.Popen(
+            [
+                chromium,
+                *flags,
+                f"--window-size={width},{height}",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            deadline = time.monotonic() + timeout
+            while not port_file.is_file() or not port_file.read_text().strip():
+                assert browser.poll() is None, f"chromium exited ({browser.returncode}) on {url}"
+                assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+                time.sleep(0.1)
+            port = int(port_file.read_text().split()[0])
+            pages: list[dict[str, Any]] = []
+            while not pages:
+                assert time.monotonic() < deadline, "chromium opened no page"
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as answer:
+                    pages = [t for t in json.load(answer) if t.get("type") == "page"]
+                time.sleep(0.1)
+            with connect(pages[0]["webSocketDebuggerUrl"], max_size=None) as socket:
+                for number in itertools.count(1):
+                    socket.send(
+                        json.dumps(
+                            {
+                                "id": number,
+                                "method": "Runtime.evaluate",
+                                "params": {"expression": expression, "returnByValue": True},
+                            }
+                        )
+                    )
+                    while (reply := json.loads(socket.recv(timeout=timeout))).get("id") != number:
+                        pass  # events
+                    value = reply.get("result", {}).get("result", {}).get("value")
+                    if value is not None:
+                        return value
+                    assert time.monotonic() < deadline, f"{expression!r} stayed null on {url}"
+                    time.sleep(0.25)
+        finally:
+            browser.kill()
+            browser.wait(timeout=30)
