@@ -34,6 +34,8 @@ class ExpectationOutcome(BaseModel):
     """One expectation's verdict on one table."""
 
     expectation: str
+    description: str | None = None
+    """What failing rows are, in words (our suites set it; a user's suite may not)."""
     column: str | None = None
     severity: str
     success: bool
@@ -44,6 +46,16 @@ class ExpectationOutcome(BaseModel):
     """Positions of the failing rows, when validated with `result_format="COMPLETE"`."""
 
     def describe(self) -> str:
+        """In words when the expectation has a description ("utterances longer than 20,000
+        characters: 1"), else by its GX name and column (a user's own suite)."""
+        if self.description:
+            what = self.description
+            if self.unexpected_count:
+                what += f": {self.unexpected_count}"
+            elif self.observed:
+                what += f" (observed {self.observed})"
+            shown = [repr(e) for e in self.examples[:3] if e.strip()]
+            return what + (f", e.g. {', '.join(shown)}" if shown else "")
         where = f"{self.column}: " if self.column else ""
         detail = f" (observed {self.observed})" if self.observed else ""
         if self.unexpected_count:
@@ -183,6 +195,7 @@ def _outcome(config: Any, result: dict[str, Any], success: bool, exc: Any) -> Ex
         observed = f"error: {str(exc.get('exception_message'))[:120]}"
     return ExpectationOutcome(
         expectation=config.type,
+        description=getattr(config, "description", None),
         column=config.kwargs.get("column") or config.kwargs.get("column_A"),
         severity=str(severity_name),
         success=success,
@@ -206,14 +219,26 @@ def utterance_expectations() -> list[Expectation]:
 
     e = gx.expectations
     return [
-        e.ExpectTableRowCountToBeBetween(min_value=1),
-        e.ExpectColumnValuesToNotBeNull(column="text"),
-        e.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
-        e.ExpectColumnValuesToBeUnique(column="index"),
-        e.ExpectColumnValuesToBeIncreasing(column="index", strictly=True),
-        e.ExpectColumnValueLengthsToBeBetween(column="text", max_value=20_000, severity=_warning()),
+        e.ExpectTableRowCountToBeBetween(min_value=1, description="no utterances"),
+        e.ExpectColumnValuesToNotBeNull(column="text", description="utterances without text"),
+        e.ExpectColumnValueLengthsToBeBetween(
+            column="text", min_value=1, description="empty utterances"
+        ),
+        e.ExpectColumnValuesToBeUnique(column="index", description="utterances numbered twice"),
+        e.ExpectColumnValuesToBeIncreasing(
+            column="index", strictly=True, description="utterances out of order"
+        ),
+        e.ExpectColumnValueLengthsToBeBetween(
+            column="text",
+            max_value=20_000,
+            severity=_warning(),
+            description="utterances longer than 20,000 characters",
+        ),
         e.ExpectColumnProportionOfNonNullValuesToBeBetween(
-            column="speaker", min_value=0.5, severity=_warning()
+            column="speaker",
+            min_value=0.5,
+            severity=_warning(),
+            description="a share of utterances with a speaker below one half",
         ),
     ]
 
@@ -224,17 +249,33 @@ def chunk_expectations(max_tokens: int, utterance_count: int) -> list[Expectatio
 
     e = gx.expectations
     return [
-        e.ExpectTableRowCountToBeBetween(min_value=1),
-        e.ExpectColumnValuesToBeUnique(column="chunk_id"),
-        e.ExpectColumnValuesToBeBetween(column="token_count", min_value=1, max_value=max_tokens),
+        e.ExpectTableRowCountToBeBetween(min_value=1, description="no chunks"),
+        e.ExpectColumnValuesToBeUnique(column="chunk_id", description="chunk ids used twice"),
+        e.ExpectColumnValuesToBeBetween(
+            column="token_count",
+            min_value=1,
+            max_value=max_tokens,
+            description=f"chunks outside 1-{max_tokens:,} tokens",
+        ),
         # coverage: the first chunk starts at utterance 0, the last ends at the last utterance,
         # and no chunk starts after the utterance following its predecessor's end
-        e.ExpectColumnMinToBeBetween(column="first_utterance", min_value=0, max_value=0),
+        e.ExpectColumnMinToBeBetween(
+            column="first_utterance",
+            min_value=0,
+            max_value=0,
+            description="chunks that do not start at the first utterance",
+        ),
         e.ExpectColumnMaxToBeBetween(
-            column="last_utterance", min_value=utterance_count - 1, max_value=utterance_count - 1
+            column="last_utterance",
+            min_value=utterance_count - 1,
+            max_value=utterance_count - 1,
+            description="chunks that do not reach the last utterance",
         ),
         e.ExpectColumnPairValuesAToBeGreaterThanB(
-            column_A="next_allowed_start", column_B="first_utterance", or_equal=True
+            column_A="next_allowed_start",
+            column_B="first_utterance",
+            or_equal=True,
+            description="chunks that leave utterances out after the previous chunk",
         ),
     ]
 
@@ -249,13 +290,25 @@ def grouped_utterance_expectations() -> list[Expectation]:
 
     e = gx.expectations
     return [
-        e.ExpectTableRowCountToBeBetween(min_value=1),
-        e.ExpectColumnValuesToNotBeNull(column="text"),
-        e.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1),
-        e.ExpectColumnValuesToBeBetween(column="step", min_value=1, max_value=1),
-        e.ExpectColumnValueLengthsToBeBetween(column="text", max_value=20_000, severity=_warning()),
+        e.ExpectTableRowCountToBeBetween(min_value=1, description="no utterances"),
+        e.ExpectColumnValuesToNotBeNull(column="text", description="utterances without text"),
+        e.ExpectColumnValueLengthsToBeBetween(
+            column="text", min_value=1, description="empty utterances"
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="step", min_value=1, max_value=1, description="utterances out of order"
+        ),
+        e.ExpectColumnValueLengthsToBeBetween(
+            column="text",
+            max_value=20_000,
+            severity=_warning(),
+            description="utterances longer than 20,000 characters",
+        ),
         e.ExpectColumnProportionOfNonNullValuesToBeBetween(
-            column="speaker", min_value=0.5, severity=_warning()
+            column="speaker",
+            min_value=0.5,
+            severity=_warning(),
+            description="a share of utterances with a speaker below one half",
         ),
     ]
 
@@ -268,15 +321,32 @@ def grouped_chunk_expectations(max_tokens: int) -> list[Expectation]:
 
     e = gx.expectations
     return [
-        e.ExpectTableRowCountToBeBetween(min_value=1),
-        e.ExpectColumnValuesToBeUnique(column="chunk_id"),
-        e.ExpectColumnValuesToBeBetween(column="token_count", min_value=1, max_value=max_tokens),
-        e.ExpectColumnValuesToBeBetween(column="first_utterance", min_value=0),
-        e.ExpectColumnPairValuesAToBeGreaterThanB(
-            column_A="next_allowed_start", column_B="first_utterance", or_equal=True
+        e.ExpectTableRowCountToBeBetween(min_value=1, description="no chunks"),
+        e.ExpectColumnValuesToBeUnique(column="chunk_id", description="chunk ids used twice"),
+        e.ExpectColumnValuesToBeBetween(
+            column="token_count",
+            min_value=1,
+            max_value=max_tokens,
+            description=f"chunks outside 1-{max_tokens:,} tokens",
         ),
-        e.ExpectColumnValuesToBeBetween(column="past_end", max_value=0),
-        e.ExpectColumnValuesToBeBetween(column="uncovered_tail", min_value=0, max_value=0),
+        e.ExpectColumnValuesToBeBetween(
+            column="first_utterance", min_value=0, description="chunks before the first utterance"
+        ),
+        e.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="next_allowed_start",
+            column_B="first_utterance",
+            or_equal=True,
+            description="chunks that leave utterances out after the previous chunk",
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="past_end", max_value=0, description="chunks past the transcript's end"
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="uncovered_tail",
+            min_value=0,
+            max_value=0,
+            description="transcripts whose last utterances no chunk covers",
+        ),
     ]
 
 
@@ -286,14 +356,38 @@ def summary_expectations() -> list[Expectation]:
 
     e = gx.expectations
     return [
-        e.ExpectColumnValuesToNotBeNull(column="summary"),
-        e.ExpectColumnValueLengthsToBeBetween(column="summary", min_value=20, max_value=20_000),
-        e.ExpectColumnValuesToBeBetween(column="action_items_without_description", max_value=0),
-        e.ExpectColumnValuesToBeBetween(column="chunk_count", min_value=1),
-        e.ExpectColumnValueLengthsToBeBetween(column="summary", min_value=200, severity=_warning()),
-        e.ExpectColumnValuesToBeBetween(column="key_point_count", min_value=1, severity=_warning()),
+        e.ExpectColumnValuesToNotBeNull(column="summary", description="missing summaries"),
+        e.ExpectColumnValueLengthsToBeBetween(
+            column="summary",
+            min_value=20,
+            max_value=20_000,
+            description="summaries shorter than 20 or longer than 20,000 characters",
+        ),
         e.ExpectColumnValuesToBeBetween(
-            column="participant_count", min_value=1, severity=_warning()
+            column="action_items_without_description",
+            max_value=0,
+            description="action items without a description",
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="chunk_count", min_value=1, description="summaries of no chunk"
+        ),
+        e.ExpectColumnValueLengthsToBeBetween(
+            column="summary",
+            min_value=200,
+            severity=_warning(),
+            description="summaries shorter than 200 characters",
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="key_point_count",
+            min_value=1,
+            severity=_warning(),
+            description="summaries without key points",
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="participant_count",
+            min_value=1,
+            severity=_warning(),
+            description="summaries that name no participant",
         ),
     ]
 
@@ -311,14 +405,24 @@ def record_input_expectations(
 
     e = gx.expectations
     return [
-        *(e.ExpectColumnToExist(column=column) for column in required_columns),
-        e.ExpectColumnValuesToNotBeNull(column="row_id", severity=FailureSeverity.WARNING),
-        e.ExpectColumnValuesToBeUnique(column="row_id", severity=FailureSeverity.WARNING),
+        *(
+            e.ExpectColumnToExist(column=column, description=f"no column {column!r}")
+            for column in required_columns
+        ),
+        e.ExpectColumnValuesToNotBeNull(
+            column="row_id", severity=FailureSeverity.WARNING, description="rows without an id"
+        ),
+        e.ExpectColumnValuesToBeUnique(
+            column="row_id",
+            severity=FailureSeverity.WARNING,
+            description="ids used by more than one row",
+        ),
         e.ExpectColumnValuesToBeBetween(
             column="text_chars",
             min_value=min_chars,
             max_value=max_chars,
             severity=FailureSeverity.WARNING,
+            description=f"texts outside {min_chars:,}-{max_chars:,} characters",
         ),
     ]
 
@@ -330,14 +434,24 @@ def record_output_expectations(input_rows: int, statuses: list[str]) -> list[Exp
 
     e = gx.expectations
     return [
-        e.ExpectTableRowCountToEqual(value=input_rows),
-        e.ExpectColumnValuesToBeUnique(column="row_number"),
-        e.ExpectColumnValuesToNotBeNull(column="row_id"),
-        e.ExpectColumnValuesToBeInSet(column="status", value_set=statuses),
-        e.ExpectColumnValuesToBeUnique(
-            column="row_id", row_condition='status!="invalid_input"', condition_parser="pandas"
+        e.ExpectTableRowCountToEqual(
+            value=input_rows,
+            description=f"not one output row for each of the {input_rows:,} input rows",
         ),
-        e.ExpectColumnValuesToBeInSet(column="result_valid", value_set=[True]),
+        e.ExpectColumnValuesToBeUnique(column="row_number", description="input rows written twice"),
+        e.ExpectColumnValuesToNotBeNull(column="row_id", description="output rows without an id"),
+        e.ExpectColumnValuesToBeInSet(
+            column="status", value_set=statuses, description="rows with an unknown status"
+        ),
+        e.ExpectColumnValuesToBeUnique(
+            column="row_id",
+            row_condition='status!="invalid_input"',
+            condition_parser="pandas",
+            description="ids written twice",
+        ),
+        e.ExpectColumnValuesToBeInSet(
+            column="result_valid", value_set=[True], description="results that break the schema"
+        ),
     ]
 
 
@@ -347,11 +461,23 @@ def document_expectations(max_chars: int = 5_000_000) -> list[Expectation]:
 
     e = gx.expectations
     return [
-        e.ExpectColumnValuesToNotBeNull(column="source"),
-        e.ExpectColumnValuesToBeUnique(column="source"),
-        e.ExpectColumnValuesToBeBetween(column="chars", min_value=1, max_value=max_chars),
-        e.ExpectColumnValuesToNotBeNull(column="document_hash"),
-        e.ExpectColumnValuesToBeBetween(column="chars", min_value=20, severity=_warning()),
+        e.ExpectColumnValuesToNotBeNull(column="source", description="documents without a source"),
+        e.ExpectColumnValuesToBeUnique(column="source", description="documents listed twice"),
+        e.ExpectColumnValuesToBeBetween(
+            column="chars",
+            min_value=1,
+            max_value=max_chars,
+            description=f"documents with no text or over {max_chars:,} characters",
+        ),
+        e.ExpectColumnValuesToNotBeNull(
+            column="document_hash", description="documents without a content hash"
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="chars",
+            min_value=20,
+            severity=_warning(),
+            description="documents shorter than 20 characters",
+        ),
     ]
 
 
@@ -361,13 +487,25 @@ def doc_chunk_expectations(max_tokens: int) -> list[Expectation]:
 
     e = gx.expectations
     return [
-        e.ExpectTableRowCountToBeBetween(min_value=1),
-        e.ExpectColumnValuesToBeUnique(column="id"),
-        e.ExpectColumnValuesToBeBetween(column="token_count", min_value=1, max_value=max_tokens),
+        e.ExpectTableRowCountToBeBetween(min_value=1, description="no chunks"),
+        e.ExpectColumnValuesToBeUnique(column="id", description="chunk ids used twice"),
+        e.ExpectColumnValuesToBeBetween(
+            column="token_count",
+            min_value=1,
+            max_value=max_tokens,
+            description=f"chunks outside 1-{max_tokens:,} tokens",
+        ),
         *(
-            e.ExpectColumnValuesToNotBeNull(column=column)
+            e.ExpectColumnValuesToNotBeNull(column=column, description=f"chunks without {column}")
             for column in ("source", "content_hash", "document_hash", "chunk_index")
         ),
-        e.ExpectColumnValuesToBeBetween(column="body_chars", min_value=1),
-        e.ExpectColumnValuesToBeBetween(column="body_chars", min_value=10, severity=_warning()),
+        e.ExpectColumnValuesToBeBetween(
+            column="body_chars", min_value=1, description="chunks with no text"
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="body_chars",
+            min_value=10,
+            severity=_warning(),
+            description="chunks shorter than 10 characters",
+        ),
     ]

@@ -48,7 +48,8 @@ def _chunk_table(chunks: list[DocChunk]) -> pd.DataFrame:
 
 
 def _failed(report: QualityReport) -> list[str]:
-    return [outcome.describe() for outcome in report.errors]
+    """The failed expectations by name, for machines (the reason says them in words)."""
+    return [f"{o.expectation}({o.column})" if o.column else o.expectation for o in report.errors]
 
 
 def check_batch(
