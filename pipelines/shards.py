@@ -256,12 +256,15 @@ def _check_deployment(name: str, pool: str) -> None:
 
 
 def ensure_crash_detection(silence_s: float) -> None:
-    """The server marks a shard run Crashed when it goes silent: no heartbeat (a flow run sends
-    one every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds, 180 by default) and no end for
-    `silence_s` seconds, which is what a worker killed with its machine looks like. Prefect's
-    documented way ("detect zombie flows"): a proactive automation on the heartbeat events,
-    limited to shard runs by their tag. Created once per server; updated if the silence changed.
-    The parent then sees the Crashed run and submits the shard again."""
+    """The server marks a shard run Crashed when it goes silent: no sign of life (a flow run
+    sends a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds, 180 by default) and no
+    end for `silence_s` seconds, which is what a worker killed with its machine looks like.
+    Prefect's documented way ("detect zombie flows"): a proactive automation on the heartbeat
+    events, limited to shard runs by their tag. The steps of a run's start (Pending, Submitting,
+    the pull step, Running) count as signs of life too: a worker killed while it was starting a
+    run leaves it Submitting for ever, with no heartbeat ever sent (seen in
+    tests/test_shards_pool.py: its parent waited without end). Created once per server; updated
+    if it changed. The parent then sees the Crashed run and submits the shard again."""
     from datetime import timedelta
 
     from prefect.automations import Automation
@@ -271,13 +274,17 @@ def ensure_crash_detection(silence_s: float) -> None:
     from prefect.events.schemas.events import ResourceSpecification
 
     ends = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    alive = {
+        f"prefect.flow-run.{s}"
+        for s in ("heartbeat", "Pending", "Submitting", "pull-step.executed", "Running")
+    }
     wanted = Automation(
         name=CRASH_AUTOMATION,
         description="Marks gristmill shard runs Crashed when their worker stops answering, so "
         "the job's parent runs them again (pipelines/shards.py).",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", *ends},
+            after=alive,  # each sign of life starts the wait for the next one
+            expect={*alive, *ends},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             match_related=ResourceSpecification(
                 {"prefect.resource.id": f"prefect.tag.{SHARD_TAG}", "prefect.resource.role": "tag"}
@@ -299,8 +306,8 @@ def ensure_crash_detection(silence_s: float) -> None:
     except ValueError:
         wanted.create()
         return
-    trigger = found.trigger
-    if getattr(trigger, "within", None) != timedelta(seconds=silence_s):
+    trigger, want = found.trigger, wanted.trigger
+    if any(getattr(trigger, k, None) != getattr(want, k) for k in ("within", "after", "expect")):
         found.trigger, found.actions = wanted.trigger, wanted.actions
         found.update()
 

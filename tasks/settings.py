@@ -197,8 +197,8 @@ class Settings(BaseSettings):
     shard_silence_s: float = Field(
         600.0,
         ge=10,
-        description="A shard run on a work pool with no heartbeat for this long is marked "
-        "Crashed and run again; keep it a few times the workers' "
+        description="A shard run on a work pool with no heartbeat (nor a step of its start) for "
+        "this long is marked Crashed and run again; keep it a few times the workers' "
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY (180 s by default).",
     )
 
