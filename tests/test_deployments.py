@@ -7,6 +7,7 @@ import json
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -47,6 +48,38 @@ def test_deployment_parameters_leave_engines_to_the_worker_environment() -> None
     assert schema.required == []
     assert {"paths", "out_dir", "force"} <= set(schema.properties)
     assert "settings" not in summarize_deployment().parameters
+
+
+JSON_TYPES = {"string", "integer", "number", "boolean", "array", "object", "null"}
+
+
+def json_able(schema: dict[str, Any]) -> bool:
+    """Whether a property's schema is plain JSON a Run form can fill in: JSON types all the way
+    down, no `$ref` to a model (Prefect's schema for Settings) and no untyped value (Any)."""
+    if "anyOf" in schema:
+        return all(json_able(option) for option in schema["anyOf"])
+    if schema.get("type") not in JSON_TYPES:
+        return False
+    if schema["type"] == "array":
+        return json_able(schema.get("items", {}))
+    if schema["type"] == "object":
+        values = schema.get("additionalProperties")
+        return isinstance(values, dict) and json_able(values)
+    return True
+
+
+@pytest.mark.parametrize("key", list(DEPLOYMENT_BUILDERS))
+def test_run_forms_show_only_json_parameters(key: str) -> None:
+    """The UI's Run form lists the schema's properties: none is an in-process object (settings,
+    an engine, a progress callback; pipelines/run_context.py carries those), all are JSON."""
+    deployment = DEPLOYMENT_BUILDERS[key]("UTC", "none")
+    properties = deployment._parameter_openapi_schema.properties
+    assert properties
+    in_process = {"settings", "engine", "embedder", "summarizer", "llm", "on_progress"}
+    assert not in_process & set(properties), key
+    for name, schema in properties.items():
+        assert json_able(schema), (key, name, schema)
+    assert json.loads(json.dumps(deployment.parameters)) == deployment.parameters
 
 
 def test_build_deployments_has_one_per_listed_pipeline_with_unique_names() -> None:
