@@ -1,4 +1,4 @@
-"""Flow `process_records`: a table of records through a prompt (or a built-in task).
+"""Flow `batch_records`: a table of records through a prompt (or a built-in task).
 
 build the job and the engine from the parameters and settings -> read the input in chunks ->
 screen rows (ids, template, text length; unusable rows end `invalid_input`) + input suite ->
@@ -60,11 +60,11 @@ from tasks.settings import Settings
 # `gristmill batch`, that its field `schema` shadows `BaseModel.schema` (a deprecated method
 # nothing calls). `schema` is the parameter's name for deployment runs, so the warning goes.
 warnings.filterwarnings(
-    "ignore", message='Field name "schema" in "Process_RecordsModel"', category=UserWarning
+    "ignore", message='Field name "schema" in "Batch_RecordsModel"', category=UserWarning
 )
 
-REPORT_ARTIFACT_KEY = "process-records-report"
-PROGRESS_ARTIFACT_KEY = "process-records-progress"
+REPORT_ARTIFACT_KEY = "batch-records-report"
+PROGRESS_ARTIFACT_KEY = "batch-records-progress"
 
 
 def _run_name() -> str:
@@ -72,12 +72,12 @@ def _run_name() -> str:
 
 
 @flow(
-    name="process-records",
+    name="batch-records",
     flow_run_name=_run_name,
     description="Run every row of a table through a prompt template or a built-in task.",
     task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
 )
-def process_records(
+def batch_records(
     input_path: str,
     output_path: str,
     template: str | None = None,
@@ -183,9 +183,9 @@ BATCH_TASKS_AT_ONCE = 4
 """Row batch tasks in flight on the thread runner (each sends its rows `concurrency` at a time)."""
 
 
-def process_records_for(settings: Settings) -> Flow[..., State]:
+def batch_records_for(settings: Settings) -> Flow[..., State]:
     """The flow on the task runner the settings ask for (`pipelines/runners.py`)."""
-    return process_records.with_options(task_runner=task_runner_for(settings, BATCH_TASKS_AT_ONCE))
+    return batch_records.with_options(task_runner=task_runner_for(settings, BATCH_TASKS_AT_ONCE))
 
 
 def _process(
@@ -323,7 +323,7 @@ def _sharded(
     total = count_rows(plan.reader)
     progress = ShardProgress(on_progress, total) if on_progress else None
     with run_context(settings=plan.settings, engine=plan.engine):
-        results = run_shards(process_records, jobs, shards, plan.settings, BatchReport, progress)
+        results = run_shards(batch_records, jobs, shards, plan.settings, BatchReport, progress)
     problems = shard_failures(results)
     if problems:
         raise ShardsUnfinished(

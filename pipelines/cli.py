@@ -213,7 +213,7 @@ def batch(
     """Run every row of a table through a prompt template (or a built-in offline task)."""
     settings = load_settings()
     prepare_prefect(settings, verbose=verbose)
-    from pipelines.batch import process_records_for
+    from pipelines.batch import batch_records_for
     from pipelines.run_context import run_context
     from pipelines.runners import check_task_runner
     from tasks.batch.plan import plan_batch
@@ -263,7 +263,7 @@ def batch(
     try:
         progress.start("rows")
         with run_context(settings=settings, engine=engine, on_progress=progress.update):
-            state = process_records_for(settings)(**parameters, return_state=True)
+            state = batch_records_for(settings)(**parameters, return_state=True)
     finally:
         progress.stop()
         engine.close()

@@ -107,8 +107,8 @@ def test_hourly_ingestion_runs_every_hour() -> None:
 def test_batch_runs_on_demand_only() -> None:
     deployment = batch_deployment("UTC")
     assert batch_deployment in DEPLOYMENT_BUILDERS.values()
-    assert (deployment.flow_name, deployment.name) == ("process-records", "on-demand")
-    assert deployment.entrypoint == "pipelines/batch.py:process_records"
+    assert (deployment.flow_name, deployment.name) == ("batch-records", "on-demand")
+    assert deployment.entrypoint == "pipelines/batch.py:batch_records"
     assert deployment.schedules == []
     assert describe_schedule(deployment) == "on demand"
     assert set(deployment.tags) == {"gristmill", "pipeline:batch"}

@@ -40,7 +40,7 @@ def test_every_pipeline_flow_validates_its_parameters_and_takes_no_engine_object
     flows = pipeline_flows()
     assert {
         "pipelines.ingest.ingest_documents",
-        "pipelines.batch.process_records",
+        "pipelines.batch.batch_records",
         "pipelines.summarize.summarize_transcripts",
         "pipelines.ask.answer_question",
     } <= set(flows)
@@ -93,7 +93,7 @@ def test_the_run_context_reaches_thread_pool_tasks_and_child_flows(
     [
         ("pipelines.ingest.ingest_documents", {"shards": "many"}),
         ("pipelines.summarize.summarize_transcripts", {"shards": "many"}),
-        ("pipelines.batch.process_records", {"input_path": "in.csv", "output_path": 3.5j}),
+        ("pipelines.batch.batch_records", {"input_path": "in.csv", "output_path": 3.5j}),
         ("pipelines.ask.answer_question", {"question": "why?", "k": "many"}),
     ],
 )

@@ -99,11 +99,11 @@ def tickets(path: Path, count: int) -> Path:
 
 
 def run_batch(src: Path, out: Path, settings: Settings, **parameters: Any) -> tuple[Any, Any]:
-    from pipelines.batch import process_records
+    from pipelines.batch import batch_records
     from tasks.reporting import state_report
 
     with run_context(settings=settings):
-        state = process_records(
+        state = batch_records(
             input_path=str(src), output_path=str(out), **CLASSIFY, **parameters, return_state=True
         )
     return state, state_report(state)
