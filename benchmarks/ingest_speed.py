@@ -122,16 +122,13 @@ def settings_for(data_dir: Path) -> Any:
 def run_flow(docs: Path, settings: Any) -> tuple[Any, float, float]:
     """One `ingest_documents` run with a new local embedder; (report, wall s, CPU s)."""
     from pipelines.ingest import ingest_documents
+    from pipelines.run_context import run_context
     from tasks.embeddings import LocalOnnxEmbedder
     from tasks.ingestion import IngestReport
 
     wall, cpu = time.perf_counter(), time.process_time()
-    state = ingest_documents(
-        paths=[str(docs)],
-        settings=settings,
-        embedder=LocalOnnxEmbedder(MODEL_DIR),
-        return_state=True,
-    )
+    with run_context(settings=settings, embedder=LocalOnnxEmbedder(MODEL_DIR)):
+        state = ingest_documents(paths=[str(docs)], return_state=True)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     report = state.result(raise_on_failure=False)
     if not isinstance(report, IngestReport) or report.quarantined:

@@ -146,7 +146,7 @@ def main() -> None:
             print(json.dumps(results, indent=2))
             return
         prefect(["work-pool", "create", "gristmill", "--type", "process"], env, log)
-        prefect(["deploy", "--name", "process-records/shard"], env, log)
+        prefect(["deploy", "--name", "batch-records/shard"], env, log)
         # a rate just above the cap: it paces, the server's 32-in-flight quota decides
         prefect(
             ["gcl", "create", "bench-llm", "--limit", "32", "--slot-decay-per-second", "400"],

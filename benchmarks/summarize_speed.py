@@ -30,11 +30,12 @@ LONG_SAMPLE = REPO / "data" / "transcripts" / "quarterly-roadmap.json"
 def llm_overhead(latency: float, concurrency: int, chunk_tokens: int) -> dict[str, float]:
     from pydantic import SecretStr
 
+    from pipelines.run_context import run_context
     from pipelines.summarize import summarize_flow_for
     from tasks.chunking import chunk_utterances
     from tasks.reporting import state_report
     from tasks.settings import Settings
-    from tasks.summaries import MeetingNotes, build_summarizer
+    from tasks.summaries import MeetingNotes
     from tasks.summaries.reduce import plan_reduce_groups
     from tasks.transcripts import parse_transcript
     from tests.support.openai_server import FakeOpenAI
@@ -82,12 +83,13 @@ def llm_overhead(latency: float, concurrency: int, chunk_tokens: int) -> dict[st
         warm = data / "warm-up"
         warm.mkdir()
         shutil.copy(REPO / "data" / "transcripts" / "weekly-standup.txt", warm)
-        flow(paths=[str(warm)], settings=settings, summarizer=build_summarizer(settings))
+        with run_context(settings=settings):
+            flow(paths=[str(warm)])
         answered.clear()
         started = time.perf_counter()
-        state = flow(  # force: notes stored by an earlier run must not stand in for calls
-            settings=settings, summarizer=build_summarizer(settings), force=True, return_state=True
-        )
+        with run_context(settings=settings):
+            # force: notes stored by an earlier run must not stand in for calls
+            state = flow(force=True, return_state=True)
         wall = time.perf_counter() - started
         report = state_report(state)
         assert report.transcripts[0].status == "ok", report.transcripts[0].error

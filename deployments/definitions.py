@@ -104,18 +104,18 @@ def ingest_deployment(
 
 
 def batch_deployment(timezone: str = DEFAULT_TIMEZONE, schedule: str = "none") -> RunnerDeployment:
-    """`process-records/on-demand`: no schedule; run it with the table and the job to use."""
-    from pipelines.batch import process_records_for
+    """`batch-records/on-demand`: no schedule; run it with the table and the job to use."""
+    from pipelines.batch import batch_records_for
     from tasks.settings import Settings
 
     return _runner_deployment(
-        process_records_for(Settings()).to_deployment(
+        batch_records_for(Settings()).to_deployment(
             name="on-demand",
             description=(
                 "On demand only (no schedule): run every row of a table through a prompt template "
                 "or a built-in task. The defaults classify the sample support tickets by subject "
                 "offline (local embeddings); start it from the UI with other parameters, or with "
-                "`prefect deployment run process-records/on-demand --param input_path=... "
+                "`prefect deployment run batch-records/on-demand --param input_path=... "
                 "--param output_path=... --param template=...`. Paths are relative to the "
                 "worker's working directory (the repo root)."
             ),

@@ -6,13 +6,14 @@ retrieve and answer as Prefect tasks, tags the run and publishes the answer as a
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
+from pipelines.run_context import current_run
 from tasks.answers import (
     MAX_QUESTION_CHARS,
     Answer,
@@ -29,11 +30,10 @@ from tasks.answers import (
     retrieve,
     validate_citations,
 )
-from tasks.embeddings import Embedder, build_embedder
+from tasks.embeddings import build_embedder
 from tasks.errors import GristmillError, RunFailed
 from tasks.reporting import publish_report, tag_flow_run
 from tasks.retrieval import open_store
-from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, Hit
 
 # The plain steps' names, for callers that knew them here.
@@ -91,27 +91,24 @@ def _run_name() -> str:
     name="answer-question",
     flow_run_name=_run_name,
     description="Answer a question from the ingested documents, with numbered citations.",
-    validate_parameters=False,
 )
 def answer_question(
     question: str,
     collection: str | None = None,
     k: int = 5,
-    settings: Settings | None = None,
-    embedder: Any = None,
-    llm: Any = None,
     where: dict[str, Any] | None = None,
 ) -> Answer | State:
     """Answer `question` from the `k` most relevant, diverse chunks (`tasks.answers.ask`).
 
-    `embedder` is an `Embedder` and `llm` an `LLM` (typed Any for Prefect's parameter schema);
-    without an llm the openai engine is used when configured, else the extractive answer.
+    The settings, the embedder and the LLM come from the caller's `run_context`
+    (pipelines/run_context.py), else from the settings: without an LLM the openai engine is
+    used when configured, else the extractive answer.
     """
     logger = get_run_logger()
-    settings = settings or Settings()
-    if llm is None:
-        llm = llm_for(settings)
-    embedder = cast(Embedder, embedder or build_embedder(settings))
+    context = current_run()
+    settings = context.run_settings()
+    llm = context.llm if context.llm is not None else llm_for(settings)
+    embedder = context.embedder or build_embedder(settings)
     tag_flow_run("pipeline:ask", f"engine:{'openai' if llm is not None else 'extractive'}")
     try:
         answer = ask(

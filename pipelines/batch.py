@@ -1,4 +1,4 @@
-"""Flow `process_records`: a table of records through a prompt (or a built-in task).
+"""Flow `batch_records`: a table of records through a prompt (or a built-in task).
 
 build the job and the engine from the parameters and settings -> read the input in chunks ->
 screen rows (ids, template, text length; unusable rows end `invalid_input`) + input suite ->
@@ -8,13 +8,14 @@ atomically -> output suite -> report artifact.
 
 Every input row comes out exactly once, in input order, as `ok`, `failed` or `invalid_input`.
 The flow's parameters are JSON (the `gristmill batch` options), so its deployment runs from the
-UI and `prefect deployment run`; `settings`, `engine` and `on_progress` are keyword-only
-overrides for the CLI and tests, never set by a deployment.
+UI and `prefect deployment run`; the CLI and tests set the settings, a row engine and a progress
+callback with `run_context` (pipelines/run_context.py), a deployment run builds its own.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipelines.run_context import current_run, run_context
 from pipelines.runners import let_go, task_runner_for
 from pipelines.shards import (
     ShardProgress,
@@ -36,7 +38,6 @@ from pipelines.shards import (
     shard_failures,
 )
 from tasks.batch.dispatch import process_row_batch, row_batches, settle_known_rows
-from tasks.batch.engines.protocol import RowEngine
 from tasks.batch.journal import RowJournal
 from tasks.batch.parts import join_parts, part_path
 from tasks.batch.plan import BatchPlan, plan_batch
@@ -54,8 +55,16 @@ from tasks.errors import GristmillError, RunFailed, ShardsUnfinished
 from tasks.reporting import Progress, ProgressCallback, RunProgress, publish_report, tag_flow_run
 from tasks.settings import Settings
 
-REPORT_ARTIFACT_KEY = "process-records-report"
-PROGRESS_ARTIFACT_KEY = "process-records-progress"
+# Prefect validates a run's parameters with a pydantic model of the flow's signature, built
+# when the flow is defined and again on every call; pydantic warns, on the terminal of every
+# `gristmill batch`, that its field `schema` shadows `BaseModel.schema` (a deprecated method
+# nothing calls). `schema` is the parameter's name for deployment runs, so the warning goes.
+warnings.filterwarnings(
+    "ignore", message='Field name "schema" in "Batch_RecordsModel"', category=UserWarning
+)
+
+REPORT_ARTIFACT_KEY = "batch-records-report"
+PROGRESS_ARTIFACT_KEY = "batch-records-progress"
 
 
 def _run_name() -> str:
@@ -63,13 +72,12 @@ def _run_name() -> str:
 
 
 @flow(
-    name="process-records",
+    name="batch-records",
     flow_run_name=_run_name,
     description="Run every row of a table through a prompt template or a built-in task.",
     task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
-    validate_parameters=False,
 )
-def process_records(
+def batch_records(
     input_path: str,
     output_path: str,
     template: str | None = None,
@@ -93,10 +101,6 @@ def process_records(
     chunk_rows: int | None = None,
     shards: int = 1,
     shard: int | None = None,
-    *,
-    settings: Settings | None = None,
-    engine: RowEngine | None = None,
-    on_progress: ProgressCallback | None = None,
 ) -> State:
     """Process every row of `input_path` into `output_path`; Failed when any row is not ok.
 
@@ -130,16 +134,18 @@ def process_records(
             work pool's workers when GRISTMILL_WORK_POOL is set, else here); the parent joins
             their outputs in input order. See pipelines/shards.py.
         shard: The range this run processes (set by the parent of a sharded job).
-        settings: Override of the settings read from the environment (CLI and tests).
-        engine: A row engine built for the same job (CLI and tests); default: built from
-            the settings.
-        on_progress: Called with `Progress` (rows done, rows expected) after each batch (CLI).
+
+    The `run_context` may set the settings, a row engine built for the same job (else one is
+    built from the settings, and closed at the end) and `on_progress`, called with `Progress`
+    (rows done, rows expected) after each batch.
     """
-    parameters = {k: v for k, v in locals().items() if k not in _OVERRIDES}  # the JSON ones
+    parameters = dict(locals())
     started = time.monotonic()
     logger = get_run_logger()
+    context = current_run()
+    on_progress, engine = context.on_progress, context.engine
     try:
-        plan = plan_batch(settings or Settings(), parameters, engine=engine)
+        plan = plan_batch(context.run_settings(), parameters, engine=engine)
         parent = is_parent(shards, shard)
     except GristmillError as exc:
         # the Failed state's message carries the reason to the UI; logged at INFO so the
@@ -149,8 +155,7 @@ def process_records(
     tag_flow_run("pipeline:batch", f"engine:{plan.engine.name}")
     try:
         if parent:
-            local = {"settings": plan.settings, "engine": plan.engine}  # one rate limiter
-            report = _sharded(plan, parameters, local, shards, on_progress, started)
+            report = _sharded(plan, parameters, shards, on_progress, started)
         else:
             report = _process(
                 plan,
@@ -174,16 +179,13 @@ def process_records(
     return Completed(message=report.headline(), data=report)
 
 
-_OVERRIDES = frozenset({"settings", "engine", "on_progress"})
-"""The keyword-only arguments of `process_records`: not run parameters."""
-
 BATCH_TASKS_AT_ONCE = 4
 """Row batch tasks in flight on the thread runner (each sends its rows `concurrency` at a time)."""
 
 
-def process_records_for(settings: Settings) -> Flow[..., State]:
+def batch_records_for(settings: Settings) -> Flow[..., State]:
     """The flow on the task runner the settings ask for (`pipelines/runners.py`)."""
-    return process_records.with_options(task_runner=task_runner_for(settings, BATCH_TASKS_AT_ONCE))
+    return batch_records.with_options(task_runner=task_runner_for(settings, BATCH_TASKS_AT_ONCE))
 
 
 def _process(
@@ -309,18 +311,19 @@ def _results(submitted: Submitted) -> Iterator[tuple[list[Row], list[RowResult]]
 def _sharded(
     plan: BatchPlan,
     parameters: dict[str, Any],
-    local: dict[str, Any],
     shards: int,
     on_progress: ProgressCallback | None,
     started: float,
 ) -> BatchReport:
     """The parent of a sharded job: the shards (row ranges), then their parts joined into the
     output in input order and their reports merged. A shard that left no report fails the job
-    in words, with no output written: a re-run takes its finished rows from the journal."""
+    in words, with no output written: a re-run takes its finished rows from the journal.
+    Shards run here share its settings and engine (so one rate limiter)."""
     jobs = {k: v for k, v in parameters.items() if k not in ("shards", "shard")}
     total = count_rows(plan.reader)
     progress = ShardProgress(on_progress, total) if on_progress else None
-    results = run_shards(process_records, jobs, shards, plan.settings, BatchReport, local, progress)
+    with run_context(settings=plan.settings, engine=plan.engine):
+        results = run_shards(batch_records, jobs, shards, plan.settings, BatchReport, progress)
     problems = shard_failures(results)
     if problems:
         raise ShardsUnfinished(

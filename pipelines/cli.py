@@ -105,6 +105,7 @@ def summarize(
         check_task_runner(settings)
     except GristmillError as exc:
         fail(str(exc))
+    from pipelines.run_context import run_context
     from pipelines.summarize import needs_checks, summarize_flow_for
     from tasks.quality import preload
 
@@ -114,16 +115,14 @@ def summarize(
     typer.echo(f"Summarising with {summarizer.engine} ({summarizer.model}) ...", err=True)
     try:
         progress.start("transcripts", parts=("chunk", "chunks"))
-        state = summarize_flow_for(settings)(
-            paths=[str(p) for p in paths] if paths else None,
-            out_dir=str(out) if out else None,
-            force=force,
-            settings=settings,
-            summarizer=summarizer,
-            shards=shards,
-            on_progress=progress.update,
-            return_state=True,
-        )
+        with run_context(settings=settings, summarizer=summarizer, on_progress=progress.update):
+            state = summarize_flow_for(settings)(
+                paths=[str(p) for p in paths] if paths else None,
+                out_dir=str(out) if out else None,
+                force=force,
+                shards=shards,
+                return_state=True,
+            )
     finally:
         progress.stop()
     from tasks.reporting import SummarizeReport, state_report
@@ -214,7 +213,8 @@ def batch(
     """Run every row of a table through a prompt template (or a built-in offline task)."""
     settings = load_settings()
     prepare_prefect(settings, verbose=verbose)
-    from pipelines.batch import process_records_for
+    from pipelines.batch import batch_records_for
+    from pipelines.run_context import run_context
     from pipelines.runners import check_task_runner
     from tasks.batch.plan import plan_batch
     from tasks.batch.report import BatchReport
@@ -262,13 +262,8 @@ def batch(
     typer.echo(f"Processing {input_path} with {engine.name} ({engine.model}) ...", err=True)
     try:
         progress.start("rows")
-        state = process_records_for(settings)(
-            **parameters,
-            settings=settings,
-            engine=engine,
-            on_progress=progress.update,
-            return_state=True,
-        )
+        with run_context(settings=settings, engine=engine, on_progress=progress.update):
+            state = batch_records_for(settings)(**parameters, return_state=True)
     finally:
         progress.stop()
         engine.close()
@@ -346,21 +341,20 @@ def ingest(
         progress.update(Progress(0, len(found)))
         prepare_prefect(settings, verbose=verbose)
         from pipelines.ingest import ingest_documents
+        from pipelines.run_context import run_context
 
         if settings.task_runner == "dask":  # docs/deployment.md: what ingest needs for Dask
             typer.echo("gristmill: ingest runs its tasks in this process, not on Dask", err=True)
-        state = ingest_documents(
-            paths=[str(p) for p in paths] if paths else None,
-            collection=settings.collection,
-            cleanup=cleanup,
-            include=include,
-            exclude=exclude,
-            settings=settings,
-            embedder=embedder,
-            on_progress=progress.update,
-            shards=shards,
-            return_state=True,
-        )
+        with run_context(settings=settings, embedder=embedder, on_progress=progress.update):
+            state = ingest_documents(
+                paths=[str(p) for p in paths] if paths else None,
+                collection=settings.collection,
+                cleanup=cleanup,
+                include=include,
+                exclude=exclude,
+                shards=shards,
+                return_state=True,
+            )
     finally:
         progress.stop()
         if loading is not None:  # no exit while onnxruntime is half loaded
@@ -426,16 +420,11 @@ def ask(
     except GristmillError as exc:
         fail(str(exc))
     from pipelines.ask import Answer, answer_question
+    from pipelines.run_context import run_context
     from tasks.reporting import state_report
 
-    state = answer_question(
-        question,
-        collection=settings.collection,
-        k=k,
-        settings=settings,
-        embedder=embedder,
-        return_state=True,
-    )
+    with run_context(settings=settings, embedder=embedder):
+        state = answer_question(question, collection=settings.collection, k=k, return_state=True)
     answer = state_report(state)
     if isinstance(answer, Exception):
         fail(str(answer), error_exit_code(answer))

@@ -29,8 +29,9 @@ Shards = Annotated[
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """Print one line to stderr and exit."""
-    typer.echo(f"gristmill: error: {message}", err=True)
+    """Print one line to stderr and exit (a reason that spans lines, such as Prefect's message
+    for parameters it refused, is joined into one)."""
+    typer.echo(f"gristmill: error: {' '.join(message.split())}", err=True)
     raise SystemExit(code)
 
 

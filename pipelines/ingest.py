@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
+from pipelines.run_context import current_run, run_context
 from pipelines.shards import (
     ShardProgress,
     in_shard,
@@ -43,7 +43,7 @@ from tasks.ingestion import (
     write_quarantine,
 )
 from tasks.lexical import open_lexical
-from tasks.reporting import RunProgress, publish_report, tag_flow_run
+from tasks.reporting import ProgressCallback, RunProgress, publish_report, tag_flow_run
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore
 
@@ -62,7 +62,6 @@ def _run_name() -> str:
     name="ingest-documents",
     flow_run_name=_run_name,
     description="Ingest documents into a Chroma collection, incrementally and checked.",
-    validate_parameters=False,
 )
 def ingest_documents(
     paths: list[str] | None = None,
@@ -70,22 +69,23 @@ def ingest_documents(
     cleanup: str = "incremental",
     include: list[str] | None = None,
     exclude: list[str] | None = None,
-    settings: Settings | None = None,
-    embedder: Any = None,
-    on_progress: Any = None,
     shards: int = 1,
     shard: int | None = None,
 ) -> IngestReport | State:
     """Bring the collection in line with the documents under `paths`.
 
-    `embedder` is an `Embedder` (typed Any: Prefect cannot build a parameter schema for a
-    Protocol); `on_progress(Progress)` hears documents done and chunks embedded as they change
-    (with every sub-batch the embedder finishes). With `shards` above 1 the documents are cut
-    by a hash of their source name: without `shard` the run starts one run per shard (here or
-    on the work pool, see pipelines/shards.py), merges their reports and then does the full
-    cleanup once; with `shard` it ingests that part only.
+    The settings, the embedder and an `on_progress(Progress)` callback (documents done and
+    chunks embedded, with every sub-batch the embedder finishes) come from the caller's
+    `run_context` (pipelines/run_context.py); the embedder is built from the settings when none
+    is set. With `shards` above 1 the documents are cut by a hash of their source name: without
+    `shard` the run starts one run per shard (here or on the work pool, see
+    pipelines/shards.py), merges their reports and then does the full cleanup once; with
+    `shard` it ingests that part only.
     """
     try:
+        context = current_run()
+        settings = context.run_settings()
+        embedder = context.embedder or build_embedder(settings)
         if is_parent(shards, shard):
             return _sharded(
                 paths,
@@ -95,7 +95,7 @@ def ingest_documents(
                 exclude,
                 settings,
                 embedder,
-                on_progress,
+                context.on_progress,
                 shards,
             )
         return _ingest(
@@ -106,7 +106,7 @@ def ingest_documents(
             exclude,
             settings,
             embedder,
-            on_progress,
+            context.on_progress,
             shard,
             shards,
         )
@@ -125,18 +125,16 @@ def _ingest(
     cleanup: str,
     include: list[str] | None,
     exclude: list[str] | None,
-    settings: Settings | None,
-    embedder: Any,
-    on_progress: Any,
+    settings: Settings,
+    embedder: Embedder,
+    on_progress: ProgressCallback | None,
     shard: int | None = None,
     shards: int = 1,
 ) -> IngestReport | State:
     logger = get_run_logger()
-    settings = settings or Settings()
     mode = check_cleanup(cleanup)
     if shard is not None and mode == "full":
         raise UsageError("a shard cannot do a full cleanup: its parent does, after every shard")
-    embedder = cast(Embedder, embedder or build_embedder(settings))
     inputs = [Path(p) for p in paths] if paths else [settings.documents_dir]
     files = discover_documents(inputs, include=include, exclude=exclude)
     files = [f for f in files if in_shard(f.source, shard, shards)]
@@ -197,16 +195,16 @@ def _sharded(
     cleanup: str,
     include: list[str] | None,
     exclude: list[str] | None,
-    settings: Settings | None,
-    embedder: Any,
-    on_progress: Any,
+    settings: Settings,
+    embedder: Embedder,
+    on_progress: ProgressCallback | None,
     shards: int,
 ) -> State:
     """The parent of a sharded ingest: the shards (each with incremental cleanup at most), their
     reports merged, then what must happen once: a full cleanup deletes the documents that no
-    shard saw, and the collection is counted."""
+    shard saw, and the collection is counted. Shards run here share its settings and
+    embedder."""
     started = time.monotonic()
-    settings = settings or Settings()
     mode = check_cleanup(cleanup)
     if settings.work_pool and not settings.chroma_host:
         raise ConfigurationError(
@@ -223,11 +221,9 @@ def _sharded(
         "include": include,
         "exclude": exclude,
     }
-    local = {"settings": settings, "embedder": embedder}
     progress = ShardProgress(on_progress, len(files)) if on_progress else None
-    results = run_shards(
-        ingest_documents, parameters, shards, settings, IngestReport, local, progress
-    )
+    with run_context(settings=settings, embedder=embedder):
+        results = run_shards(ingest_documents, parameters, shards, settings, IngestReport, progress)
     report = merge_ingest_reports([r.report for r in results if r.report is not None])
     report.collection, report.cleanup = name, mode
     report.run_id = str(flow_run.id) if flow_run.id else report.run_id
@@ -238,7 +234,6 @@ def _sharded(
             report.quarantine.append(
                 QuarantineRecord(source=found.source, reason=reason, unexpected=True)
             )
-    embedder = cast(Embedder, embedder or build_embedder(settings))
     with writer_lock(settings), server_errors():
         store = ChunkStore(
             open_chroma(settings),

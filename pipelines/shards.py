@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
+from pipelines.run_context import run_context
 from tasks.errors import ConfigurationError, UsageError
 from tasks.reporting import Progress, ProgressCallback, state_report, write_json_atomically
 
@@ -142,13 +143,13 @@ def run_shards(
     shards: int,
     settings: Settings,
     report_type: type[ReportT],
-    local: dict[str, Any] | None = None,
     progress: ShardProgress | None = None,
 ) -> list[ShardResult]:
     """Run `flow` once per shard with `parameters` (JSON, as a deployment takes them) and wait.
 
-    `local` are the in-process-only arguments (settings, engine objects) given to shards run in
-    this process; shards on a work pool build their own from their worker's environment.
+    Shards run in this process inherit the caller's `run_context` (settings, engine objects),
+    with `progress` as their `on_progress`; shards on a work pool build their own from their
+    worker's environment.
     """
     from prefect.context import FlowRunContext
 
@@ -158,14 +159,8 @@ def run_shards(
         return _on_pool(flow, parameters, shards, settings, report_type)
     results: list[ShardResult] = []
     for shard in range(shards):
-        state = flow(
-            **parameters,
-            **(local or {}),
-            on_progress=progress,
-            shard=shard,
-            shards=shards,
-            return_state=True,
-        )
+        with run_context(on_progress=progress):
+            state = flow(**parameters, shard=shard, shards=shards, return_state=True)
         if progress is not None:
             progress.next_shard()
         assert state is not None  # return_state=True

@@ -26,6 +26,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipelines.run_context import current_run, run_context
 from pipelines.shards import (
     ShardProgress,
     in_shard,
@@ -118,17 +119,13 @@ def _reason(exc: BaseException) -> str:
     flow_run_name=_run_name,
     description="Summarise meeting transcripts into structured JSON and Markdown.",
     task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
-    validate_parameters=False,
 )
 def summarize_transcripts(
     paths: list[str] | None = None,
     out_dir: str | None = None,
     force: bool = False,
-    settings: Settings | None = None,
-    summarizer: Summarizer | None = None,
     group_files: int = GROUP_FILES,
     group_bytes: int = GROUP_BYTES,
-    on_progress: Any = None,
     shards: int = 1,
     shard: int | None = None,
 ) -> SummarizeReport | State:
@@ -140,25 +137,29 @@ def summarize_transcripts(
 
     Small transcripts go in groups of up to `group_files` files and `group_bytes` bytes, one
     task per group (`group_files` below 2 gives every transcript its own tasks).
-    `on_progress(Progress)` is called as transcripts end (the CLI's bar); the run's
-    progress artifact moves with it.
+
+    The settings, the summariser (else built from the settings) and `on_progress(Progress)`,
+    called as transcripts end (the CLI's bar; the run's progress artifact moves with it), come
+    from the caller's `run_context` (pipelines/run_context.py).
     """
     started = time.monotonic()
     logger = get_run_logger()
-    settings = settings or Settings()
-    summarizer = summarizer or build_summarizer(settings)
+    context = current_run()
+    settings = context.run_settings()
+    summarizer = context.summarizer or build_summarizer(settings)
+    on_progress = context.on_progress
     inputs = [Path(p) for p in paths] if paths else [settings.transcripts_dir]
     out = Path(out_dir) if out_dir else settings.summaries_dir
     check_output_folder(inputs, out)
     if is_parent(shards, shard):
-        parameters = {"paths": paths, "out_dir": out_dir, "force": force}
-        local = {
-            "settings": settings,
-            "summarizer": summarizer,
+        parameters = {
+            "paths": paths,
+            "out_dir": out_dir,
+            "force": force,
             "group_files": group_files,
             "group_bytes": group_bytes,
         }
-        return _sharded(parameters, local, shards, inputs, out, on_progress, summarizer, started)
+        return _sharded(parameters, shards, inputs, out, settings, summarizer, on_progress, started)
     files, problems = discover_transcripts(inputs, skip=out)
     names = output_names(files)
     if shard is not None:  # this run's part of the job; names come from every file, as above
@@ -346,25 +347,26 @@ def _finish(report: SummarizeReport) -> State:
 
 def _sharded(
     parameters: dict[str, Any],
-    local: dict[str, Any],
     shards: int,
     inputs: list[Path],
     out: Path,
-    on_progress: ProgressCallback | None,
+    settings: Settings,
     summarizer: Summarizer,
+    on_progress: ProgressCallback | None,
     started: float,
 ) -> State:
     """The parent of a sharded job: run the shards, merge their reports. A transcript of a
     shard that left no report (it crashed more than `shard_attempts` times) ends `failed` with
-    that reason: nothing is lost from the report."""
+    that reason: nothing is lost from the report. Shards run here share its settings and
+    summariser."""
     files, problems = discover_transcripts(inputs, skip=out)
     keys = [(n, str(f.path)) for f, n in zip(files, output_names(files), strict=True)]
     keys += [(source, source) for source, _ in problems]
     progress = ShardProgress(on_progress, len(keys)) if on_progress else None
-    settings = local["settings"]
-    results = run_shards(
-        summarize_transcripts, parameters, shards, settings, SummarizeReport, local, progress
-    )
+    with run_context(settings=settings, summarizer=summarizer):
+        results = run_shards(
+            summarize_transcripts, parameters, shards, settings, SummarizeReport, progress
+        )
     outcomes = [o for r in results if r.report is not None for o in r.report.transcripts]
     lost = lost_shards(results)
     for key, source in keys:

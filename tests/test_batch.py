@@ -365,12 +365,17 @@ CLASSIFY: dict[str, Any] = {
 }
 
 
-def run_parameters(**parameters: Any) -> tuple[Any, Any]:
-    """Run `process_records` with these parameters (and overrides); its state and report."""
-    from pipelines.batch import process_records
+def run_parameters(
+    settings: Settings | None = None, engine: Any = None, **parameters: Any
+) -> tuple[Any, Any]:
+    """Run `batch_records` with these parameters (and the run context's settings and engine,
+    when given); its state and report."""
+    from pipelines.batch import batch_records
+    from pipelines.run_context import run_context
     from tasks.reporting import state_report
 
-    state = process_records(**parameters, return_state=True)
+    with run_context(settings=settings, engine=engine):
+        state = batch_records(**parameters, return_state=True)
     return state, state_report(state)
 
 

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 import tasks.chroma_client
 import tasks.ingestion.driver
+from pipelines.run_context import run_context
 from tasks.chroma_client import open_chroma
 from tasks.embeddings import Vectors
 from tasks.errors import ConfigurationError, StoreUnavailableError
@@ -257,10 +258,8 @@ def test_a_server_restart_mid_run_is_retried_and_the_run_completes(
             ).start()
 
         settings = settings_for(tmp_path / "data", chroma_host=first.host, chroma_port=first.port)
-        state = ingest_documents(
-            paths=[str(docs)], collection="restarted", settings=settings,
-            embedder=StopsTheServer(restart), return_state=True,
-        )  # fmt: skip
+        with run_context(settings=settings, embedder=StopsTheServer(restart)):
+            state = ingest_documents(paths=[str(docs)], collection="restarted", return_state=True)
         assert state.is_completed(), state.message
         report = state.result()
         assert report.added == 6 and report.collection_count == 6
@@ -276,10 +275,8 @@ def test_a_server_gone_for_good_stops_the_run_in_words_and_a_rerun_finishes(
     docs = notes(tmp_path)
     with chroma_server(tmp_path / "db") as server:
         settings = settings_for(tmp_path / "data", chroma_host=server.host, chroma_port=server.port)
-        state = ingest_documents(
-            paths=[str(docs)], collection="stopped", settings=settings,
-            embedder=StopsTheServer(server.stop), return_state=True,
-        )  # fmt: skip
+        with run_context(settings=settings, embedder=StopsTheServer(server.stop)):
+            state = ingest_documents(paths=[str(docs)], collection="stopped", return_state=True)
     assert state.is_failed()
     assert state.message.startswith("lost the connection to the Chroma server: ConnectError")
     with pytest.raises(StoreUnavailableError) as raised:
@@ -288,10 +285,8 @@ def test_a_server_gone_for_good_stops_the_run_in_words_and_a_rerun_finishes(
     # the batch that finished before the server went away is kept; a rerun adds the rest
     with chroma_server(tmp_path / "db") as server:
         settings = settings_for(tmp_path / "data", chroma_host=server.host, chroma_port=server.port)
-        embedder = HashEmbedder()
-        report = ingest_documents(
-            paths=[str(docs)], collection="stopped", settings=settings, embedder=embedder
-        )
+        with run_context(settings=settings, embedder=HashEmbedder()):
+            report = ingest_documents(paths=[str(docs)], collection="stopped")
         assert report.unchanged >= 1 and report.added + report.unchanged == 6
         assert report.collection_count == 6
 

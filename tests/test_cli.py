@@ -170,6 +170,25 @@ def test_own_errors_lose_their_traceback_only_on_the_terminal() -> None:
     assert "Traceback" in terminal.texts[1]  # anything else is a bug: keep the traceback
 
 
+def test_a_reason_that_spans_lines_is_still_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Prefect's message for parameters it refused has a line per parameter (see
+    tests/test_run_context.py); the CLI's error stays one line."""
+    from pipelines.console import fail
+
+    message = (
+        "Validation of flow parameters failed with error: ParameterTypeError: Flow run "
+        "received invalid parameters:\n - shards: Input should be a valid integer"
+    )
+    with pytest.raises(SystemExit) as exited:
+        fail(f"the run did not finish: {message}", 1)
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "gristmill: error: the run did not finish: Validation of flow parameters failed with "
+        "error: ParameterTypeError: Flow run received invalid parameters: - shards: Input "
+        "should be a valid integer"
+    ]
+
+
 def test_a_failed_item_is_printed_once_in_words_and_piped_tables_are_plain_lines(
     tmp_path: Path,
 ) -> None:

@@ -7,6 +7,7 @@ import json
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -49,6 +50,38 @@ def test_deployment_parameters_leave_engines_to_the_worker_environment() -> None
     assert "settings" not in summarize_deployment().parameters
 
 
+JSON_TYPES = {"string", "integer", "number", "boolean", "array", "object", "null"}
+
+
+def json_able(schema: dict[str, Any]) -> bool:
+    """Whether a property's schema is plain JSON a Run form can fill in: JSON types all the way
+    down, no `$ref` to a model (Prefect's schema for Settings) and no untyped value (Any)."""
+    if "anyOf" in schema:
+        return all(json_able(option) for option in schema["anyOf"])
+    if schema.get("type") not in JSON_TYPES:
+        return False
+    if schema["type"] == "array":
+        return json_able(schema.get("items", {}))
+    if schema["type"] == "object":
+        values = schema.get("additionalProperties")
+        return isinstance(values, dict) and json_able(values)
+    return True
+
+
+@pytest.mark.parametrize("key", list(DEPLOYMENT_BUILDERS))
+def test_run_forms_show_only_json_parameters(key: str) -> None:
+    """The UI's Run form lists the schema's properties: none is an in-process object (settings,
+    an engine, a progress callback; pipelines/run_context.py carries those), all are JSON."""
+    deployment = DEPLOYMENT_BUILDERS[key]("UTC", "none")
+    properties = deployment._parameter_openapi_schema.properties
+    assert properties
+    in_process = {"settings", "engine", "embedder", "summarizer", "llm", "on_progress"}
+    assert not in_process & set(properties), key
+    for name, schema in properties.items():
+        assert json_able(schema), (key, name, schema)
+    assert json.loads(json.dumps(deployment.parameters)) == deployment.parameters
+
+
 def test_build_deployments_has_one_per_listed_pipeline_with_unique_names() -> None:
     deployments = build_deployments()
     assert len(deployments) == len(DEPLOYMENT_BUILDERS) >= 1
@@ -74,8 +107,8 @@ def test_hourly_ingestion_runs_every_hour() -> None:
 def test_batch_runs_on_demand_only() -> None:
     deployment = batch_deployment("UTC")
     assert batch_deployment in DEPLOYMENT_BUILDERS.values()
-    assert (deployment.flow_name, deployment.name) == ("process-records", "on-demand")
-    assert deployment.entrypoint == "pipelines/batch.py:process_records"
+    assert (deployment.flow_name, deployment.name) == ("batch-records", "on-demand")
+    assert deployment.entrypoint == "pipelines/batch.py:batch_records"
     assert deployment.schedules == []
     assert describe_schedule(deployment) == "on demand"
     assert set(deployment.tags) == {"gristmill", "pipeline:batch"}

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from pipelines.console import ProgressBar, _time_left
+from pipelines.run_context import run_context
 from tasks.chroma_client import open_chroma
 from tasks.documents import discover_documents
 from tasks.embeddings import LocalOnnxEmbedder, chars_per_second
@@ -201,10 +202,8 @@ def test_the_flow_moves_the_run_progress_artifact_at_most_once_a_second(
     settings = Settings(_env_file=None, data_dir=tmp_path / "data")  # type: ignore[call-arg]
     heard: list[Progress] = []
     started = time.monotonic()
-    state = ingest_documents(
-        paths=[str(docs)], collection="progress-docs", settings=settings,
-        embedder=HashEmbedder(), on_progress=heard.append, return_state=True,
-    )  # fmt: skip
+    with run_context(settings=settings, embedder=HashEmbedder(), on_progress=heard.append):
+        state = ingest_documents(paths=[str(docs)], collection="progress-docs", return_state=True)
     took = time.monotonic() - started
     assert state.is_completed()
     assert len(heard) > 12 * 3  # every batch: its texts known, embedded, done

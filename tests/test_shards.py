@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from pipelines.run_context import run_context
 from pipelines.shards import ShardProgress, row_range, shard_of
 from tasks.reporting import Progress
 from tasks.settings import Settings
@@ -98,13 +99,13 @@ def tickets(path: Path, count: int) -> Path:
 
 
 def run_batch(src: Path, out: Path, settings: Settings, **parameters: Any) -> tuple[Any, Any]:
-    from pipelines.batch import process_records
+    from pipelines.batch import batch_records
     from tasks.reporting import state_report
 
-    state = process_records(
-        input_path=str(src), output_path=str(out), settings=settings, **CLASSIFY, **parameters,
-        return_state=True,
-    )  # fmt: skip
+    with run_context(settings=settings):
+        state = batch_records(
+            input_path=str(src), output_path=str(out), **CLASSIFY, **parameters, return_state=True
+        )
     return state, state_report(state)
 
 
@@ -185,10 +186,11 @@ def test_a_sharded_summarize_writes_what_the_whole_job_writes(
     settings = Settings(data_dir=tmp_path / "data", engine="offline")
     reports = {}
     for name, shards in (("whole", 1), ("sharded", 3)):
-        state = summarize_transcripts(
-            paths=[str(transcripts)], out_dir=str(tmp_path / name), settings=settings,
-            shards=shards, return_state=True,
-        )  # fmt: skip
+        with run_context(settings=settings):
+            state = summarize_transcripts(
+                paths=[str(transcripts)], out_dir=str(tmp_path / name), shards=shards,
+                return_state=True,
+            )  # fmt: skip
         reports[name] = state_report(state)
         assert state.is_failed() and "empty.txt" in state.message
     whole, sharded = reports["whole"], reports["sharded"]
@@ -201,10 +203,11 @@ def test_a_sharded_summarize_writes_what_the_whole_job_writes(
         theirs = json.loads(path.read_text())
         assert ours["summary"] == theirs["summary"] and ours["key_points"] == theirs["key_points"]
 
-    state = summarize_transcripts(
-        paths=[str(transcripts)], out_dir=str(tmp_path / "sharded"), settings=settings,
-        shards=3, return_state=True,
-    )  # fmt: skip
+    with run_context(settings=settings):
+        state = summarize_transcripts(
+            paths=[str(transcripts)], out_dir=str(tmp_path / "sharded"), shards=3,
+            return_state=True,
+        )  # fmt: skip
     again = state_report(state)
     assert Counter(t.status for t in again.transcripts) == {"cached": 6, "failed": 1}
 
@@ -226,10 +229,11 @@ def test_a_sharded_ingest_matches_the_whole_one_and_cleans_up_once(
     embedder = HashEmbedder()
 
     def ingest(collection: str, shards: int, cleanup: str = "incremental") -> Any:
-        state = ingest_documents(
-            paths=[str(docs)], collection=collection, cleanup=cleanup, settings=settings,
-            embedder=embedder, shards=shards, return_state=True,
-        )  # fmt: skip
+        with run_context(settings=settings, embedder=embedder):
+            state = ingest_documents(
+                paths=[str(docs)], collection=collection, cleanup=cleanup, shards=shards,
+                return_state=True,
+            )  # fmt: skip
         assert state.is_completed(), state.message
         return state_report(state)
 
@@ -262,15 +266,16 @@ def test_shards_on_a_work_pool_need_a_chroma_server_and_the_shard_deployment(
     from pipelines.summarize import summarize_transcripts
 
     settings = Settings(data_dir=tmp_path / "data", work_pool="gpu-boxes", engine="offline")
-    state = ingest_documents(
-        paths=[str(tmp_path)], settings=settings, embedder=HashEmbedder(), shards=2,
-        return_state=True,
-    )  # fmt: skip
+    with run_context(settings=settings, embedder=HashEmbedder()):
+        state = ingest_documents(paths=[str(tmp_path)], shards=2, return_state=True)
     assert state.is_failed() and "GRISTMILL_CHROMA_HOST" in state.message
 
     (tmp_path / "t.txt").write_text("Ann: hello there.\nBob: hi, Ann.\n")
-    with pytest.raises(Exception, match=r"no deployment summarize-transcripts/shard"):
-        summarize_transcripts(paths=[str(tmp_path / "t.txt")], settings=settings, shards=2)
+    with (
+        run_context(settings=settings),
+        pytest.raises(Exception, match=r"no deployment summarize-transcripts/shard"),
+    ):
+        summarize_transcripts(paths=[str(tmp_path / "t.txt")], shards=2)
 
 
 def test_the_cli_refuses_shards_that_cannot_work(

@@ -148,7 +148,7 @@ def test_sharded_jobs_survive_a_worker_killed_mid_shard(
         log = server.logs / "pool.log"
         prefect_cli("work-pool", "create", POOL, "--type", "process", env=env, log=log)
         for name in (
-            "process-records/shard",
+            "batch-records/shard",
             "summarize-transcripts/shard",
             "ingest-documents/shard",
         ):

@@ -16,6 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from pydantic import SecretStr
 
+from pipelines.run_context import run_context
 from pipelines.summarize import summarize_flow_for
 from tasks.errors import RunFailed, UsageError
 from tasks.reporting import Progress, SummarizeReport, state_report
@@ -35,15 +36,21 @@ REQUIRED_FIELDS = {
 }  # fmt: skip
 
 
+def summarize(settings: Settings, **parameters: Any) -> Any:
+    """The flow on the settings' task runner, run with them (and a summariser built from them)
+    as its run context."""
+    with run_context(settings=settings):
+        return summarize_flow_for(settings)(**parameters)
+
+
 def run(
     settings: Settings, paths: list[Path], force: bool = False, out: Path | None = None
 ) -> tuple[Any, SummarizeReport]:
-    state = summarize_flow_for(settings)(
+    state = summarize(
+        settings,
         paths=[str(p) for p in paths],
         out_dir=str(out) if out else None,
         force=force,
-        settings=settings,
-        summarizer=build_summarizer(settings),
         return_state=True,
     )
     report = state_report(state)
@@ -130,7 +137,7 @@ def test_bad_inputs_fail_with_reasons_and_the_rest_proceed(data_dir: Path) -> No
     # called as a plain function (as a worker's engine does), the failed run raises an error
     # that says what failed and carries the report, and survives pickling
     with pytest.raises(RunFailed, match=r"empty\.txt") as raised:
-        summarize_flow_for(settings)(paths=[str(folder)], settings=settings)
+        summarize(settings, paths=[str(folder)])
     again = pickle.loads(pickle.dumps(raised.value))
     assert isinstance(again.report, SummarizeReport) and str(again) == str(raised.value)
     assert {t.status for t in again.report.transcripts} == {"cached", "failed"}
@@ -272,9 +279,7 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_back(data_dir: Pat
 
     # an output folder that is the input, or holds it, is refused before anything is read
     for bad in (folder, data_dir):
-        state = summarize_flow_for(settings)(
-            paths=[str(folder)], out_dir=str(bad), settings=settings, return_state=True
-        )
+        state = summarize(settings, paths=[str(folder)], out_dir=str(bad), return_state=True)
         error = state_report(state)
         assert state.is_failed() and isinstance(error, UsageError)
         assert str(error).startswith(f"the output folder {bad} ")
@@ -323,11 +328,10 @@ def test_small_transcripts_in_groups_fail_alone_and_write_what_ungrouped_runs_wr
     runs = {}
     for name, group_files in (("grouped", 4), ("alone", 1)):
         out = data_dir / name
-        state = summarize_flow_for(settings)(
+        state = summarize(
+            settings,
             paths=[str(folder)],
             out_dir=str(out),
-            settings=settings,
-            summarizer=build_summarizer(settings),
             group_files=group_files,
             return_state=True,
         )
@@ -431,10 +435,9 @@ def test_participants_and_owners_are_speakers_of_the_transcript(
             if engine == "openai"
             else Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
         )
-        state = summarize_flow_for(settings)(
+        state = summarize(
+            settings,
             paths=[str(folder)],
-            settings=settings,
-            summarizer=build_summarizer(settings),
             group_files=group_files,
             return_state=True,
         )
@@ -522,10 +525,9 @@ def test_key_points_that_repeat_the_summary_or_each_other_are_dropped(
     )
     with FakeOpenAI(api_key=KEY, responder=repeating_notes_responder) as fake:
         settings = llm_settings(data_dir, fake)
-        state = summarize_flow_for(settings)(
+        state = summarize(
+            settings,
             paths=[str(folder)],
-            settings=settings,
-            summarizer=build_summarizer(settings),
             group_files=group_files,
             return_state=True,
         )
@@ -549,13 +551,8 @@ def test_progress_counts_every_transcript_from_zero_to_the_total_and_moves_the_a
     (folder / "empty.txt").write_text("")  # fails: it counts as done too
     settings = Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
     calls: list[Progress] = []
-    state = summarize_flow_for(settings)(
-        paths=[str(folder)],
-        settings=settings,
-        summarizer=build_summarizer(settings),
-        on_progress=calls.append,
-        return_state=True,
-    )
+    with run_context(on_progress=calls.append):
+        state = summarize(settings, paths=[str(folder)], return_state=True)
     report = state_report(state)
     assert isinstance(report, SummarizeReport) and len(report.transcripts) == 4
     assert (calls[0].done, calls[-1].done) == (0, 4), calls

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class BatchReport(BaseModel):
-    """The machine-readable report of one `process_records` run."""
+    """The machine-readable report of one `batch_records` run."""
 
     input: str
     output: str
