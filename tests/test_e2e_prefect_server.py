@@ -37,7 +37,11 @@ from tests.support.prefect_server import (
     tail,
     wait_for,
 )
-from tests.support.scheduled import WORKER_SCHEDULED, scheduled_runs_completed
+from tests.support.scheduled import (
+    check_runs_page_shows,
+    check_scheduled_runs_completed,
+    scheduled_runs_completed,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -333,18 +337,10 @@ def scheduled_runs(
 def test_scheduled_runs_are_created_by_the_server_and_run_to_completion(
     scheduled_runs: dict[str, dict[str, Any]],
 ) -> None:
-    for run in scheduled_runs.values():
-        assert run["auto_scheduled"] is True
-        assert run["state"]["type"] == "COMPLETED", run["state"]
-        assert run["state"]["message"].startswith("1 transcripts: "), run["state"]
+    check_scheduled_runs_completed(scheduled_runs)
 
 
 def test_runs_page_shows_the_scheduled_runs(
     finished_runs: FinishedRuns, scheduled_runs: dict[str, dict[str, Any]], chromium: str
 ) -> None:
-    server = finished_runs.server
-    dom = browse(chromium, f"{server.url}/runs", "--dump-dom")
-    assert WORKER_SCHEDULED.split("/")[1] in dom, dom[-3000:]
-    for run in scheduled_runs.values():
-        page = browse(chromium, f"{server.url}/runs/flow-run/{run['id']}", "--dump-dom")
-        assert "Completed" in page and run["name"] in page, page[-3000:]
+    check_runs_page_shows(chromium, finished_runs.server.url, scheduled_runs)
