@@ -102,8 +102,12 @@ def run_batches(
             journaled.close()
 
 
-def killed_mid_poll(settings: Settings, job: RecordJob, rows: list[Row], output: Path) -> list[str]:
-    """A run whose batches are all created and in progress when it dies: their ids."""
+def killed_mid_poll(
+    fake: FakeOpenAI, settings: Settings, job: RecordJob, rows: list[Row], output: Path
+) -> list[str]:
+    """A run whose batches are all created and in progress (`fake` never ends them until
+    `release_batches()`) when it dies: their ids."""
+    fake.batch_polls = NEVER
 
     def die(status: str, counts: dict[str, Any]) -> None:
         raise Killed
@@ -170,8 +174,7 @@ def test_a_rerun_after_a_kill_polls_the_journaled_batches_and_sends_nothing_agai
 ) -> None:
     job, settings, rows = ticket_job(fake, tmp_path, 10, rows_per_batch=4)
     output = tmp_path / "out.jsonl"
-    fake.batch_polls = NEVER
-    first = killed_mid_poll(settings, job, rows, output)
+    first = killed_mid_poll(fake, settings, job, rows, output)
     assert len(first) == 3
     ledger = BatchLedger(BatchLedger.path_for(settings.batch_dir, output))
     assert [b.batch_id for b in ledger.batches()] == first
@@ -194,8 +197,7 @@ def test_a_journaled_batch_the_api_does_not_know_is_sent_again(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
     job, settings, rows = ticket_job(fake, tmp_path, 6, rows_per_batch=4)
-    fake.batch_polls = NEVER
-    killed_mid_poll(settings, job, rows, tmp_path / "out.jsonl")
+    killed_mid_poll(fake, settings, job, rows, tmp_path / "out.jsonl")
     fake.reset()  # another endpoint: the journaled batch ids mean nothing there
     fake.batch_polls = 1
 
@@ -209,9 +211,8 @@ def test_failed_lines_of_a_resumed_batch_are_the_only_ones_sent_again(
 ) -> None:
     job, settings, rows = ticket_job(fake, tmp_path, 8, rows_per_batch=4)
     output = tmp_path / "out.jsonl"
-    fake.batch_polls = NEVER
     fake.batch_failed_ids = {"row-2"}
-    killed_mid_poll(settings, job, rows, output)
+    killed_mid_poll(fake, settings, job, rows, output)
 
     fake.batch_failed_ids = set()
     fake.batch_polls = 1
@@ -280,8 +281,7 @@ def test_a_changed_job_cancels_the_old_live_batches_and_says_so(
     settings = settings_for(fake, tmp_path / "data", rows_per_batch=4)
     path = tickets(tmp_path / "t.csv", 10)
     output = tmp_path / "out.jsonl"
-    fake.batch_polls = NEVER
-    old = killed_mid_poll(settings, classify_job(), usable_rows(path, classify_job()), output)
+    old = killed_mid_poll(fake, settings, classify_job(), usable_rows(path, classify_job()), output)
 
     fake.batch_polls = 1
     changed = classify_job(system="Answer tersely.")

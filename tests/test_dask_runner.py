@@ -155,6 +155,14 @@ def no_server_left(tmp_path: Path) -> Iterator[None]:
 
 
 @pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """The commands' data dir (GRISTMILL_DATA_DIR), made empty."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
 def llm() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(api_key="sk-test") as server:
         yield server
@@ -235,10 +243,8 @@ def summaries(folder: Path) -> dict[str, dict[str, object]]:
 
 
 def test_summaries_on_two_dask_workers_equal_the_thread_runner(
-    tmp_path: Path, cluster: Cluster, llm: FakeOpenAI
+    tmp_path: Path, data: Path, cluster: Cluster, llm: FakeOpenAI
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
     llm.responder = meeting_notes_responder
     env = llm_env(llm)
     threads = gristmill(
@@ -288,10 +294,8 @@ def read_output(path: Path) -> list[dict[str, str]]:
 
 
 def test_batch_on_two_dask_workers_equals_the_thread_runner(
-    tmp_path: Path, cluster: Cluster, llm: FakeOpenAI
+    tmp_path: Path, data: Path, cluster: Cluster, llm: FakeOpenAI
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
     rows = tmp_path / "rows.csv"
     write_rows(rows, 120)
     env = {**llm_env(llm), "GRISTMILL_BATCH_ROWS_PER_TASK": "10"}
@@ -382,10 +386,8 @@ def journal_keys(data: Path) -> set[str]:
 
 
 def test_a_dask_worker_killed_mid_batch_costs_no_finished_call_again(
-    tmp_path: Path, cluster: Cluster, llm: FakeOpenAI
+    tmp_path: Path, data: Path, cluster: Cluster, llm: FakeOpenAI
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
     rows = tmp_path / "rows.csv"
     count = 240
     write_rows(rows, count)
@@ -438,9 +440,7 @@ def test_a_dask_worker_killed_mid_batch_costs_no_finished_call_again(
     assert {state for _, state, _ in runs} == {"Completed"}, runs
 
 
-def test_batch_on_a_local_cluster_when_no_address_is_given(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
+def test_batch_on_a_local_cluster_when_no_address_is_given(tmp_path: Path, data: Path) -> None:
     rows = tmp_path / "rows.csv"
     write_rows(rows, 30)
     options = ["--task", "summarize", "--id-column", "id", "--json"]
@@ -511,9 +511,7 @@ def test_engines_and_the_journal_cross_processes_as_their_recipe(tmp_path: Path)
     journal.close()
 
 
-def test_a_dask_address_nobody_answers_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
+def test_a_dask_address_nobody_answers_is_one_line_and_exit_2(tmp_path: Path, data: Path) -> None:
     done = gristmill(
         "summarize", str(SAMPLE_TRANSCRIPTS), "--out", str(tmp_path / "out"),
         data_dir=data,
@@ -564,10 +562,8 @@ def chunk_prompts(settings_overrides: dict[str, object]) -> dict[str, str]:
 
 
 def test_a_dask_worker_killed_mid_summary_costs_no_finished_chunk_again(
-    tmp_path: Path, cluster: Cluster, llm: FakeOpenAI
+    tmp_path: Path, data: Path, cluster: Cluster, llm: FakeOpenAI
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
     results = data / "results"
     llm.responder = meeting_notes_responder
     llm.latency = 0.3
