@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import signal
@@ -33,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.openai_server import FakeOpenAI
+from tests.support.prefect_server import user_env
+from tests.support.tables import write_csv
 
 KEY = "sk-bench-batch-api"
 REPO = Path(__file__).resolve().parents[1]
@@ -40,24 +41,17 @@ NEVER = 10**9
 
 
 def tickets(path: Path, count: int) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        writer.writerows([i, f"ticket {i}: the printer is on fire"] for i in range(count))
-    return path
+    return write_csv(path, ([i, f"ticket {i}: the printer is on fire"] for i in range(count)))
 
 
 def start(repo: Path, src: Path, out: Path, data: Path, server: FakeOpenAI) -> subprocess.Popen:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
-    env = {
-        **clean,
-        "GRISTMILL_DATA_DIR": str(data),
-        "GRISTMILL_SERVER": "ephemeral",
-        "GRISTMILL_BATCH_ROWS_PER_TASK": "100",
-        "OPENAI_BASE_URL": server.base_url,
-        "OPENAI_API_KEY": KEY,
-        "PYTHONPATH": str(repo),
-    }
+    env = user_env(
+        data,
+        GRISTMILL_BATCH_ROWS_PER_TASK="100",
+        OPENAI_BASE_URL=server.base_url,
+        OPENAI_API_KEY=KEY,
+        PYTHONPATH=str(repo),
+    )
     command = [sys.executable, "-m", "pipelines.cli", "batch", str(src), "--output", str(out)]
     command += ["--template", "Classify this ticket: {{ text }}", "--schema", "category"]
     command += ["--id-column", "id", "--mode", "batch-api", "--poll-interval", "0.2", "--json"]

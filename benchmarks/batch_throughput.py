@@ -11,7 +11,6 @@ do (batches of rows sharing one limiter), without the Prefect server.
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from tasks.batch.job import RecordJob, load_schema
 from tasks.batch.reading import iter_row_chunks, preflight
 from tasks.settings import Settings
 from tests.support.openai_server import FakeOpenAI, Fault
+from tests.support.tables import write_csv
 
 KEY = "sk-bench"
 
@@ -98,11 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     cap = args.concurrency / args.latency
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "tickets.csv"
-        with src.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "text"])
-            writer.writerows([i, f"ticket {i}: the printer is on fire"] for i in range(args.rows))
+        tickets = ([i, f"ticket {i}: the printer is on fire"] for i in range(args.rows))
+        src = write_csv(Path(tmp) / "tickets.csv", tickets)
         phases = [("no faults", 0.0), ("20% 429, Retry-After 1", 0.2)]
         print(f"cap limit: {args.concurrency} in flight / {args.latency} s = {cap:.0f} rows/s\n")
         print(

@@ -21,22 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.postgres import binaries, running_postgres
-from tests.support.prefect_server import start_gristmill_server, stop
+from tests.support.prefect_server import gristmill_server
 from tests.support.prefect_writers import count_task_runs, run_writers, server_errors, wait_recorded
 
 
 def measure(url: str | None, root: Path, name: str, writers: int, task_runs: int) -> dict[str, Any]:
-    process, server = start_gristmill_server(url, root, name)
-    try:
+    with gristmill_server(url, root, name) as server:
         done = run_writers(server.env, writers, task_runs, server.logs / "writers")
         ids = [run["flow_run_id"] for run in done.flow_runs if run.get("flow_run_id")]
         expected = writers * task_runs
         recorded, record_seconds = wait_recorded(server.api, ids, expected, timeout=600)
         total = count_task_runs(server.api, ids) if ids else 0
         errors = server_errors(server.logs / "server.log")
-    finally:
-        server.api.close()
-        stop(process)
     not_completed = sum(1 for run in done.flow_runs if run.get("state") != "COMPLETED")
     flow_seconds = [float(run["seconds"]) for run in done.flow_runs if "seconds" in run]
     return {

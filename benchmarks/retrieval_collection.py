@@ -58,6 +58,7 @@ from benchmarks.retrieval_quality import (  # noqa: E402  (the repo root is on s
     DEFAULT_DATA,
     MODEL_DIR,
     bootstrap_ci,
+    print_recall_table,
     random_hit,
 )
 
@@ -146,8 +147,7 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path, context: bool = True)
     from tasks.documents import discover_documents
     from tasks.embeddings import LocalOnnxEmbedder
     from tasks.ingestion import ingest_files
-    from tasks.lexical import open_lexical
-    from tasks.retrieval import query_chunks
+    from tasks.retrieval import open_store_for_writing, query_chunks
     from tasks.settings import Settings
     from tasks.vectorstore import ChunkStore
 
@@ -162,13 +162,7 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path, context: bool = True)
     )
     embedder = LocalOnnxEmbedder(MODEL_DIR)
     name = "qmsum-val"
-    store = ChunkStore(
-        open_chroma(settings),
-        name,
-        embedder.name,
-        embedder.dimension,
-        lexical=open_lexical(settings, name),
-    )
+    store = open_store_for_writing(settings, embedder, name)
     started = time.perf_counter()
     report = ingest_files(discover_documents([folder]), store, embedder, settings)
     ingest_s = time.perf_counter() - started
@@ -303,23 +297,13 @@ def print_context(fmt: str, margins: dict[str, Any], without: dict[str, Any]) ->
 
 
 def print_report(report: dict[str, Any]) -> None:
-    recall = report["recall"]
     print(
         f"\n{report['format']} files: {report['chunks']} chunks in one collection, "
         f"{report['queries']} queries; ingest {report['ingest_s']} s; gristmill query "
         f"{report['query_ms_median']} ms median, {report['query_ms_p95']} ms p95 (warm)\n"
     )
-    print("| retriever | recall@5 | recall@10 |")
-    print("| --- | --- | --- |")
-    for system, label in SYSTEMS.items():
-        print(f"| {label} | {recall[f'{system}@5']:.3f} | {recall[f'{system}@10']:.3f} |")
-    for base in ("candidates", "dense", "fts5", "bm25s", "random"):
-        cells = []
-        for k in KS:
-            margin = recall[f"gristmill@{k}"] - recall[f"{base}@{k}"]
-            low, high = report["margin_ci95"][f"gristmill-{base}@{k}"]
-            cells.append(f"{margin:+.3f} [{low:+.3f}, {high:+.3f}]")
-        print(f"| gristmill minus {base} (95 % paired bootstrap) | {cells[0]} | {cells[1]} |")
+    bases = ("candidates", "dense", "fts5", "bm25s", "random")
+    print_recall_table(report, SYSTEMS, bases, "gristmill minus {base}")
 
 
 def main() -> None:

@@ -246,6 +246,27 @@ def bootstrap_ci(diffs: list[float], seed: int = 0, resamples: int = 2000) -> li
     return [round(means[int(0.025 * resamples)], 3), round(means[int(0.975 * resamples) - 1], 3)]
 
 
+def print_recall_table(
+    report: dict[str, Any], labels: dict[str, str], bases: tuple[str, ...], margin: str
+) -> None:
+    """Recall@5 and @10 of each retriever in `labels` (the first is the one under test), then
+    its margin over each of `bases` with the 95 % paired-bootstrap interval (`margin` names the
+    row, `{base}` in it the base)."""
+    recall, tested = report["recall"], next(iter(labels))
+    print("| retriever | recall@5 | recall@10 |")
+    print("| --- | --- | --- |")
+    for system, label in labels.items():
+        print(f"| {label} | {recall[f'{system}@5']:.3f} | {recall[f'{system}@10']:.3f} |")
+    for base in bases:
+        cells = []
+        for k in KS:
+            difference = recall[f"{tested}@{k}"] - recall[f"{base}@{k}"]
+            low, high = report["margin_ci95"][f"{tested}-{base}@{k}"]
+            cells.append(f"{difference:+.3f} [{low:+.3f}, {high:+.3f}]")
+        row = margin.format(base=base)
+        print(f"| {row} (95 % paired bootstrap) | {cells[0]} | {cells[1]} |")
+
+
 def print_table(report: dict[str, Any]) -> None:
     print(
         f"QMSum validation: {report['meetings']} meetings, {report['queries']} specific queries "
@@ -258,21 +279,10 @@ def print_table(report: dict[str, Any]) -> None:
         f"a query's relevant spans overlap {report['relevant_share']:.1%} of its meeting's "
         f"chunks on average; ingest {report['ingest_s']} s, queries {report['query_s']} s\n"
     )
-    recall = report["recall"]
-    print("| retriever | recall@5 | recall@10 |")
-    print("| --- | --- | --- |")
     names = {"hybrid": "gristmill (`query_chunks`: MiniLM candidates + BM25, fused)",
              "dense": "MiniLM alone (top-k nearest)", "lexical": "lexical overlap",
              "random": "random chunks (expected)"}  # fmt: skip
-    for system, label in names.items():
-        print(f"| {label} | {recall[f'{system}@5']:.3f} | {recall[f'{system}@10']:.3f} |")
-    for base in ("dense", "lexical", "random"):
-        cells = []
-        for k in KS:
-            margin = recall[f"hybrid@{k}"] - recall[f"{base}@{k}"]
-            low, high = report["margin_ci95"][f"hybrid-{base}@{k}"]
-            cells.append(f"{margin:+.3f} [{low:+.3f}, {high:+.3f}]")
-        print(f"| margin vs {base} (95 % paired bootstrap) | {cells[0]} | {cells[1]} |")
+    print_recall_table(report, names, ("dense", "lexical", "random"), "margin vs {base}")
     print(
         "\n| domain | queries | gristmill @5 / @10 | MiniLM alone @5 / @10 | lexical @5 / @10 "
         "| random @5 / @10 |"

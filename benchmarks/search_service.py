@@ -44,11 +44,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks.chroma_client import open_chroma  # noqa: E402
+from benchmarks.cli_startup import wall  # noqa: E402
 from tasks.embeddings import build_embedder  # noqa: E402
-from tasks.lexical import open_lexical  # noqa: E402
+from tasks.retrieval import open_store_for_writing  # noqa: E402
 from tasks.settings import Settings  # noqa: E402
-from tasks.vectorstore import ChunkStore  # noqa: E402
+from tests.support import prefect_server  # noqa: E402
+from tests.support.chroma_process import free_port  # noqa: E402
 
 MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 COLLECTION = "bench"
@@ -106,13 +107,7 @@ def build_corpus(
     pool_texts = [chunk_text() for _ in range(POOL)]
     pool = np.asarray(embedder.embed(pool_texts), dtype=np.float32)
     generator = np.random.default_rng(seed)
-    store = ChunkStore(
-        open_chroma(settings),
-        COLLECTION,
-        embedder.name,
-        embedder.dimension,
-        lexical=open_lexical(settings, COLLECTION),
-    )
+    store = open_store_for_writing(settings, embedder)
     for start in range(0, size, WRITE_BATCH):
         count = min(WRITE_BATCH, size - start)
         texts = [chunk_text() for _ in range(count)]
@@ -134,22 +129,10 @@ def build_corpus(
 
 
 def user_env(data_dir: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
-    return {
-        **clean,
-        "GRISTMILL_DATA_DIR": str(data_dir),
-        "GRISTMILL_MODEL_DIR": str(MODEL_DIR),
-        "GRISTMILL_COLLECTION": COLLECTION,
-        "GRISTMILL_SERVER": "ephemeral",
-    }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A user's environment (`prefect_server.user_env`) on the built collection."""
+    return prefect_server.user_env(
+        data_dir, GRISTMILL_MODEL_DIR=str(MODEL_DIR), GRISTMILL_COLLECTION=COLLECTION
+    )
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -236,15 +219,6 @@ def warm_latency(data_dir: Path, queries: list[str]) -> dict[str, float]:
     for name, values in parts.items():
         figures[f"part {name} p50"] = 1000 * percentile(values, 0.5)
     return figures
-
-
-def wall(command: list[str], env: dict[str, str]) -> float:
-    started = time.monotonic()
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    elapsed = time.monotonic() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr}")
-    return elapsed
 
 
 def cold_query(data_dir: Path, text: str, runs: int) -> tuple[list[float], list[float]]:

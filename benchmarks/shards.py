@@ -22,7 +22,6 @@ workers and global limit; needs nothing else. Both parts take a few minutes.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -51,12 +50,12 @@ def serve(latency: float, queue: Any, stop: Any) -> None:
 
 
 def write_rows(path: Path, rows: int) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        for i in range(rows):
-            writer.writerow([i, f"ticket {i}: the printer on floor {i % 40} is jammed again"])
-    return path
+    from tests.support.tables import write_csv
+
+    tickets = (
+        [i, f"ticket {i}: the printer on floor {i % 40} is jammed again"] for i in range(rows)
+    )
+    return write_csv(path, tickets)
 
 
 def run(command: list[str], env: dict[str, str], log: Path) -> tuple[float, dict[str, Any]]:
@@ -101,7 +100,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from tests.support.prefect_server import prefect_server_process, start, stop
+    from tests.support.prefect_server import prefect_server_process, stop
 
     root = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     cap = CAP_IN_FLIGHT / args.latency
@@ -160,14 +159,7 @@ def main() -> None:
             "GRISTMILL_BATCH_GLOBAL_LIMIT": "bench-llm",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
         }
-        workers = [
-            start(
-                [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gristmill"],
-                pool_env,
-                root / f"worker-{n}.log",
-            )
-            for n in (1, 2)
-        ]
+        workers = start_workers(pool_env, root, "worker")
         try:
             time.sleep(5)  # both workers polling
             wall, report = batch("pool.csv", "--shards", "2", environment=pool_env)
@@ -177,14 +169,7 @@ def main() -> None:
                     stop(worker)
                 pool_env.pop("GRISTMILL_BATCH_GLOBAL_LIMIT")
                 pool_env["GRISTMILL_DATA_DIR"] = str(root / "data-pool-nolimit.csv")
-                workers = [
-                    start(
-                        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gristmill"],
-                        pool_env,
-                        root / f"worker-nolimit-{n}.log",
-                    )
-                    for n in (1, 2)
-                ]
+                workers = start_workers(pool_env, root, "worker-nolimit")
                 time.sleep(5)
                 wall, report = batch("pool-nolimit.csv", "--shards", "2", environment=pool_env)
                 results["two_workers_x16_pool_without_global_limit"] = summary(wall, report, cap)
@@ -201,6 +186,14 @@ def main() -> None:
     results["server"] = queue.get(timeout=30)
     fake.join(10)
     print(json.dumps(results, indent=2))
+
+
+def start_workers(env: dict[str, str], logs: Path, name: str) -> list[subprocess.Popen]:
+    """Two process workers polling the `gristmill` pool, logging to `logs/{name}-{1,2}.log`."""
+    from tests.support.prefect_server import start
+
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gristmill"]
+    return [start(command, env, logs / f"{name}-{n}.log") for n in (1, 2)]
 
 
 def overhead(rows: int, root: Path, batch: Any, results: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from pydantic import SecretStr
 
 from tasks.errors import ConfigurationError, LLMError
-from tasks.llm import Usage, llm_error, openai_client
+from tasks.llm import Usage, configured_client, llm_error
 from tasks.model_files import MODEL_FILE, TOKENIZER_FILE, missing_files, provision_embedding_model
 from tasks.portable import make_portable, portable_reduce
 
@@ -253,14 +253,12 @@ class OpenAIEmbedder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIEmbedder:
-
-        if not (settings.openai_api_key or settings.openai_base_url):
-            raise ConfigurationError(
-                "the openai embedder needs an endpoint",
-                hint="set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server), "
-                "or GRISTMILL_EMBEDDING_ENGINE=local",
-            )
-        client = openai_client(settings)
+        client = configured_client(
+            settings,
+            "the openai embedder",
+            hint="set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server), "
+            "or GRISTMILL_EMBEDDING_ENGINE=local",
+        )
         embedder = cls(
             client,
             settings.embedding_model,

@@ -191,6 +191,14 @@ def openai_client(settings: Settings, *, max_retries: int | None = None) -> open
     )
 
 
+def configured_client(settings: Settings, what: str, hint: str) -> openai.OpenAI:
+    """`openai_client` for `what` (the engine or embedder that calls it); a ConfigurationError
+    with `hint` when neither a key nor a base URL says where the endpoint is."""
+    if not (settings.openai_api_key or settings.openai_base_url):
+        raise ConfigurationError(f"{what} needs an endpoint", hint=hint)
+    return openai_client(settings)
+
+
 def llm_error(
     exc: Exception, what: str, attempts: int, secrets: tuple[SecretStr | None, ...] = ()
 ) -> LLMError:
@@ -246,13 +254,11 @@ class OpenAILLM:
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAILLM:
         """Build the client from settings; a local endpoint may need no key."""
-
-        if not (settings.openai_api_key or settings.openai_base_url):
-            raise ConfigurationError(
-                "the openai engine needs an endpoint",
-                hint="set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server)",
-            )
-        client = openai_client(settings)
+        client = configured_client(
+            settings,
+            "the openai engine",
+            hint="set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server)",
+        )
         llm = cls(
             client,
             settings.llm_model,

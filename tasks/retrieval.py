@@ -1,4 +1,5 @@
-"""Search an ingested collection: the ranking `gristmill query` prints and `ask` answers from.
+"""Search an ingested collection: the ranking `gristmill query` prints and `ask` answers from
+(and the collection opened for writing, as ingest and the benchmarks that fill it open it).
 
 Plain functions without Prefect, so a search does not pay for importing it.
 """
@@ -41,6 +42,21 @@ def open_store(
     store.lexical = open_lexical(settings, name)
     store.sync_lexical()
     return store
+
+
+def open_store_for_writing(
+    settings: Settings, embedder: Embedder, collection: str | None = None
+) -> ChunkStore:
+    """The collection as ingest writes it: made if missing, its lexical index written in the
+    same calls as Chroma (`tasks.lexical`), so the later searches find what was written."""
+    name = collection or settings.collection
+    return ChunkStore(
+        open_chroma(settings),
+        name,
+        embedder.name,
+        embedder.dimension,
+        lexical=open_lexical(settings, name),
+    )
 
 
 def query_chunks(

@@ -6,7 +6,6 @@ Against the local HTTP server speaking the Files and Batch endpoints (tests/supp
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -25,9 +24,12 @@ from tasks.batch.engines.batch_api import BatchAPIEngine
 from tasks.batch.job import RecordJob, load_schema
 from tasks.batch.journal import BatchLedger, RowJournal, SubmittedBatch
 from tasks.batch.reading import Row, iter_row_chunks, preflight
+from tasks.batch.results import RowResult
 from tasks.settings import Settings
 from tests.conftest import REPO
 from tests.support.openai_server import FakeOpenAI
+from tests.support.prefect_server import user_env
+from tests.support.tables import write_csv
 
 KEY = "sk-test-batch-resume-0123456789"
 TEMPLATE = "Classify this ticket: {{ text }}"
@@ -46,13 +48,9 @@ def fake() -> Iterator[FakeOpenAI]:
 
 
 def tickets(path: Path, count: int) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        writer.writerows(
-            [i, f"ticket {i}: the printer on floor {i} is on fire"] for i in range(count)
-        )
-    return path
+    return write_csv(
+        path, ([i, f"ticket {i}: the printer on floor {i} is on fire"] for i in range(count))
+    )
 
 
 def classify_job(**overrides: Any) -> RecordJob:
@@ -80,8 +78,36 @@ def usable_rows(path: Path, job: RecordJob) -> list[Row]:
     return [row for chunk in chunks for row in chunk if row.problem is None]
 
 
-def killed_mid_poll(settings: Settings, job: RecordJob, rows: list[Row], output: Path) -> list[str]:
-    """A run whose batches are all created and in progress when it dies: their ids."""
+def ticket_job(
+    fake: FakeOpenAI, tmp_path: Path, count: int, rows_per_batch: int
+) -> tuple[RecordJob, Settings, list[Row]]:
+    """The classify job, its settings on `fake` and `count` ticket rows to send."""
+    job = classify_job()
+    settings = settings_for(fake, tmp_path / "data", rows_per_batch)
+    return job, settings, usable_rows(tickets(tmp_path / "t.csv", count), job)
+
+
+def run_batches(
+    settings: Settings, job: RecordJob, rows: list[Row], journal: bool = False, **options: Any
+) -> tuple[BatchAPIEngine, list[RowResult]]:
+    """`rows` through a Batch API engine polling every 10 ms (`options` for the engine), with
+    the job's row journal when `journal`: the engine, closed, and the results."""
+    engine = BatchAPIEngine.from_settings(settings, job, poll_interval_s=0.01, **options)
+    journaled = RowJournal.for_job(settings.batch_dir, job) if journal else None
+    try:
+        return engine, run_row_batch(rows, engine, journaled)
+    finally:
+        engine.close()
+        if journaled is not None:
+            journaled.close()
+
+
+def killed_mid_poll(
+    fake: FakeOpenAI, settings: Settings, job: RecordJob, rows: list[Row], output: Path
+) -> list[str]:
+    """A run whose batches are all created and in progress (`fake` never ends them until
+    `release_batches()`) when it dies: their ids."""
+    fake.batch_polls = NEVER
 
     def die(status: str, counts: dict[str, Any]) -> None:
         raise Killed
@@ -113,12 +139,8 @@ def created(server: FakeOpenAI) -> list[str]:
 def test_all_batches_are_created_before_the_first_one_ends(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
-    job = classify_job()
-    settings = settings_for(fake, tmp_path / "data", rows_per_batch=5)
-    rows = usable_rows(tickets(tmp_path / "t.csv", 32), job)
-    engine = BatchAPIEngine.from_settings(settings, job, poll_interval_s=0.01)
-    results = run_row_batch(rows, engine, None)
-    engine.close()
+    job, settings, rows = ticket_job(fake, tmp_path, 32, rows_per_batch=5)
+    _, results = run_batches(settings, job, rows)
 
     assert [r.status for r in results] == ["ok"] * 32
     events = [event for _, event, _ in fake.batch_events]
@@ -134,9 +156,7 @@ def test_the_enqueued_token_limit_paces_the_batches_without_failing_rows(
     rows = usable_rows(tickets(tmp_path / "t.csv", 30), job)
     for attempt, rounds in (("unlimited", 3), ("limited", 1)):
         settings = settings_for(fake, tmp_path / attempt, rows_per_batch=5)
-        engine = BatchAPIEngine.from_settings(settings, job, poll_interval_s=0.01, rounds=rounds)
-        results = run_row_batch(rows, engine, None)
-        engine.close()
+        _, results = run_batches(settings, job, rows, rounds=rounds)
         assert [r.status for r in results] == ["ok"] * 30, attempt  # in one round when limited
         if attempt == "unlimited":
             room = int(2.5 * max(fake.batch_tokens.values()))  # two batches fit, three do not
@@ -152,12 +172,9 @@ def test_the_enqueued_token_limit_paces_the_batches_without_failing_rows(
 def test_a_rerun_after_a_kill_polls_the_journaled_batches_and_sends_nothing_again(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
-    job = classify_job()
-    settings = settings_for(fake, tmp_path / "data", rows_per_batch=4)
-    rows = usable_rows(tickets(tmp_path / "t.csv", 10), job)
+    job, settings, rows = ticket_job(fake, tmp_path, 10, rows_per_batch=4)
     output = tmp_path / "out.jsonl"
-    fake.batch_polls = NEVER
-    first = killed_mid_poll(settings, job, rows, output)
+    first = killed_mid_poll(fake, settings, job, rows, output)
     assert len(first) == 3
     ledger = BatchLedger(BatchLedger.path_for(settings.batch_dir, output))
     assert [b.batch_id for b in ledger.batches()] == first
@@ -168,11 +185,7 @@ def test_a_rerun_after_a_kill_polls_the_journaled_batches_and_sends_nothing_agai
 
     fake.release_batches()
     uploads = len(fake.files)
-    engine = BatchAPIEngine.from_settings(settings, job, output=output, poll_interval_s=0.01)
-    journal = RowJournal.for_job(settings.batch_dir, job)
-    results = run_row_batch(rows, engine, journal)
-    engine.close()
-    journal.close()
+    engine, results = run_batches(settings, job, rows, journal=True, output=output)
 
     assert [r.status for r in results] == ["ok"] * 10
     assert engine.batches == [] and engine.resumed == first
@@ -183,19 +196,12 @@ def test_a_rerun_after_a_kill_polls_the_journaled_batches_and_sends_nothing_agai
 def test_a_journaled_batch_the_api_does_not_know_is_sent_again(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
-    job = classify_job()
-    settings = settings_for(fake, tmp_path / "data", rows_per_batch=4)
-    rows = usable_rows(tickets(tmp_path / "t.csv", 6), job)
-    fake.batch_polls = NEVER
-    killed_mid_poll(settings, job, rows, tmp_path / "out.jsonl")
+    job, settings, rows = ticket_job(fake, tmp_path, 6, rows_per_batch=4)
+    killed_mid_poll(fake, settings, job, rows, tmp_path / "out.jsonl")
     fake.reset()  # another endpoint: the journaled batch ids mean nothing there
     fake.batch_polls = 1
 
-    engine = BatchAPIEngine.from_settings(
-        settings, job, output=tmp_path / "out.jsonl", poll_interval_s=0.01, rounds=1
-    )
-    results = run_row_batch(rows, engine, None)
-    engine.close()
+    engine, results = run_batches(settings, job, rows, output=tmp_path / "out.jsonl", rounds=1)
     assert [r.status for r in results] == ["ok"] * 6
     assert len(engine.batches) == 2 and fake.batch_lines == 6
 
@@ -203,20 +209,15 @@ def test_a_journaled_batch_the_api_does_not_know_is_sent_again(
 def test_failed_lines_of_a_resumed_batch_are_the_only_ones_sent_again(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
-    job = classify_job()
-    settings = settings_for(fake, tmp_path / "data", rows_per_batch=4)
-    rows = usable_rows(tickets(tmp_path / "t.csv", 8), job)
+    job, settings, rows = ticket_job(fake, tmp_path, 8, rows_per_batch=4)
     output = tmp_path / "out.jsonl"
-    fake.batch_polls = NEVER
     fake.batch_failed_ids = {"row-2"}
-    killed_mid_poll(settings, job, rows, output)
+    killed_mid_poll(fake, settings, job, rows, output)
 
     fake.batch_failed_ids = set()
     fake.batch_polls = 1
     fake.release_batches()
-    engine = BatchAPIEngine.from_settings(settings, job, output=output, poll_interval_s=0.01)
-    results = run_row_batch(rows, engine, None)
-    engine.close()
+    engine, results = run_batches(settings, job, rows, output=output)
 
     assert [r.status for r in results] == ["ok"] * 8
     assert len(engine.batches) == 1  # round 2: the failed line alone
@@ -230,9 +231,7 @@ def test_a_batch_created_but_not_yet_recorded_when_the_run_died_is_found_and_res
 ) -> None:
     import openai
 
-    job = classify_job()
-    settings = settings_for(fake, tmp_path / "data", rows_per_batch=10)
-    rows = usable_rows(tickets(tmp_path / "t.csv", 6), job)
+    job, settings, rows = ticket_job(fake, tmp_path, 6, rows_per_batch=10)
     output = tmp_path / "out.jsonl"
     client = openai.OpenAI(base_url=fake.base_url, api_key=KEY)
     lines = "".join(
@@ -266,9 +265,7 @@ def test_a_batch_created_but_not_yet_recorded_when_the_run_died_is_found_and_res
     )
     client.close()
 
-    engine = BatchAPIEngine.from_settings(settings, job, output=output, poll_interval_s=0.01)
-    results = run_row_batch(rows, engine, None)
-    engine.close()
+    engine, results = run_batches(settings, job, rows, output=output)
 
     assert [r.status for r in results] == ["ok"] * 6
     assert engine.batches == [] and engine.resumed == [orphan.id]
@@ -284,14 +281,11 @@ def test_a_changed_job_cancels_the_old_live_batches_and_says_so(
     settings = settings_for(fake, tmp_path / "data", rows_per_batch=4)
     path = tickets(tmp_path / "t.csv", 10)
     output = tmp_path / "out.jsonl"
-    fake.batch_polls = NEVER
-    old = killed_mid_poll(settings, classify_job(), usable_rows(path, classify_job()), output)
+    old = killed_mid_poll(fake, settings, classify_job(), usable_rows(path, classify_job()), output)
 
     fake.batch_polls = 1
     changed = classify_job(system="Answer tersely.")
-    engine = BatchAPIEngine.from_settings(settings, changed, output=output, poll_interval_s=0.01)
-    results = run_row_batch(usable_rows(path, changed), engine, None)
-    engine.close()
+    engine, results = run_batches(settings, changed, usable_rows(path, changed), output=output)
 
     assert [r.status for r in results] == ["ok"] * 10
     cancels = [batch_id for _, event, batch_id in fake.batch_events if event == "cancel"]
@@ -299,9 +293,7 @@ def test_a_changed_job_cancels_the_old_live_batches_and_says_so(
     assert any("job changed" in notice and "cancelled 3" in notice for notice in engine.notices)
     assert fake.batch_lines == 10  # the old batches never ran
 
-    again = BatchAPIEngine.from_settings(settings, changed, output=output, poll_interval_s=0.01)
-    run_row_batch(usable_rows(path, changed), again, None)
-    again.close()
+    again, _ = run_batches(settings, changed, usable_rows(path, changed), output=output)
     assert again.cancelled == []  # the ledger knows they ended: not asked twice
 
 
@@ -313,15 +305,12 @@ def gristmill_batch(
 ) -> subprocess.Popen[bytes]:
     """`gristmill batch --mode batch-api` as a user runs it, in a session of its own (its
     temporary Prefect server too), so a kill reaches every process it started."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
-    env = {
-        **clean,
-        "GRISTMILL_DATA_DIR": str(data_dir),
-        "GRISTMILL_SERVER": "ephemeral",
-        "GRISTMILL_BATCH_ROWS_PER_TASK": "10",
-        "OPENAI_BASE_URL": server.base_url,
-        "OPENAI_API_KEY": KEY,
-    }
+    env = user_env(
+        data_dir,
+        GRISTMILL_BATCH_ROWS_PER_TASK="10",
+        OPENAI_BASE_URL=server.base_url,
+        OPENAI_API_KEY=KEY,
+    )
     command = [sys.executable, "-m", "pipelines.cli", "batch", str(src), "--output", str(out)]
     command += ["--template", TEMPLATE, "--schema", "category,priority:int", "--id-column", "id"]
     command += ["--mode", "batch-api", "--poll-interval", "0.2", "--json"]
@@ -345,6 +334,13 @@ def session_gone(pgid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def kill_session(process: subprocess.Popen[bytes]) -> None:
+    """kill -9 the command's session (it and its Prefect server) unless it has ended."""
+    if not session_gone(process.pid):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
 
 
 def submitted_batches(data_dir: Path) -> list[str]:
@@ -376,9 +372,7 @@ def test_kill_9_mid_poll_then_the_same_command_runs_each_line_once(
             f"five batches submitted and in progress ({log.read_text()[-2000:]})",
         )
     finally:
-        if not session_gone(first.pid):
-            os.killpg(first.pid, signal.SIGKILL)  # kill -9, the run and its Prefect server
-        first.wait(30)
+        kill_session(first)
     wait_for(lambda: session_gone(first.pid), 30, "the killed run's processes to go")
     assert first.returncode == -signal.SIGKILL
     assert not out.exists()
@@ -389,9 +383,7 @@ def test_kill_9_mid_poll_then_the_same_command_runs_each_line_once(
     try:
         assert second.wait(240) == 0, log.read_text()[-3000:]
     finally:
-        if not session_gone(second.pid):
-            os.killpg(second.pid, signal.SIGKILL)
-        second.wait(30)
+        kill_session(second)
 
     fake.run_open_batches()  # whatever a client left behind runs on the server anyway
     assert fake.batch_lines == rows  # each line run once, not 2 x rows

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from tasks.batch.reading import iter_row_chunks, preflight
 from tasks.errors import ConfigurationError
 from tasks.settings import Settings
 from tests.support.openai_server import FakeOpenAI
+from tests.support.tables import write_csv
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -45,11 +45,7 @@ def settings_for(server: FakeOpenAI, data_dir: Path, **extra: Any) -> Settings:
 
 
 def rows(tmp_path: Path, count: int) -> list[Any]:
-    src = tmp_path / "rows.csv"
-    with src.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        writer.writerows([i, f"row {i}"] for i in range(count))
+    src = write_csv(tmp_path / "rows.csv", ([i, f"row {i}"] for i in range(count)))
     return [r for chunk in iter_row_chunks(preflight(src, JOB), JOB, 1000) for r in chunk]
 
 

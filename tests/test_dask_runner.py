@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from pipelines.server import STATE_FILE, stop
 from tests.conftest import REPO, SAMPLE_TRANSCRIPTS
 from tests.support.openai_server import FakeOpenAI, last_user_text
 from tests.support.responders import meeting_notes_responder
+from tests.support.tables import write_csv
 
 pytestmark = pytest.mark.slow
 
@@ -153,6 +155,14 @@ def no_server_left(tmp_path: Path) -> Iterator[None]:
 
 
 @pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """The commands' data dir (GRISTMILL_DATA_DIR), made empty."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
 def llm() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(api_key="sk-test") as server:
         yield server
@@ -233,10 +243,8 @@ def summaries(folder: Path) -> dict[str, dict[str, object]]:
 
 
 def test_summaries_on_two_dask_workers_equal_the_thread_runner(
-    tmp_path: Path, cluster: Cluster, llm: FakeOpenAI
+    tmp_path: Path, data: Path, cluster: Cluster, llm: FakeOpenAI
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
     llm.responder = meeting_notes_responder
     env = llm_env(llm)
     threads = gristmill(
@@ -277,10 +285,7 @@ def test_summaries_on_two_dask_workers_equal_the_thread_runner(
 
 
 def write_rows(path: Path, count: int) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        writer.writerows([f"r{i:04d}", f"row {i} on topic {i % 7}"] for i in range(count))
+    write_csv(path, ([f"r{i:04d}", f"row {i} on topic {i % 7}"] for i in range(count)))
 
 
 def read_output(path: Path) -> list[dict[str, str]]:
@@ -289,10 +294,8 @@ def read_output(path: Path) -> list[dict[str, str]]:
 
 
 def test_batch_on_two_dask_workers_equals_the_thread_runner(
-    tmp_path: Path, cluster: Cluster, llm: FakeOpenAI
+    tmp_path: Path, data: Path, cluster: Cluster, llm: FakeOpenAI
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
     rows = tmp_path / "rows.csv"
     write_rows(rows, 120)
     env = {**llm_env(llm), "GRISTMILL_BATCH_ROWS_PER_TASK": "10"}
@@ -324,6 +327,51 @@ def test_batch_on_two_dask_workers_equals_the_thread_runner(
     assert sum(len(tasks) for tasks in ran.values()) == 12
 
 
+def run_killing_worker_w1(
+    command: list[str],
+    tmp_path: Path,
+    env: dict[str, str],
+    cluster: Cluster,
+    finished: Callable[[], set[str]],
+    enough: int,
+) -> tuple[set[str], dict[str, Any]]:
+    """`command` (with `--json`, data in tmp_path/data, a kept server) run to success while
+    worker w1 is killed with SIGKILL once `finished()` holds `enough` items: what was finished
+    at the kill, and the command's report."""
+    data = tmp_path / "data"
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        run = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=clean_env(**{"GRISTMILL_DATA_DIR": str(data), "GRISTMILL_SERVER": "auto", **env}),
+            stdout=out,
+            stderr=err,
+            text=True,
+        )
+        try:
+            wait_until(lambda: len(finished()) >= enough, f"{enough} finished", timeout=240)
+            victim = cluster.workers["w1"]
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait(timeout=10)
+            finished_before_kill = finished()
+            run.wait(timeout=300)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert run.returncode == 0, stderr.read_text()[-3000:]
+    return finished_before_kill, json.loads(stdout.read_text())
+
+
+def asked_prompts(llm: FakeOpenAI) -> Counter[str]:
+    """How many times each user prompt was sent to the chat endpoint."""
+    return Counter(
+        last_user_text(r.body)
+        for r in llm.requests
+        if r.path.endswith("/chat/completions") and isinstance(r.body, dict)
+    )
+
+
 def journal_keys(data: Path) -> set[str]:
     keys = set()
     for path in (data / "batch").rglob("*.jsonl"):
@@ -338,10 +386,8 @@ def journal_keys(data: Path) -> set[str]:
 
 
 def test_a_dask_worker_killed_mid_batch_costs_no_finished_call_again(
-    tmp_path: Path, cluster: Cluster, llm: FakeOpenAI
+    tmp_path: Path, data: Path, cluster: Cluster, llm: FakeOpenAI
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
     rows = tmp_path / "rows.csv"
     count = 240
     write_rows(rows, count)
@@ -355,38 +401,15 @@ def test_a_dask_worker_killed_mid_batch_costs_no_finished_call_again(
     output = tmp_path / "out.csv"
     command = [sys.executable, "-m", "pipelines.cli", "batch", str(rows), "--output", str(output)]
     command += ["--template", "Name a colour for: {{ text }}", "--id-column", "id", "--json"]
-    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with stdout.open("w") as out, stderr.open("w") as err:
-        run = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=clean_env(GRISTMILL_DATA_DIR=str(data), GRISTMILL_SERVER="auto", **env),
-            stdout=out,
-            stderr=err,
-            text=True,
-        )
-        try:
-            wait_until(lambda: len(journal_keys(data)) >= 40, "40 rows journaled", timeout=240)
-            victim = cluster.workers["w1"]
-            os.kill(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=10)
-            finished_before_kill = journal_keys(data)
-            run.wait(timeout=300)
-        finally:
-            if run.poll() is None:
-                run.kill()
-    assert run.returncode == 0, stderr.read_text()[-3000:]
-    report = json.loads(stdout.read_text())
+    finished_before_kill, report = run_killing_worker_w1(
+        command, tmp_path, env, cluster, lambda: journal_keys(data), 40
+    )
     assert (report["ok"], report["failed"]) == (count, 0)
     written = read_output(output)
     assert [r["id"] for r in written] == [f"r{i:04d}" for i in range(count)]
     assert {r["status"] for r in written} == {"ok"}
 
-    asked = Counter(
-        last_user_text(r.body)
-        for r in llm.requests
-        if r.path.endswith("/chat/completions") and isinstance(r.body, dict)
-    )
+    asked = asked_prompts(llm)
     assert set(asked) == {f"Name a colour for: row {i} on topic {i % 7}" for i in range(count)}
     from tasks.batch.plan import record_job
     from tasks.settings import Settings
@@ -417,9 +440,7 @@ def test_a_dask_worker_killed_mid_batch_costs_no_finished_call_again(
     assert {state for _, state, _ in runs} == {"Completed"}, runs
 
 
-def test_batch_on_a_local_cluster_when_no_address_is_given(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
+def test_batch_on_a_local_cluster_when_no_address_is_given(tmp_path: Path, data: Path) -> None:
     rows = tmp_path / "rows.csv"
     write_rows(rows, 30)
     options = ["--task", "summarize", "--id-column", "id", "--json"]
@@ -490,9 +511,7 @@ def test_engines_and_the_journal_cross_processes_as_their_recipe(tmp_path: Path)
     journal.close()
 
 
-def test_a_dask_address_nobody_answers_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
+def test_a_dask_address_nobody_answers_is_one_line_and_exit_2(tmp_path: Path, data: Path) -> None:
     done = gristmill(
         "summarize", str(SAMPLE_TRANSCRIPTS), "--out", str(tmp_path / "out"),
         data_dir=data,
@@ -543,10 +562,8 @@ def chunk_prompts(settings_overrides: dict[str, object]) -> dict[str, str]:
 
 
 def test_a_dask_worker_killed_mid_summary_costs_no_finished_chunk_again(
-    tmp_path: Path, cluster: Cluster, llm: FakeOpenAI
+    tmp_path: Path, data: Path, cluster: Cluster, llm: FakeOpenAI
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
     results = data / "results"
     llm.responder = meeting_notes_responder
     llm.latency = 0.3
@@ -572,36 +589,11 @@ def test_a_dask_worker_killed_mid_summary_costs_no_finished_chunk_again(
 
     command = [sys.executable, "-m", "pipelines.cli", "summarize", str(SAMPLE_TRANSCRIPTS)]
     command += ["--out", str(tmp_path / "out"), "--json"]
-    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with stdout.open("w") as out, stderr.open("w") as err:
-        run = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=clean_env(**{"GRISTMILL_DATA_DIR": str(data), "GRISTMILL_SERVER": "auto", **env}),
-            stdout=out,
-            stderr=err,
-            text=True,
-        )
-        try:
-            wait_until(lambda: len(stored()) >= 8, "8 chunks summarised", timeout=240)
-            victim = cluster.workers["w1"]
-            os.kill(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=10)
-            finished_before_kill = stored()
-            run.wait(timeout=300)
-        finally:
-            if run.poll() is None:
-                run.kill()
-    assert run.returncode == 0, stderr.read_text()[-3000:]
-    report = json.loads(stdout.read_text())
+    finished_before_kill, report = run_killing_worker_w1(command, tmp_path, env, cluster, stored, 8)
     assert len(report["transcripts"]) == 6
     assert {t["status"] for t in report["transcripts"]} == {"ok"}, report["transcripts"]
 
-    asked = Counter(
-        last_user_text(r.body)
-        for r in llm.requests
-        if r.path.endswith("/chat/completions") and isinstance(r.body, dict)
-    )
+    asked = asked_prompts(llm)
     assert set(prompts.values()) <= set(asked)
     finished = {prompts[key] for key in finished_before_kill if key in prompts}
     assert len(finished) >= 8

@@ -15,12 +15,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from tests.support.browser import browse
 from tests.support.postgres import PostgresCluster
 from tests.support.prefect_server import (
     PrefectServer,
-    start_gristmill_server,
-    stop,
+    gristmill_server,
     tail,
 )
 from tests.support.prefect_writers import (
@@ -30,7 +28,11 @@ from tests.support.prefect_writers import (
     server_errors,
     wait_recorded,
 )
-from tests.support.scheduled import WORKER_SCHEDULED, scheduled_runs_completed
+from tests.support.scheduled import (
+    check_runs_page_shows,
+    check_scheduled_runs_completed,
+    scheduled_runs_completed,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -49,12 +51,8 @@ def database(postgres_cluster: PostgresCluster) -> str:
 
 @pytest.fixture(scope="module")
 def pg_server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    process, server = start_gristmill_server(database, tmp_path_factory.mktemp("pg"), "first")
-    try:
+    with gristmill_server(database, tmp_path_factory.mktemp("pg"), "first") as server:
         yield server
-    finally:
-        server.api.close()
-        stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -105,20 +103,13 @@ def scheduled_runs(
 def test_a_schedule_fires_on_postgres_and_serve_and_a_worker_complete_the_runs(
     scheduled_runs: dict[str, dict[str, Any]],
 ) -> None:
-    for run in scheduled_runs.values():
-        assert run["auto_scheduled"] is True
-        assert run["state"]["type"] == "COMPLETED", run["state"]
-        assert run["state"]["message"].startswith("1 transcripts: "), run["state"]
+    check_scheduled_runs_completed(scheduled_runs)
 
 
 def test_runs_page_on_postgres_shows_the_scheduled_runs(
     pg_server: PrefectServer, scheduled_runs: dict[str, dict[str, Any]], chromium: str
 ) -> None:
-    dom = browse(chromium, f"{pg_server.url}/runs", "--dump-dom")
-    assert WORKER_SCHEDULED.split("/")[1] in dom, dom[-3000:]
-    for run in scheduled_runs.values():
-        page = browse(chromium, f"{pg_server.url}/runs/flow-run/{run['id']}", "--dump-dom")
-        assert "Completed" in page and run["name"] in page, page[-3000:]
+    check_runs_page_shows(chromium, pg_server.url, scheduled_runs)
 
 
 def test_four_writers_at_once_get_no_503_and_every_task_run_is_recorded(
@@ -145,13 +136,9 @@ def test_history_is_in_postgres_a_second_server_without_migrations_sees_it(
 ) -> None:
     """An extra replica: another data dir and port, `--no-migrate`, the same database."""
     root = tmp_path_factory.mktemp("replica")
-    process, replica = start_gristmill_server(database, root, "replica", "--no-migrate")
-    try:
+    with gristmill_server(database, root, "replica", "--no-migrate") as replica:
         for run in writers.flow_runs:
             found = replica.get(f"/flow_runs/{run['flow_run_id']}")
             assert found["state"]["type"] == "COMPLETED"
             assert found["flow_id"] == pg_server.get(f"/flow_runs/{run['flow_run_id']}")["flow_id"]
         assert not (root / "replica-data" / "prefect" / "prefect.db").exists()
-    finally:
-        replica.api.close()
-        stop(process)

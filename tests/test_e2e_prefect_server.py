@@ -37,7 +37,11 @@ from tests.support.prefect_server import (
     tail,
     wait_for,
 )
-from tests.support.scheduled import WORKER_SCHEDULED, scheduled_runs_completed
+from tests.support.scheduled import (
+    check_runs_page_shows,
+    check_scheduled_runs_completed,
+    scheduled_runs_completed,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -162,10 +166,17 @@ def artifact_of(server: PrefectServer, run: dict[str, Any], key: str) -> dict[st
     return mine[0]
 
 
+def ended(run: dict[str, Any] | None, state: str, name: str) -> dict[str, Any]:
+    """`run`, checked to be there, named `name` and ended in `state`."""
+    assert run is not None
+    assert run["state"]["type"] == state, run["state"]
+    assert run["name"] == name
+    return run
+
+
 def test_summarize_run_completes_with_task_runs_and_report(finished_runs: FinishedRuns) -> None:
-    server, run = finished_runs.server, finished_runs.good
-    assert run["state"]["type"] == "COMPLETED", run["state"]
-    assert run["name"] == "summarize transcripts"
+    server = finished_runs.server
+    run = ended(finished_runs.good, "COMPLETED", "summarize transcripts")
     assert run["state"]["message"].startswith("2 transcripts: 2 summarised")
 
     task_runs = task_runs_of(server, run)
@@ -185,9 +196,7 @@ def test_summarize_run_completes_with_task_runs_and_report(finished_runs: Finish
 
 
 def test_empty_transcript_fails_with_its_reason_in_the_state(finished_runs: FinishedRuns) -> None:
-    run = finished_runs.bad
-    assert run["state"]["type"] == "FAILED", run["state"]
-    assert run["name"] == "summarize empty.txt"
+    run = ended(finished_runs.bad, "FAILED", "summarize empty.txt")
     message = run["state"]["message"]
     assert "1 failed" in message
     assert "empty.txt: file is empty" in message
@@ -197,10 +206,8 @@ def test_empty_transcript_fails_with_its_reason_in_the_state(finished_runs: Fini
 def test_ingest_run_completes_with_every_sample_document_and_report(
     finished_runs: FinishedRuns,
 ) -> None:
-    server, run = finished_runs.server, finished_runs.ingest
-    assert run is not None
-    assert run["state"]["type"] == "COMPLETED", run["state"]
-    assert run["name"] == "ingest documents"
+    server = finished_runs.server
+    run = ended(finished_runs.ingest, "COMPLETED", "ingest documents")
     documents = sum(1 for path in SAMPLE_DOCUMENTS.rglob("*") if path.is_file())
     assert run["state"]["message"].startswith(f"{documents} added, 0 updated"), run["state"]
     assert "0 quarantined" in run["state"]["message"]
@@ -219,10 +226,8 @@ def test_ingest_run_completes_with_every_sample_document_and_report(
 def test_batch_run_from_the_deployment_defaults_classifies_every_ticket(
     finished_runs: FinishedRuns,
 ) -> None:
-    server, run = finished_runs.server, finished_runs.batch
-    assert run is not None
-    assert run["state"]["type"] == "COMPLETED", run["state"]
-    assert run["name"] == "batch support-tickets.csv"
+    server = finished_runs.server
+    run = ended(finished_runs.batch, "COMPLETED", "batch support-tickets.csv")
     assert run["state"]["message"] == "60 rows: 60 ok (0 reused), 0 failed, 0 invalid input"
     assert {"pipeline:batch", "engine:offline-embedding"} <= set(run["tags"])
 
@@ -360,18 +365,10 @@ def scheduled_runs(
 def test_scheduled_runs_are_created_by_the_server_and_run_to_completion(
     scheduled_runs: dict[str, dict[str, Any]],
 ) -> None:
-    for run in scheduled_runs.values():
-        assert run["auto_scheduled"] is True
-        assert run["state"]["type"] == "COMPLETED", run["state"]
-        assert run["state"]["message"].startswith("1 transcripts: "), run["state"]
+    check_scheduled_runs_completed(scheduled_runs)
 
 
 def test_runs_page_shows_the_scheduled_runs(
     finished_runs: FinishedRuns, scheduled_runs: dict[str, dict[str, Any]], chromium: str
 ) -> None:
-    server = finished_runs.server
-    dom = browse(chromium, f"{server.url}/runs", "--dump-dom")
-    assert WORKER_SCHEDULED.split("/")[1] in dom, dom[-3000:]
-    for run in scheduled_runs.values():
-        page = browse(chromium, f"{server.url}/runs/flow-run/{run['id']}", "--dump-dom")
-        assert "Completed" in page and run["name"] in page, page[-3000:]
+    check_runs_page_shows(chromium, finished_runs.server.url, scheduled_runs)

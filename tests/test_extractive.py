@@ -265,12 +265,7 @@ def test_coverage_ranking_skips_what_is_said_and_takes_one_per_group() -> None:
 
 
 MANY_TOPICS = [
-    "the remote control needs a larger battery compartment and rubber buttons",
-    "marketing research shows young customers want a fancy look and feel",
-    "the budget allows twelve euros fifty per unit including the case",
-    "speech recognition is too expensive for the first version of the product",
-    "the industrial designer proposed a curved case made of soft plastic",
-    "the project manager will report the decisions to management next week",
+    *TOPICS,
     "the company logo and colours must be visible on the front cover",
     "teletext is outdated because most people browse news on the internet",
     "a scroll wheel would replace the channel buttons on the side",

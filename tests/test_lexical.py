@@ -12,8 +12,8 @@ import pytest
 
 from tasks.chroma_client import open_chroma
 from tasks.hybrid import candidate_count
-from tasks.lexical import LexicalIndex, lexical_path, open_lexical, query_terms
-from tasks.retrieval import open_store, query_chunks
+from tasks.lexical import LexicalIndex, lexical_path, query_terms
+from tasks.retrieval import open_store, open_store_for_writing, query_chunks
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore
 from tests.support.embedders import HashEmbedder
@@ -35,15 +35,7 @@ def add(store: ChunkStore, embedder: HashEmbedder, source: str, texts: list[str]
 
 @pytest.fixture
 def store(tmp_path: Path) -> ChunkStore:
-    settings = settings_for(tmp_path)
-    embedder = HashEmbedder()
-    return ChunkStore(
-        open_chroma(settings),
-        "docs",
-        embedder.name,
-        embedder.dimension,
-        lexical=open_lexical(settings, "docs"),
-    )
+    return open_store_for_writing(settings_for(tmp_path), HashEmbedder(), "docs")
 
 
 def test_writes_and_deletes_follow_the_collection(store: ChunkStore) -> None:
@@ -149,7 +141,7 @@ def test_the_context_line_is_indexed_and_rebuilt_from_chroma_but_not_stored_as_t
 ) -> None:
     settings = settings_for(tmp_path)
     embedder = HashEmbedder()
-    store = open_store_for_writing(settings, embedder)
+    store = open_store_for_writing(settings, embedder, "docs")
     text = "Alice: the dock charges the remote overnight."
     store.upsert(
         ["kickoff#0"],
@@ -169,13 +161,3 @@ def test_the_context_line_is_indexed_and_rebuilt_from_chroma_but_not_stored_as_t
     assert [i for i, _ in reading.lexical.search("review", 5)] == ["kickoff#0"]
     assert reading.lexical.search("budget", 5)[0][0] in {"kickoff#0", "other.md#0"}
     assert len(reading.lexical.search("budget", 5)) == 2
-
-
-def open_store_for_writing(settings: Settings, embedder: HashEmbedder) -> ChunkStore:
-    return ChunkStore(
-        open_chroma(settings),
-        "docs",
-        embedder.name,
-        embedder.dimension,
-        lexical=open_lexical(settings, "docs"),
-    )

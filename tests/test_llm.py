@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import openai
 import pytest
@@ -13,15 +12,12 @@ from tasks.errors import LLMError, OutputValidationError
 from tasks.llm import OpenAILLM, generate_structured, strict_json_schema
 from tasks.settings import ModelPrice, Settings
 from tasks.summaries import MeetingNotes
-from tests.support.openai_server import FakeOpenAI, Fault
+from tests.support.openai_server import FakeOpenAI, Fault, module_server
 
 KEY = "sk-test-very-secret-key-1234567890"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(api_key=KEY) as fake:
-        yield fake
+server = module_server(KEY)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import csv
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ import pytest
 from tests.conftest import REPO
 from tests.support.openai_server import FakeOpenAI
 from tests.support.postgres import PostgresCluster
-from tests.support.prefect_server import PrefectServer, start_gristmill_server, stop, tail
+from tests.support.prefect_server import PrefectServer, tail
+from tests.support.tables import write_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -25,29 +25,13 @@ KEY = "sk-test-restart-secret-0123456789"
 ROWS = 60
 
 
-@pytest.fixture(scope="module")
-def server(
-    postgres_cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrefectServer]:
-    url = postgres_cluster.create_database("restart")
-    process, prefect = start_gristmill_server(url, tmp_path_factory.mktemp("restart"), "restart")
-    try:
-        yield prefect
-    finally:
-        prefect.api.close()
-        stop(process)
-
-
 def test_a_job_survives_postgres_restarting_or_says_why_and_a_rerun_finishes_it(
-    server: PrefectServer, postgres_cluster: PostgresCluster, tmp_path: Path
+    prefect_on_postgres: PrefectServer, postgres_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
-    src = tmp_path / "tickets.csv"
-    with src.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        writer.writerows(
-            [i, f"ticket {i}: the badge reader on door {i} is dead"] for i in range(ROWS)
-        )
+    src = write_csv(
+        tmp_path / "tickets.csv",
+        ([i, f"ticket {i}: the badge reader on door {i} is dead"] for i in range(ROWS)),
+    )
     out = tmp_path / "out.csv"
     command = [
         sys.executable, "-m", "pipelines.cli", "batch", str(src), "-o", str(out),
@@ -57,7 +41,7 @@ def test_a_job_survives_postgres_restarting_or_says_why_and_a_rerun_finishes_it(
     with FakeOpenAI(api_key=KEY) as fake:
         fake.latency = 0.5  # 60 rows, 2 in flight: ~15 s of work
         env = {
-            **server.env,
+            **prefect_on_postgres.env,
             "GRISTMILL_DATA_DIR": str(tmp_path / "data"),
             "OPENAI_BASE_URL": fake.base_url,
             "OPENAI_API_KEY": KEY,
@@ -97,5 +81,5 @@ def test_a_job_survives_postgres_restarting_or_says_why_and_a_rerun_finishes_it(
     assert [r["id"] for r in rows] == [str(i) for i in range(ROWS)]
     assert {r["status"] for r in rows} == {"ok"}
     # the run history survived the restart too
-    runs = server.post("/flow_runs/filter", {"limit": 50})
+    runs = prefect_on_postgres.post("/flow_runs/filter", {"limit": 50})
     assert sum(r["name"].startswith("batch tickets") for r in runs) == 2

@@ -6,7 +6,6 @@ clients (httpx; the `mcp` client session over stdio and streamable HTTP). Their 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,13 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tasks.chroma_client import open_chroma
 from tasks.documents import discover_documents
 from tasks.ingestion import ingest_files
-from tasks.lexical import open_lexical
+from tasks.retrieval import open_store_for_writing
 from tasks.settings import Settings
-from tasks.vectorstore import ChunkStore
 from tests.conftest import REPO
+from tests.support import prefect_server
 from tests.support.chroma_process import free_port
 from tests.support.embedders import HashEmbedder
 
@@ -55,13 +53,7 @@ def ingest(data_dir: Path, embedder: Any = None) -> Settings:
         from tasks.embeddings import build_embedder
 
         embedder = build_embedder(settings)
-    store = ChunkStore(
-        open_chroma(settings),
-        COLLECTION,
-        embedder.name,
-        embedder.dimension,
-        lexical=open_lexical(settings, COLLECTION),
-    )
+    store = open_store_for_writing(settings, embedder)
     report = ingest_files(discover_documents([docs]), store, embedder, settings)
     assert report.added == len(DOCUMENTS)
     return settings
@@ -80,16 +72,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def user_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """A user's environment: none of this process's PREFECT_/GRISTMILL_ settings."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
-    return {
-        **clean,
-        "GRISTMILL_DATA_DIR": str(data_dir),
-        "GRISTMILL_MODEL_DIR": str(MODEL_DIR),
-        "GRISTMILL_COLLECTION": COLLECTION,
-        "GRISTMILL_SERVER": "ephemeral",
-        **extra,
-    }
+    """A user's environment (`prefect_server.user_env`) on this module's corpus."""
+    return prefect_server.user_env(
+        data_dir, GRISTMILL_MODEL_DIR=str(MODEL_DIR), GRISTMILL_COLLECTION=COLLECTION, **extra
+    )
 
 
 def gristmill(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.server import alive
 from tests.conftest import REPO
 from tests.support.chroma_process import free_port
+from tests.support.prefect_server import clean_env
 
 pytestmark = pytest.mark.slow
 
@@ -53,14 +55,6 @@ def port_free(port: int) -> bool:
     return True
 
 
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def until(what: str, check: object, seconds: float, log: Path) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -72,10 +66,7 @@ def until(what: str, check: object, seconds: float, log: Path) -> None:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))
-    }
-    return {**environment, "GRISTMILL_DATA_DIR": str(tmp_path / "data")}
+    return {**clean_env(), "GRISTMILL_DATA_DIR": str(tmp_path / "data")}
 
 
 @pytest.fixture
@@ -101,7 +92,7 @@ def started(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Po
         state = Path(env["GRISTMILL_DATA_DIR"]) / "prefect" / "server.json"
         if state.is_file():  # never leave a Prefect server behind, whatever failed
             child = json.loads(state.read_text())["child"]
-            if not gone(child):
+            if alive(child):
                 os.kill(child, signal.SIGKILL)
 
 
@@ -121,7 +112,7 @@ def test_kill_of_gristmill_server_stops_its_prefect_child_and_frees_the_port(
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     until("port free", lambda: port_free(port), 10, tmp_path / "server.log")
-    assert gone(child)
+    assert not alive(child)
     assert not state.exists()
 
 

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,17 @@ from tasks.model_files import missing_files
 from tests.conftest import REPO
 from tests.support.chroma_process import chroma_server
 from tests.support.openai_server import FakeOpenAI, default_responder
-from tests.support.postgres import PostgresCluster
 from tests.support.prefect_server import (
     PrefectServer,
     prefect_cli,
     start,
-    start_gristmill_server,
     stop,
     tail,
     wait_for,
 )
+from tests.support.processes import descendants
 from tests.support.responders import meeting_notes_responder
+from tests.support.tables import write_csv
 
 MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 pytestmark = [
@@ -49,39 +48,6 @@ ROWS = 48
 POOL = "gristmill"  # the pool prefect.yaml deploys to
 
 
-@pytest.fixture(scope="module")
-def server(
-    postgres_cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrefectServer]:
-    """`gristmill server` on a database of the session's real PostgreSQL."""
-    url = postgres_cluster.create_database("shards")
-    process, prefect = start_gristmill_server(url, tmp_path_factory.mktemp("pool"), "pool")
-    try:
-        yield prefect
-    finally:
-        prefect.api.close()
-        stop(process)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process under `pid` (from /proc), children first."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def responder(request: dict[str, Any]) -> str:
     """Meeting notes for the summariser's prompts, schema instances for the batch rows."""
     text = json.dumps(request.get("messages", []))
@@ -91,13 +57,10 @@ def responder(request: dict[str, Any]) -> str:
 
 def inputs(root: Path) -> tuple[Path, Path, Path]:
     """A table of ROWS tickets, 8 transcripts of several chunks, 12 documents."""
-    tickets = root / "tickets.csv"
-    with tickets.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "text"])
-        writer.writerows(
-            [i, f"ticket {i}: the printer on floor {i} is jammed"] for i in range(ROWS)
-        )
+    tickets = write_csv(
+        root / "tickets.csv",
+        ([i, f"ticket {i}: the printer on floor {i} is jammed"] for i in range(ROWS)),
+    )
     transcripts = root / "transcripts"
     transcripts.mkdir()
     for n in range(8):
@@ -119,7 +82,7 @@ def inputs(root: Path) -> tuple[Path, Path, Path]:
 
 @pytest.mark.timeout(900)
 def test_sharded_jobs_survive_a_worker_killed_mid_shard(
-    server: PrefectServer, tmp_path: Path
+    prefect_on_postgres: PrefectServer, tmp_path: Path
 ) -> None:
     data = tmp_path / "shared-data"  # the one data dir every worker sees
     tickets, transcripts, documents = inputs(tmp_path)
@@ -130,7 +93,7 @@ def test_sharded_jobs_survive_a_worker_killed_mid_shard(
     ):
         fake.latency = 1.0  # a shard of 16 rows, 2 in flight: ~8 s, long enough to be cut
         env = {
-            **server.env,
+            **prefect_on_postgres.env,
             "GRISTMILL_DATA_DIR": str(data),
             "GRISTMILL_MODEL_DIR": str(MODEL_DIR),
             "GRISTMILL_CHROMA_HOST": chroma.host,
@@ -145,7 +108,7 @@ def test_sharded_jobs_survive_a_worker_killed_mid_shard(
             "GRISTMILL_BATCH_ROWS_PER_TASK": "2",
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
         }
-        log = server.logs / "pool.log"
+        log = prefect_on_postgres.logs / "pool.log"
         prefect_cli("work-pool", "create", POOL, "--type", "process", env=env, log=log)
         for name in (
             "batch-records/shard",
@@ -157,7 +120,7 @@ def test_sharded_jobs_survive_a_worker_killed_mid_shard(
             start(
                 [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
                 {**env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
-                server.logs / f"worker-{n}.log",
+                prefect_on_postgres.logs / f"worker-{n}.log",
             )
             for n in (1, 2)
         ]
@@ -182,13 +145,13 @@ def test_sharded_jobs_survive_a_worker_killed_mid_shard(
 
         def why() -> str:
             logs = [f"{n}.log" for n in commands] + ["worker-1.log", "worker-2.log", "server.log"]
-            return "\n".join(f"--- {n}\n{tail(server.logs / n, 30)}" for n in logs)
+            return "\n".join(f"--- {n}\n{tail(prefect_on_postgres.logs / n, 30)}" for n in logs)
 
         parents: dict[str, subprocess.Popen[bytes]] = {}
         try:
             for name, command in commands.items():
                 with (
-                    (server.logs / f"{name}.log").open("wb") as err,
+                    (prefect_on_postgres.logs / f"{name}.log").open("wb") as err,
                     (tmp_path / f"{name}.json").open("wb") as report,
                 ):
                     parents[name] = subprocess.Popen(
@@ -238,11 +201,11 @@ def test_sharded_jobs_survive_a_worker_killed_mid_shard(
     assert paid_twice <= in_flight, (paid_twice, in_flight)
 
     # the server shows the parents with their shards, the killed ones Crashed and run again
-    runs = server.post(
+    runs = prefect_on_postgres.post(
         "/flow_runs/filter", {"flow_runs": {"tags": {"all_": ["gristmill-shard"]}}, "limit": 200}
     )
     states = Counter(r["state"]["type"] for r in runs)
     assert states["COMPLETED"] == 3 + 3 + 2 and states["CRASHED"] >= 1, states
     assert all(r["parent_task_run_id"] for r in runs)
-    logs = "".join(p.read_text(errors="replace") for p in server.logs.glob("*.log"))
+    logs = "".join(p.read_text(errors="replace") for p in prefect_on_postgres.logs.glob("*.log"))
     assert KEY not in logs

@@ -16,6 +16,8 @@ from tasks.transcripts import (
     FORMATS,
     GROUP_CHARS,
     SUPPORTED_SUFFIXES,
+    TURN_LIST_KEYS,
+    Transcript,
     Utterance,
     discover_transcripts,
     parse_transcript,
@@ -31,6 +33,13 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
     else:
         path.write_bytes(content)
     return path
+
+
+def parse_file(tmp_path: Path, name: str, content: str, fmt: str) -> Transcript:
+    """`content` written as file `name` and parsed; checked to be read as format `fmt`."""
+    transcript = parse_transcript(write(tmp_path, name, content))
+    assert transcript.format == fmt
+    return transcript
 
 
 def turns(utterances: list[Utterance]) -> list[tuple[str | None, str]]:
@@ -82,8 +91,7 @@ def test_speaker_lines_with_continuations_and_timestamps(tmp_path: Path) -> None
         "Mary van Dyke: fine\n"
         "Note: not a speaker, continues Mary.\n"
     )
-    transcript = parse_transcript(write(tmp_path, "meeting.txt", content))
-    assert transcript.format == "speaker"
+    transcript = parse_file(tmp_path, "meeting.txt", content, "speaker")
     assert turns(transcript.utterances) == [
         (None, "Meeting about the roadmap"),
         ("Alice", "Hello everyone, thanks for coming. and welcome."),
@@ -124,8 +132,7 @@ def test_markdown_strips_headings_bold_and_bullets(tmp_path: Path) -> None:
         "## Part two\n\n"
         "Unlabelled paragraph after a heading.\n"
     )
-    transcript = parse_transcript(write(tmp_path, "sync.md", content))
-    assert transcript.format == "markdown"
+    transcript = parse_file(tmp_path, "sync.md", content, "markdown")
     assert turns(transcript.utterances) == [
         ("Alice", "Let's start."),
         ("Bob", "Sure thing."),
@@ -173,8 +180,7 @@ intro
 
 
 def test_vtt_voices_tags_notes_and_merging(tmp_path: Path) -> None:
-    transcript = parse_transcript(write(tmp_path, "call.vtt", VTT))
-    assert transcript.format == "vtt"
+    transcript = parse_file(tmp_path, "call.vtt", VTT, "vtt")
     assert turns(transcript.utterances) == [
         ("Alice", "Hello there, how are you?"),
         ("Bob Smith", "Fine & you?"),
@@ -233,8 +239,7 @@ def test_srt_numbers_labels_tags_and_sloppy_blocks(tmp_path: Path) -> None:
         "text after a stray blank line\r\n\r\n"
         "4\r\n01:00:00,000 --> 01:00:01,000\r\nALICE: Bye\r\n"
     )
-    transcript = parse_transcript(write(tmp_path, "talk.srt", content))
-    assert transcript.format == "srt"
+    transcript = parse_file(tmp_path, "talk.srt", content, "srt")
     assert turns(transcript.utterances) == [
         ("ALICE", "Hi there."),
         ("BOB", "Yo man text after a stray blank line"),
@@ -315,8 +320,7 @@ def test_captions_with_no_usable_cue_fail_with_the_malformed_lines(tmp_path: Pat
     ],
 )
 def test_txt_content_overrides_the_extension(tmp_path: Path, content: str, fmt: str) -> None:
-    transcript = parse_transcript(write(tmp_path, "export.txt", content))
-    assert transcript.format == fmt
+    transcript = parse_file(tmp_path, "export.txt", content, fmt)
     assert turns(transcript.utterances) == [(None, "Hello.")]
 
 
@@ -337,8 +341,7 @@ def test_whisper_segments(tmp_path: Path) -> None:
             {"id": 3, "start": 6.0, "end": 7.0, "text": " Indeed."},
         ],
     }
-    transcript = parse_transcript(write(tmp_path, "audio.json", json.dumps(data)))
-    assert transcript.format == "whisper"
+    transcript = parse_file(tmp_path, "audio.json", json.dumps(data), "whisper")
     assert turns(transcript.utterances) == [
         ("SPEAKER_00", "Hello there."),
         ("SPEAKER_01", "General Kenobi."),
@@ -376,8 +379,7 @@ def test_json_list_of_turns(tmp_path: Path) -> None:
         {"speaker": "Eve", "text": None},
         "A bare string turn",
     ]
-    transcript = parse_transcript(write(tmp_path, "turns.json", json.dumps(data)))
-    assert transcript.format == "json"
+    transcript = parse_file(tmp_path, "turns.json", json.dumps(data), "json")
     assert turns(transcript.utterances) == [
         ("Alice", "Hi there"),
         ("Bob", "Hello"),
@@ -391,18 +393,7 @@ def test_json_list_of_turns(tmp_path: Path) -> None:
     assert_contiguous(transcript.utterances)
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        "turns",
-        "utterances",
-        "transcript",
-        "meeting_transcripts",
-        "messages",
-        "segments",
-        "dialogue",
-    ],
-)
+@pytest.mark.parametrize("key", TURN_LIST_KEYS)
 def test_json_object_holding_turns(key: str) -> None:
     data = {"meta": {"id": 1}, key: [{"speaker": "A", "text": "one"}, {"role": "B", "text": "two"}]}
     assert turns(parse_transcript_text(json.dumps(data), "json")) == [("A", "one"), ("B", "two")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -16,14 +18,26 @@ def settle_known_rows(
 ) -> tuple[dict[int, RowResult], list[Row]]:
     """The results known without the engine, by row number (kept from the previous output, or
     `invalid_input`), and the rows left to send."""
+
+    def known(row: Row) -> RowResult | None:
+        kept = previous.take(row) if previous is not None else None
+        if kept is None and row.problem is not None:
+            return invalid_result(row)
+        return kept
+
+    return split_known(rows, known)
+
+
+def split_known(
+    rows: list[Row], known: Callable[[Row], RowResult | None]
+) -> tuple[dict[int, RowResult], list[Row]]:
+    """The rows `known` has a result for (the results by row number) and the rest, in order."""
     results: dict[int, RowResult] = {}
     todo: list[Row] = []
     for row in rows:
-        kept = previous.take(row) if previous is not None else None
-        if kept is not None:
-            results[row.number] = kept
-        elif row.problem is not None:
-            results[row.number] = invalid_result(row)
+        result = known(row)
+        if result is not None:
+            results[row.number] = result
         else:
             todo.append(row)
     return results, todo
@@ -33,14 +47,7 @@ def run_row_batch(
     rows: list[Row], engine: RowEngine, journal: RowJournal | None
 ) -> list[RowResult]:
     """Results for a batch of usable rows: journal hits reused, the rest sent to the engine."""
-    results: dict[int, RowResult] = {}
-    todo: list[Row] = []
-    for row in rows:
-        hit = journal.get(row) if journal is not None else None
-        if hit is not None:
-            results[row.number] = hit
-        else:
-            todo.append(row)
+    results, todo = split_known(rows, journal.get if journal is not None else lambda row: None)
 
     def done(row: Row, result: RowResult) -> None:
         if journal is not None:

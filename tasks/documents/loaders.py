@@ -284,15 +284,10 @@ def _is_json_transcript(raw: bytes) -> bool:
         return _is_turn_list(data)
     if not isinstance(data, dict):
         return False
-    segments = data.get("segments")
-    if (
-        isinstance(segments, list)
-        and segments
-        and all(isinstance(s, dict) and "start" in s and "text" in s for s in segments)
-    ):
-        return True
-    from tasks.transcripts import TURN_LIST_KEYS
+    from tasks.transcripts.formats.json_turns import TURN_LIST_KEYS, whisper_segments
 
+    if whisper_segments(data) is not None:
+        return True
     # The summariser reads the first non-empty list under these keys: judge that one.
     lists = (data[k] for k in TURN_LIST_KEYS if isinstance(data.get(k), list) and data[k])
     return _is_turn_list(next(lists, None))

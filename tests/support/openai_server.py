@@ -28,7 +28,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -792,6 +792,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.app.verbose:
             super().log_message(format, *args)
+
+
+def module_server(key: str) -> Any:
+    """A module-scoped pytest fixture: one server accepting `key` for a whole test module,
+    started once (assign it to the fixture's name: `server = module_server(KEY)`)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def server() -> Iterator[FakeOpenAI]:
+        with FakeOpenAI(api_key=key) as fake:
+            yield fake
+
+    return server
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.prefect_server import PrefectServer, gristmill_server
+
 SUPERUSER = "postgres"
 OS_USER = "postgres"
 
@@ -159,3 +161,17 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     """One real PostgreSQL for the test session; each test makes its own database in it."""
     with running_postgres(postgres_binaries_or_skip()) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def prefect_on_postgres(
+    postgres_cluster: PostgresCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[PrefectServer]:
+    """`gristmill server` on a new database of the session's PostgreSQL, one per test module
+    (the database named after the module)."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    url = postgres_cluster.create_database(name)
+    with gristmill_server(url, tmp_path_factory.mktemp(name), name) as server:
+        yield server

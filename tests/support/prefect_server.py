@@ -38,6 +38,17 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
 
 
+def user_env(data_dir: Path, **values: str) -> dict[str, str]:
+    """The environment of a user's `gristmill` command: none of this process's settings, the
+    data dir given, a temporary Prefect server of the command's own, then `values`."""
+    return {
+        **clean_env(),
+        "GRISTMILL_DATA_DIR": str(data_dir),
+        "GRISTMILL_SERVER": "ephemeral",
+        **values,
+    }
+
+
 T = TypeVar("T")
 
 
@@ -154,11 +165,13 @@ def completed_scheduled_run(server: PrefectServer, deployment: str) -> dict[str,
     return dict(done[0]) if done else None
 
 
-def start_gristmill_server(
+@contextlib.contextmanager
+def gristmill_server(
     url: str | None, root: Path, name: str, *extra: str
-) -> tuple[subprocess.Popen[bytes], PrefectServer]:
+) -> Iterator[PrefectServer]:
     """`gristmill server` (on database `url`, else SQLite in its data dir) with its own data
-    dir under `root`, a fast scheduler and every 503 logged; once it is healthy."""
+    dir under `root`, a fast scheduler and every 503 logged; once it is healthy, until the end
+    of the `with` block."""
     logs = root / f"{name}-logs"
     logs.mkdir(parents=True)
     port = free_port()
@@ -174,17 +187,29 @@ def start_gristmill_server(
     database = ["--database-url", url] if url else []
     process = start([*command, *database, *extra], env, logs / "server.log")
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=30)
+    try:
+        wait_healthy(process, api, logs / "server.log", 180)
+        server_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+        yield PrefectServer(f"http://127.0.0.1:{port}", server_env, logs, api)
+    finally:
+        api.close()
+        stop(process)
+
+
+def wait_healthy(
+    process: subprocess.Popen[bytes], api: httpx.Client, log: Path, timeout: float
+) -> None:
+    """Poll the server's /health until it answers 200; fail with its log's tail when it exits
+    or `timeout` seconds pass."""
 
     def healthy() -> bool | None:
-        assert process.poll() is None, f"the server exited:\n{tail(logs / 'server.log')}"
+        assert process.poll() is None, f"the server exited:\n{tail(log)}"
         try:
             return api.get("/health").status_code == 200 or None
         except httpx.TransportError:
             return None
 
-    wait_for("server health", healthy, 180, lambda: tail(logs / "server.log"))
-    server_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    return process, PrefectServer(f"http://127.0.0.1:{port}", server_env, logs, api)
+    wait_for("server health", healthy, timeout, lambda: tail(log))
 
 
 @contextlib.contextmanager
@@ -208,16 +233,8 @@ def prefect_server_process(root: Path, **extra_env: str) -> Iterator[PrefectServ
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     server = start([*command, "--port", str(port)], env, logs / "server.log")
     api = httpx.Client(base_url=f"{url}/api", timeout=30)
-
-    def healthy() -> bool | None:
-        assert server.poll() is None, f"the server exited:\n{tail(logs / 'server.log')}"
-        try:
-            return api.get("/health").status_code == 200 or None
-        except httpx.TransportError:
-            return None
-
     try:
-        wait_for("server health", healthy, 120, lambda: tail(logs / "server.log"))
+        wait_healthy(server, api, logs / "server.log", 120)
         yield PrefectServer(
             url=url, env={**env, "PREFECT_API_URL": f"{url}/api"}, logs=logs, api=api
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import SAMPLE_TRANSCRIPTS
+from tests.support.browser import browse
 from tests.support.prefect_server import (
     PrefectServer,
     completed_scheduled_run,
@@ -98,3 +99,20 @@ def scheduled_runs_completed(
     finally:
         stop(serving)
         stop(worker)
+
+
+def check_scheduled_runs_completed(runs: dict[str, dict[str, Any]]) -> None:
+    """Each run was created by the server's scheduler and summarised its transcript."""
+    for run in runs.values():
+        assert run["auto_scheduled"] is True
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+        assert run["state"]["message"].startswith("1 transcripts: "), run["state"]
+
+
+def check_runs_page_shows(chromium: str, server_url: str, runs: dict[str, dict[str, Any]]) -> None:
+    """The UI's Runs page lists the worker's deployment, and each run's page shows it Completed."""
+    dom = browse(chromium, f"{server_url}/runs", "--dump-dom")
+    assert WORKER_SCHEDULED.split("/")[1] in dom, dom[-3000:]
+    for run in runs.values():
+        page = browse(chromium, f"{server_url}/runs/flow-run/{run['id']}", "--dump-dom")
+        assert "Completed" in page and run["name"] in page, page[-3000:]

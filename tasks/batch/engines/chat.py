@@ -183,15 +183,10 @@ class ChatRowEngine:
                     raw = self.client.post("/chat/completions", cast_to=bytes, body=body)
                     reply = json.loads(raw)
                 except ValueError:
-                    if faults >= self.transport_retries:
-                        raise LLMError(
-                            f"LLM endpoint answered with a body that is not JSON "
-                            f"({faults + 1} attempts)",
-                            transient=True,
-                            attempts=faults + 1,
-                        ) from None
                     faults += 1
-                    delay = _backoff(faults)
+                    delay = self._backoff_or_give_up(
+                        faults, "LLM endpoint answered with a body that is not JSON"
+                    )
                 except openai.APIStatusError as exc:
                     status = exc.status_code
                     if status == 429:
@@ -218,22 +213,20 @@ class ChatRowEngine:
                     faults += 1
                     delay = _backoff(faults)
                 except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                    if faults >= self.transport_retries:
-                        what = (
-                            "timed out"
-                            if isinstance(exc, openai.APITimeoutError)
-                            else "could not reach the endpoint"
-                        )
-                        raise LLMError(
-                            f"LLM request {what} ({faults + 1} attempts)",
-                            transient=True,
-                            attempts=faults + 1,
-                        ) from None
                     faults += 1
-                    delay = _backoff(faults)
+                    timed_out = isinstance(exc, openai.APITimeoutError)
+                    what = "timed out" if timed_out else "could not reach the endpoint"
+                    delay = self._backoff_or_give_up(faults, f"LLM request {what}")
                 else:
                     return self._answer(reply, messages, slot)
             time.sleep(delay)
+
+    def _backoff_or_give_up(self, faults: int, failure: str) -> float:
+        """The pause before the next attempt after `faults` transient faults in a row, or, once
+        the transport retries are spent, the LLMError saying `failure` and the attempts made."""
+        if faults > self.transport_retries:
+            raise LLMError(f"{failure} ({faults} attempts)", transient=True, attempts=faults)
+        return _backoff(faults)
 
     def _answer(self, reply: Any, messages: list[Any], slot: Slot) -> Completion:
         """The reply as a `Completion`; the limiter charged the tokens it really took."""

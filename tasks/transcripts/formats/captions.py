@@ -13,8 +13,8 @@ from tasks.transcripts.formats.turns import (
     GROUP_CHARS,
     MAX_WARNINGS,
     Turn,
-    collapse_spaces,
     parse_seconds,
+    spoken,
 )
 
 CUE_TIMING = re.compile(rf"(?P<start>{CUE_TS})\s*-->\s*(?P<end>{CUE_TS})(?:\s.*)?")
@@ -180,10 +180,7 @@ def caption_turns(cues: list[_Cue]) -> list[Turn]:
 def _merge_turns(turns: list[Turn]) -> list[Turn]:
     """Merge consecutive turns of one speaker while the text stays within `GROUP_CHARS`."""
     merged: list[Turn] = []
-    for turn in turns:
-        text = collapse_spaces(turn.text)
-        if not text:
-            continue
+    for turn, text in spoken(turns):
         last = merged[-1] if merged else None
         if last and last.speaker == turn.speaker and len(last.text) + 1 + len(text) <= GROUP_CHARS:
             last.text += " " + text

@@ -45,17 +45,26 @@ def json_turns(text: str) -> tuple[str, list[Turn]]:
     return found
 
 
-def _json_shape(data: object, path: str, depth: int = 0) -> tuple[str, list[Turn]] | None:
-    if isinstance(data, list):
-        return "json", _json_list(data, path)
-    if not isinstance(data, dict):
-        return None
+def whisper_segments(data: dict[str, object]) -> list[object] | None:
+    """The `segments` of Whisper output (a non-empty list, each with a start and a text), if
+    `data` is one; the document loader asks the same question to tell a transcript from records."""
     segments = data.get("segments")
     if (
         isinstance(segments, list)
         and segments
         and all(isinstance(s, dict) and "text" in s and "start" in s for s in segments)
     ):
+        return segments
+    return None
+
+
+def _json_shape(data: object, path: str, depth: int = 0) -> tuple[str, list[Turn]] | None:
+    if isinstance(data, list):
+        return "json", _json_list(data, path)
+    if not isinstance(data, dict):
+        return None
+    segments = whisper_segments(data)
+    if segments is not None:
         return "whisper", _json_list(segments, f"{path}segments")
     empty = False
     for key in TURN_LIST_KEYS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tasks.errors import InputError
@@ -39,13 +40,18 @@ def collapse_spaces(text: str) -> str:
     return " ".join(text.split())
 
 
+def spoken(turns: list[Turn]) -> Iterator[tuple[Turn, str]]:
+    """Each turn with its text's runs of whitespace collapsed; turns left empty are dropped."""
+    for turn in turns:
+        text = collapse_spaces(turn.text)
+        if text:
+            yield turn, text
+
+
 def to_utterances(turns: list[Turn]) -> list[Utterance]:
     """Drop empty turns, split over-long ones into sentence groups, number them from 0."""
     utterances: list[Utterance] = []
-    for turn in turns:
-        text = collapse_spaces(turn.text)
-        if not text:
-            continue
+    for turn, text in spoken(turns):
         speaker = collapse_spaces(turn.speaker) if turn.speaker else None
         if turn.split or len(text) > LONG_UTTERANCE_CHARS:
             pieces = _sentence_groups(text, turn.where)
