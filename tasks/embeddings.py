@@ -151,11 +151,6 @@ class LocalOnnxEmbedder:
                 # length: kept on, they grew RSS by ~150 MB over a thousand mixed-length chunks
                 # for no measured speed gain (benchmarks/ingest_speed.py). Same vectors.
                 options.enable_mem_pattern = False
-                # Idle pool threads sleep instead of spinning: on 2 shared cores (other
-                # tenants, or the ingest's other document batch) spinning threads took the CPU
-                # the working ones needed: 339 chunks, 4 alternating rounds at load 9-19,
-                # 215 s wall / 83 s CPU spinning against 99 s / 54 s without. Same vectors.
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 try:
                     session = onnxruntime.InferenceSession(
                         str(self.model_dir / MODEL_FILE),
