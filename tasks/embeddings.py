@@ -63,9 +63,13 @@ class LocalOnnxEmbedder:
     Word-piece tokens truncated at 256 (the model's max_seq_length), mean pooling over the
     attention mask, L2 normalisation. Texts are sorted by length and each batch is padded to its
     longest member only, which on mixed-length text is 6-16x faster than padding every input
-    to 256 and gives the same vectors (benchmarks/embedder_speed.py). Once sorted, the batch size
-    hardly matters (8-32 within 15% on 2 cores); 16 is the default. The session loads on first
-    use, once, under a lock; `embed` may be called from several threads at once.
+    to 256 and gives the same vectors (benchmarks/embedder_speed.py). A batch holds at most
+    `batch_size` texts and at most `max_batch_tokens` padded word pieces: attention memory grows
+    with batch x length^2, and onnxruntime keeps the largest batch's buffers in its arena, so
+    16 texts of 256 word pieces held ~340 MB more than the short batches did; capped at 1,024
+    tokens (4 such texts) they held ~85 MB and took no more CPU (benchmarks/README.md, docs
+    tree). The session loads on first use, once, under a lock; `embed` may be called from
+    several threads at once.
     """
 
     MAX_TOKENS = 256
@@ -78,11 +82,13 @@ class LocalOnnxEmbedder:
         *,
         name: str = "all-MiniLM-L6-v2-int8",
         batch_size: int = 16,
+        max_batch_tokens: int = 1024,
         threads: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.name = name
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.threads = threads or _default_threads()
         self._lock = threading.Lock()
         self._session: onnxruntime.InferenceSession | None = None
@@ -97,10 +103,15 @@ class LocalOnnxEmbedder:
     def __getstate__(self) -> dict[str, Any]:
         """Pickled as its model folder and options (a Dask worker loads the model itself, from
         the same path on its machine), without the session, tokenizers and lock."""
-        return {"model_dir": self.model_dir, "name": self.name, "batch_size": self.batch_size}
+        return {
+            "model_dir": self.model_dir,
+            "name": self.name,
+            "batch_size": self.batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["model_dir"], name=state["name"], batch_size=state["batch_size"])  # type: ignore[misc]
+        self.__init__(**state)  # type: ignore[misc]
 
     def check_files(self) -> None:
         """Complete the model folder from the installed packages when it lacks files (a local
@@ -129,9 +140,9 @@ class LocalOnnxEmbedder:
 
                 tokenizer = tokenizers.Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
                 # tokenizer.json pads and truncates to 128; sentence-transformers uses 256 and
-                # pads each batch to its longest input.
+                # pads each batch to its longest input (`_embed_batch`).
                 tokenizer.enable_truncation(max_length=self.MAX_TOKENS)
-                tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+                tokenizer.no_padding()
                 options = onnxruntime.SessionOptions()
                 options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
@@ -192,22 +203,27 @@ class LocalOnnxEmbedder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         result = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            result[batch] = self._embed_batch(session, tokenizer, [texts[i] for i in batch])
+            group = order[start : start + self.batch_size]
+            encoded = tokenizer.encode_batch([texts[i] for i in group])
+            # Longest first in word pieces (characters only approximate them), so each batch
+            # is padded to its first text's length.
+            ids = [e.ids for e in encoded]
+            pieces = sorted(zip(group, ids, strict=True), key=lambda p: -len(p[1]))
+            while pieces:
+                size = max(1, self.max_batch_tokens // len(pieces[0][1]))
+                batch, pieces = pieces[:size], pieces[size:]
+                result[[i for i, _ in batch]] = self._embed_batch(session, [p for _, p in batch])
         return result
 
-    def _embed_batch(
-        self,
-        session: onnxruntime.InferenceSession,
-        tokenizer: tokenizers.Tokenizer,
-        texts: list[str],
-    ) -> Vectors:
-        encodings = tokenizer.encode_batch(texts)
-        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    def _embed_batch(self, session: onnxruntime.InferenceSession, ids: list[list[int]]) -> Vectors:
+        """Vectors of word-piece `ids`, padded with 0 ([PAD]) to the longest."""
+        input_ids = np.zeros((len(ids), max(map(len, ids))), dtype=np.int64)
+        for row, pieces in enumerate(ids):
+            input_ids[row, : len(pieces)] = pieces
+        mask = (np.arange(input_ids.shape[1]) < np.array([[len(p)] for p in ids])).astype(np.int64)
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
         hidden = session.run(None, feeds)[0]  # last_hidden_state: (batch, sequence, 384)
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)

@@ -99,6 +99,25 @@ def test_padding_to_the_batch_longest_gives_the_same_vectors(embedder: LocalOnnx
     np.testing.assert_allclose(batched, alone, atol=1e-5)
 
 
+def test_a_batch_holds_at_most_max_batch_tokens_padded_word_pieces(
+    model_dir: Path, embedder: LocalOnnxEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capped = LocalOnnxEmbedder(model_dir, batch_size=4, max_batch_tokens=40)
+    shapes: list[tuple[int, int]] = []
+    embed_batch = capped._embed_batch
+
+    def recording(session: Any, ids: list[list[int]]) -> np.ndarray:
+        shapes.append((len(ids), max(map(len, ids))))
+        return embed_batch(session, ids)
+
+    monkeypatch.setattr(capped, "_embed_batch", recording)
+    vectors = capped.embed(SENTENCES)
+    assert sum(count for count, _ in shapes) == len(SENTENCES)
+    assert all(count == 1 or count * length <= 40 for count, length in shapes)
+    assert len(shapes) > 2  # the cap, not the count of 4, cut the batches
+    np.testing.assert_allclose(vectors, embedder.embed(SENTENCES), atol=1e-5)
+
+
 def test_input_is_truncated_at_256_word_pieces(embedder: LocalOnnxEmbedder) -> None:
     head = " ".join(f"word{i}" for i in range(300))
     assert embedder.count_tokens([head])[0] > embedder.max_text_tokens
