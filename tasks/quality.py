@@ -213,8 +213,9 @@ def _warning() -> FailureSeverity:
     return FailureSeverity.WARNING
 
 
-def utterance_expectations() -> list[Expectation]:
-    """Suite for the parsed utterance table of one transcript."""
+def _utterance_checks() -> list[Expectation]:
+    """What every utterance table must hold, of one transcript or of many: rows, text of some
+    length; and, as warnings, not overly long text and a speaker on most utterances."""
     import great_expectations as gx
 
     e = gx.expectations
@@ -223,10 +224,6 @@ def utterance_expectations() -> list[Expectation]:
         e.ExpectColumnValuesToNotBeNull(column="text", description="utterances without text"),
         e.ExpectColumnValueLengthsToBeBetween(
             column="text", min_value=1, description="empty utterances"
-        ),
-        e.ExpectColumnValuesToBeUnique(column="index", description="utterances numbered twice"),
-        e.ExpectColumnValuesToBeIncreasing(
-            column="index", strictly=True, description="utterances out of order"
         ),
         e.ExpectColumnValueLengthsToBeBetween(
             column="text",
@@ -243,39 +240,16 @@ def utterance_expectations() -> list[Expectation]:
     ]
 
 
-def chunk_expectations(max_tokens: int, utterance_count: int) -> list[Expectation]:
-    """Suite for the chunk table: token bounds, full coverage of utterances, unique ids."""
+def utterance_expectations() -> list[Expectation]:
+    """Suite for the parsed utterance table of one transcript."""
     import great_expectations as gx
 
     e = gx.expectations
     return [
-        e.ExpectTableRowCountToBeBetween(min_value=1, description="no chunks"),
-        e.ExpectColumnValuesToBeUnique(column="chunk_id", description="chunk ids used twice"),
-        e.ExpectColumnValuesToBeBetween(
-            column="token_count",
-            min_value=1,
-            max_value=max_tokens,
-            description=f"chunks outside 1-{max_tokens:,} tokens",
-        ),
-        # coverage: the first chunk starts at utterance 0, the last ends at the last utterance,
-        # and no chunk starts after the utterance following its predecessor's end
-        e.ExpectColumnMinToBeBetween(
-            column="first_utterance",
-            min_value=0,
-            max_value=0,
-            description="chunks that do not start at the first utterance",
-        ),
-        e.ExpectColumnMaxToBeBetween(
-            column="last_utterance",
-            min_value=utterance_count - 1,
-            max_value=utterance_count - 1,
-            description="chunks that do not reach the last utterance",
-        ),
-        e.ExpectColumnPairValuesAToBeGreaterThanB(
-            column_A="next_allowed_start",
-            column_B="first_utterance",
-            or_equal=True,
-            description="chunks that leave utterances out after the previous chunk",
+        *_utterance_checks(),
+        e.ExpectColumnValuesToBeUnique(column="index", description="utterances numbered twice"),
+        e.ExpectColumnValuesToBeIncreasing(
+            column="index", strictly=True, description="utterances out of order"
         ),
     ]
 
@@ -290,33 +264,16 @@ def grouped_utterance_expectations() -> list[Expectation]:
 
     e = gx.expectations
     return [
-        e.ExpectTableRowCountToBeBetween(min_value=1, description="no utterances"),
-        e.ExpectColumnValuesToNotBeNull(column="text", description="utterances without text"),
-        e.ExpectColumnValueLengthsToBeBetween(
-            column="text", min_value=1, description="empty utterances"
-        ),
+        *_utterance_checks(),
         e.ExpectColumnValuesToBeBetween(
             column="step", min_value=1, max_value=1, description="utterances out of order"
-        ),
-        e.ExpectColumnValueLengthsToBeBetween(
-            column="text",
-            max_value=20_000,
-            severity=_warning(),
-            description="utterances longer than 20,000 characters",
-        ),
-        e.ExpectColumnProportionOfNonNullValuesToBeBetween(
-            column="speaker",
-            min_value=0.5,
-            severity=_warning(),
-            description="a share of utterances with a speaker below one half",
         ),
     ]
 
 
-def grouped_chunk_expectations(max_tokens: int) -> list[Expectation]:
-    """`chunk_expectations` for the chunks of many transcripts in one table, row by row:
-    `past_end` (last utterance minus the transcript's last) is never above 0, and
-    `uncovered_tail` (utterances after a transcript's last chunk) is 0."""
+def _chunk_checks(max_tokens: int) -> list[Expectation]:
+    """What every transcript chunk table must hold, of one transcript or of many: rows, unique
+    ids, token bounds, and no chunk starting after the utterance its predecessor allows."""
     import great_expectations as gx
 
     e = gx.expectations
@@ -329,14 +286,49 @@ def grouped_chunk_expectations(max_tokens: int) -> list[Expectation]:
             max_value=max_tokens,
             description=f"chunks outside 1-{max_tokens:,} tokens",
         ),
-        e.ExpectColumnValuesToBeBetween(
-            column="first_utterance", min_value=0, description="chunks before the first utterance"
-        ),
         e.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="next_allowed_start",
             column_B="first_utterance",
             or_equal=True,
             description="chunks that leave utterances out after the previous chunk",
+        ),
+    ]
+
+
+def chunk_expectations(max_tokens: int, utterance_count: int) -> list[Expectation]:
+    """Suite for the chunk table: token bounds, full coverage of utterances, unique ids."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        *_chunk_checks(max_tokens),
+        # coverage: the first chunk starts at utterance 0, the last ends at the last utterance
+        e.ExpectColumnMinToBeBetween(
+            column="first_utterance",
+            min_value=0,
+            max_value=0,
+            description="chunks that do not start at the first utterance",
+        ),
+        e.ExpectColumnMaxToBeBetween(
+            column="last_utterance",
+            min_value=utterance_count - 1,
+            max_value=utterance_count - 1,
+            description="chunks that do not reach the last utterance",
+        ),
+    ]
+
+
+def grouped_chunk_expectations(max_tokens: int) -> list[Expectation]:
+    """`chunk_expectations` for the chunks of many transcripts in one table, row by row:
+    `past_end` (last utterance minus the transcript's last) is never above 0, and
+    `uncovered_tail` (utterances after a transcript's last chunk) is 0."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        *_chunk_checks(max_tokens),
+        e.ExpectColumnValuesToBeBetween(
+            column="first_utterance", min_value=0, description="chunks before the first utterance"
         ),
         e.ExpectColumnValuesToBeBetween(
             column="past_end", max_value=0, description="chunks past the transcript's end"
