@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -82,7 +84,10 @@ def evaluate_when_ready(
     from websockets.sync.client import connect
 
     flags = [f for f in CHROMIUM_FLAGS if not f.startswith(("--window-size", "--virtual-time"))]
-    with tempfile.TemporaryDirectory(prefix="gristmill-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile for a moment after the kill.
+    with tempfile.TemporaryDirectory(
+        prefix="gristmill-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         browser = subprocess.Popen(
             [
                 chromium,
@@ -94,6 +99,7 @@ def evaluate_when_ready(
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its renderer and helpers go with it (killpg below)
         )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -128,5 +134,6 @@ def evaluate_when_ready(
                     assert time.monotonic() < deadline, f"{expression!r} stayed null on {url}"
                     time.sleep(0.25)
         finally:
-            browser.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(browser.pid, signal.SIGKILL)
             browser.wait(timeout=30)
