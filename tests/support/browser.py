@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,21 @@ def browse(chromium: str, url: str, *flags: str) -> str:
     return done.stdout
 
 
+@contextlib.contextmanager
+def _profile() -> Iterator[str]:
+    """A throwaway Chromium profile, removed afterwards: its last files may land a moment after
+    the browser is killed (`Directory not empty` from one try, seen in CI), so try a few times."""
+    profile = tempfile.mkdtemp(prefix="gristmill-chromium-")
+    try:
+        yield profile
+    finally:
+        for _ in range(20):
+            shutil.rmtree(profile, ignore_errors=True)
+            if not os.path.exists(profile):
+                break
+            time.sleep(0.1)
+
+
 def evaluate_when_ready(
     chromium: str, url: str, expression: str, *, width: int, height: int = 1000, timeout: float = 60
 ) -> Any:
@@ -84,10 +100,7 @@ def evaluate_when_ready(
     from websockets.sync.client import connect
 
     flags = [f for f in CHROMIUM_FLAGS if not f.startswith(("--window-size", "--virtual-time"))]
-    # Chromium's helper processes may still write to the profile for a moment after the kill.
-    with tempfile.TemporaryDirectory(
-        prefix="gristmill-chromium-", ignore_cleanup_errors=True
-    ) as profile:
+    with _profile() as profile:
         browser = subprocess.Popen(
             [
                 chromium,
