@@ -198,7 +198,8 @@ def test_sharded_jobs_survive_a_worker_killed_mid_shard(
     ingest = reports["ingest"]
     assert (ingest["added"], ingest["quarantined"]) == (12, 0)
     assert ingest["collection_count"] == ingest["chunks_written"]  # no vector twice
-    assert paid_twice <= in_flight, (paid_twice, in_flight)
+    twice = [prompt[-160:] for prompt, count in paid.items() if count > 1]  # which, if any
+    assert paid_twice <= in_flight, (paid_twice, in_flight, twice)
 
     # the server shows the parents with their shards, the killed ones Crashed and run again
     runs = prefect_on_postgres.post(
