@@ -173,6 +173,15 @@ def run_shards(
     return results
 
 
+def _take_report(path: Path, report_type: type[ReportT]) -> ReportT | None:
+    """The report a shard run left at `path` (removed once read), or None when there is none."""
+    if not path.is_file():
+        return None
+    report = report_type.model_validate_json(path.read_text(encoding="utf-8"))
+    path.unlink()
+    return report
+
+
 def _local_report(state: State, settings: Settings, report_type: type[ReportT]) -> Any:
     """A shard run in this process: the report it left (as for a parent on another machine),
     else its state's result. The file first: under load a Completed state once came back
@@ -180,11 +189,9 @@ def _local_report(state: State, settings: Settings, report_type: type[ReportT]) 
     from prefect.exceptions import MissingResult
 
     run_id = state.state_details.flow_run_id
-    path = report_path(settings, str(run_id)) if run_id is not None else None
-    if path is not None and path.is_file():
-        report = report_type.model_validate_json(path.read_text(encoding="utf-8"))
-        path.unlink()
-        return report
+    left = _take_report(report_path(settings, str(run_id)), report_type) if run_id else None
+    if left is not None:
+        return left
     try:
         return state_report(state)
     except MissingResult as exc:
@@ -227,9 +234,7 @@ def _on_pool(
                     continue
                 del running[shard]
                 path = report_path(settings, run_id)
-                if path.is_file():
-                    report = report_type.model_validate_json(path.read_text(encoding="utf-8"))
-                    path.unlink()
+                if (report := _take_report(path, report_type)) is not None:
                     results[shard] = ShardResult(shard, report)
                 elif kind == "CRASHED" and attempts[shard] < settings.shard_attempts:
                     attempts[shard] += 1  # its worker died: run the shard again, elsewhere
