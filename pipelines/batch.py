@@ -33,6 +33,7 @@ from pipelines.shards import (
     ShardProgress,
     is_parent,
     leave_report,
+    one_run_per_shard,
     row_range,
     run_shards,
     shard_failures,
@@ -77,6 +78,7 @@ def _run_name() -> str:
     description="Run every row of a table through a prompt template or a built-in task.",
     task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
 )
+@one_run_per_shard
 def batch_records(
     input_path: str,
     output_path: str,

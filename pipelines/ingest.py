@@ -22,6 +22,7 @@ from pipelines.shards import (
     is_parent,
     leave_report,
     lost_shards,
+    one_run_per_shard,
     run_shards,
     shard_label,
     shard_of,
@@ -63,6 +64,7 @@ def _run_name() -> str:
     flow_run_name=_run_name,
     description="Ingest documents into a Chroma collection, incrementally and checked.",
 )
+@one_run_per_shard
 def ingest_documents(
     paths: list[str] | None = None,
     collection: str | None = None,

@@ -19,12 +19,20 @@ Where the shards run:
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
+import inspect
+import json
+import logging
+import os
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
@@ -44,6 +52,9 @@ CRASH_AUTOMATION = "gristmill: silent shard runs crashed"
 POLL_SECONDS = 2.0
 FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 ReportT = TypeVar("ReportT", bound=BaseModel)
+P = ParamSpec("P")
+R = TypeVar("R")
+CLAIM_LOG_EVERY_S = 60.0
 
 
 def check_shards(shards: int, shard: int | None) -> None:
@@ -84,6 +95,90 @@ def shard_label(shard: int | None, shards: int) -> str:
 def report_path(settings: Settings, flow_run_id: str) -> Path:
     """Where a shard run leaves its report for its parent (on the shared data dir)."""
     return settings.data_dir / "shards" / f"{flow_run_id}.json"
+
+
+def one_run_per_shard(fn: Callable[P, R]) -> Callable[P, R]:
+    """A shard run (a call with `shard` set) holds its shard's claim for as long as it works,
+    so two runs of one shard never work at once: the later one waits for the earlier to end,
+    then finds its rows, chunks and documents done (journal, caches) and pays for nothing.
+
+    Two runs of one shard happen when the server marks a live run Crashed (its heartbeats late
+    on a machine that froze, or cut off from the server for longer than the crash automation's
+    silence) and the parent submits the shard again: without the claim both would pay for the
+    items neither had finished. A run whose process died (SIGKILL, its machine lost) holds
+    nothing: the kernel drops a `flock` with its process (NFSv4 when the lease ends).
+    Put between `@flow` and the function; the flow's signature and docstring stay its own."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        shard, shards = bound.arguments.get("shard"), bound.arguments.get("shards", 1)
+        if shard is None or not isinstance(shards, int) or shards <= 1:
+            return fn(*args, **kwargs)
+        from pipelines.run_context import current_run
+
+        data_dir = current_run().run_settings().data_dir
+        with shard_claim(data_dir, fn.__name__, bound.arguments):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@contextmanager
+def shard_claim(data_dir: Path, job: str, parameters: Mapping[str, Any]) -> Iterator[None]:
+    """Hold the claim of one shard of one job (its flow and parameters, which the parent sends
+    unchanged when it submits the shard again): an exclusive `flock` on a file under
+    `<data_dir>/shards/claims/`, waited for while another live run holds it."""
+    blob = json.dumps([job, dict(parameters)], sort_keys=True, default=str)
+    path = data_dir / "shards" / "claims" / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        waited_since = time.monotonic()
+        logged = -CLAIM_LOG_EVERY_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - waited_since
+                if waited - logged >= CLAIM_LOG_EVERY_S:
+                    logged = waited
+                    holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip()
+                    _claim_logger().info(
+                        "an earlier run of this shard is still at work (%s): waiting for it "
+                        "to end (%.0f s so far), so nothing it is doing is paid for twice",
+                        holder or "holder unknown",
+                        waited,
+                    )
+                time.sleep(1.0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _holder().encode("utf-8"), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _holder() -> str:
+    from prefect.runtime import flow_run
+
+    run = f"flow run {flow_run.id}, " if flow_run.id else ""
+    return f"{run}pid {os.getpid()} on {socket.gethostname()}\n"
+
+
+def _claim_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def leave_report(settings: Settings, report: BaseModel) -> None:

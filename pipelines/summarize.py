@@ -33,6 +33,7 @@ from pipelines.shards import (
     is_parent,
     leave_report,
     lost_shards,
+    one_run_per_shard,
     run_shards,
     shard_label,
     shard_of,
@@ -120,6 +121,7 @@ def _reason(exc: BaseException) -> str:
     description="Summarise meeting transcripts into structured JSON and Markdown.",
     task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
 )
+@one_run_per_shard
 def summarize_transcripts(
     paths: list[str] | None = None,
     out_dir: str | None = None,

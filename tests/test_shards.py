@@ -174,6 +174,36 @@ def test_a_shard_that_fails_leaves_no_output_and_the_rerun_pays_only_for_the_res
     assert fake.calls == 12 - report.reused and report.reused == paid  # none paid twice
 
 
+def test_two_runs_of_one_shard_at_once_pay_for_its_rows_once(
+    prefect_harness: None, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """What happens when the server marks a live shard run Crashed (its heartbeats late) and
+    the parent submits the shard again: two runs of one shard at once. The later one waits
+    for the earlier (pipelines/shards.py one_run_per_shard), then takes every row from the
+    journal; without the claim both pay for every row neither had finished."""
+    import threading
+
+    src = tickets(tmp_path / "tickets.csv", 12)
+    settings = llm_settings(fake, tmp_path / "data", batch_concurrency=2)
+    fake.latency = 0.3
+    start = threading.Barrier(2)
+    reports: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        start.wait()
+        reports[name] = run_batch(src, tmp_path / "out.csv", settings, shards=2, shard=1)[1]
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert row_range(14, 1, 2) == range(7, 14)  # tickets 7-11, the repeated id, the empty one
+    assert sorted((r.rows, r.ok) for r in reports.values()) == [(7, 5), (7, 5)]
+    assert fake.calls == 5  # each of its tickets once
+    assert sorted(r.reused for r in reports.values()) == [0, 5]
+
+
 def test_a_sharded_summarize_writes_what_the_whole_job_writes(
     prefect_harness: None, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,7 @@ def test_sharded_jobs_survive_a_worker_killed_mid_shard(
                 return max(workers, key=lambda w: len(descendants(w.pid)))
 
             victim = wait_for("a worker running shards", busy_worker, 300, why)
-            answered = fake.completed_calls
+            answered, killed_at = fake.completed_calls, time.monotonic()
             for pid in [*descendants(victim.pid), victim.pid]:
                 os.kill(pid, signal.SIGKILL)
             victim.wait(timeout=10)
@@ -187,10 +188,22 @@ def test_sharded_jobs_survive_a_worker_killed_mid_shard(
                 stop(worker)
         assert codes == {"batch": 0, "summarize": 0, "ingest": 0}, why()
         reports = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in commands}
-        paid = Counter(
-            json.dumps(r.body["messages"]) for r in fake.requests if r.path.endswith("/completions")
-        )
+        chat = [r for r in fake.requests if r.path.endswith("/completions")]
+        paid = Counter(json.dumps(r.body["messages"]) for r in chat)
         paid_twice = sum(count - 1 for count in paid.values())
+        # if any: each prompt paid twice, when (seconds from the kill), and the crashed runs
+        twice = [
+            (prompt[-90:], [round(r.at - killed_at, 1) for r in chat if json.dumps(
+                r.body["messages"]) == prompt])
+            for prompt, count in paid.items() if count > 1
+        ]  # fmt: skip
+        crashed = [
+            (r["name"], r["state"]["message"])
+            for r in prefect_on_postgres.post(
+                "/flow_runs/filter",
+                {"flow_runs": {"state": {"type": {"any_": ["CRASHED"]}}}, "limit": 50},
+            )
+        ]
 
     assert (reports["batch"]["rows"], reports["batch"]["ok"]) == (ROWS, ROWS)
     with out.open(newline="", encoding="utf-8") as handle:
@@ -202,8 +215,7 @@ def test_sharded_jobs_survive_a_worker_killed_mid_shard(
     ingest = reports["ingest"]
     assert (ingest["added"], ingest["quarantined"]) == (12, 0)
     assert ingest["collection_count"] == ingest["chunks_written"]  # no vector twice
-    twice = [prompt[-160:] for prompt, count in paid.items() if count > 1]  # which, if any
-    assert paid_twice <= in_flight, (paid_twice, in_flight, twice)
+    assert paid_twice <= in_flight, (paid_twice, in_flight, twice, crashed)
 
     # the server shows the parents with their shards, the killed ones Crashed and run again
     runs = prefect_on_postgres.post(

@@ -103,6 +103,8 @@ class RecordedRequest(NamedTuple):
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = 0.0
+    """When it arrived: `time.monotonic()` in this process."""
 
 
 class _Request(NamedTuple):
@@ -431,7 +433,7 @@ class FakeOpenAI:
                 body = json.loads(raw)
         redacted = {k: ("<redacted>" if k in SECRET_HEADERS else v) for k, v in headers.items()}
         with self._lock:
-            self.requests.append(RecordedRequest(method, path, redacted, body))
+            self.requests.append(RecordedRequest(method, path, redacted, body, time.monotonic()))
         if self.api_key is not None and not hmac.compare_digest(
             headers.get("authorization", "").encode(), f"Bearer {self.api_key}".encode()
         ):
