@@ -9,6 +9,7 @@ with nothing to index (empty, front matter only) are skipped, in words, and fail
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -23,12 +24,13 @@ from pipelines.shards import (
     leave_report,
     lost_shards,
     one_run_per_shard,
+    paths_run_name,
     run_shards,
     shard_label,
     shard_of,
 )
 from tasks.chroma_client import open_chroma, server_errors, writer_lock
-from tasks.documents import discover_documents
+from tasks.documents import DocumentPath, discover_documents
 from tasks.embeddings import Embedder, build_embedder
 from tasks.errors import ConfigurationError, GristmillError, RunFailed, UsageError
 from tasks.ingestion import (
@@ -52,16 +54,9 @@ REPORT_ARTIFACT_KEY = "ingest-documents-report"
 PROGRESS_ARTIFACT_KEY = "ingest-documents-progress"
 
 
-def _run_name() -> str:
-    params = flow_run.parameters
-    paths = params.get("paths") or ["data/documents"]
-    what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} paths"
-    return f"ingest {what}{shard_label(params.get('shard'), params.get('shards', 1))}"
-
-
 @flow(
     name="ingest-documents",
-    flow_run_name=_run_name,
+    flow_run_name=paths_run_name("ingest", "data/documents"),
     description="Ingest documents into a Chroma collection, incrementally and checked.",
 )
 @one_run_per_shard
@@ -87,31 +82,19 @@ def ingest_documents(
     try:
         context = current_run()
         settings = context.run_settings()
-        embedder = context.embedder or build_embedder(settings)
-        if is_parent(shards, shard):
-            return _sharded(
-                paths,
-                collection,
-                cleanup,
-                include,
-                exclude,
-                settings,
-                embedder,
-                context.on_progress,
-                shards,
-            )
-        return _ingest(
+        job = _Job(
             paths,
-            collection,
+            collection or settings.collection,
             cleanup,
             include,
             exclude,
             settings,
-            embedder,
+            context.embedder or build_embedder(settings),
             context.on_progress,
-            shard,
-            shards,
         )
+        if is_parent(shards, shard):
+            return _sharded(job, shards)
+        return _ingest(job, shard, shards)
     except GristmillError as exc:
         # Chroma unreachable, the writer lock held, another embedding model: a Failed state
         # with the reason, not a raised error whose traceback Prefect prints on the terminal
@@ -121,44 +104,52 @@ def ingest_documents(
         return Failed(message=str(exc), data=exc)
 
 
-def _ingest(
-    paths: list[str] | None,
-    collection: str | None,
-    cleanup: str,
-    include: list[str] | None,
-    exclude: list[str] | None,
-    settings: Settings,
-    embedder: Embedder,
-    on_progress: ProgressCallback | None,
-    shard: int | None = None,
-    shards: int = 1,
-) -> IngestReport | State:
-    logger = get_run_logger()
-    mode = check_cleanup(cleanup)
+@dataclass(frozen=True)
+class _Job:
+    """One ingest as asked: the documents to read, the collection to write, and with what."""
+
+    paths: list[str] | None
+    collection: str
+    cleanup: str
+    include: list[str] | None
+    exclude: list[str] | None
+    settings: Settings
+    embedder: Embedder
+    on_progress: ProgressCallback | None
+
+    def documents(self) -> list[DocumentPath]:
+        inputs = [Path(p) for p in self.paths] if self.paths else [self.settings.documents_dir]
+        return discover_documents(inputs, include=self.include, exclude=self.exclude)
+
+    def open_store(self) -> ChunkStore:
+        """The collection's chunks (and its lexical index); call it holding the writer lock."""
+        return ChunkStore(
+            open_chroma(self.settings),
+            self.collection,
+            self.embedder.name,
+            self.embedder.dimension,
+            lexical=open_lexical(self.settings, self.collection),
+        )
+
+
+def _ingest(job: _Job, shard: int | None = None, shards: int = 1) -> IngestReport | State:
+    settings, embedder = job.settings, job.embedder
+    mode = check_cleanup(job.cleanup)
     if shard is not None and mode == "full":
         raise UsageError("a shard cannot do a full cleanup: its parent does, after every shard")
-    inputs = [Path(p) for p in paths] if paths else [settings.documents_dir]
-    files = discover_documents(inputs, include=include, exclude=exclude)
-    files = [f for f in files if in_shard(f.source, shard, shards)]
-    name = collection or settings.collection
-    logger.info(
+    files = [f for f in job.documents() if in_shard(f.source, shard, shards)]
+    get_run_logger().info(
         "%d documents to ingest into %r (cleanup %s)%s",
         len(files),
-        name,
+        job.collection,
         mode,
         shard_label(shard, shards),
     )
-    report_progress = RunProgress(PROGRESS_ARTIFACT_KEY, "documents ingested (%)", on_progress)
+    report_progress = RunProgress(PROGRESS_ARTIFACT_KEY, "documents ingested (%)", job.on_progress)
 
-    tag_flow_run("pipeline:ingest", f"collection:{name}", f"embedder:{embedder.name}")
+    tag_flow_run("pipeline:ingest", f"collection:{job.collection}", f"embedder:{embedder.name}")
     with writer_lock(settings), server_errors():
-        store = ChunkStore(
-            open_chroma(settings),
-            name,
-            embedder.name,
-            embedder.dimension,
-            lexical=open_lexical(settings, name),
-        )
+        store = job.open_store()
         store.sync_lexical()  # a crash or an older gristmill may have left it behind
         report = ingest_files(
             files,
@@ -191,43 +182,32 @@ def _finish(report: IngestReport) -> State:
     return Completed(message=report.headline(), data=report)
 
 
-def _sharded(
-    paths: list[str] | None,
-    collection: str | None,
-    cleanup: str,
-    include: list[str] | None,
-    exclude: list[str] | None,
-    settings: Settings,
-    embedder: Embedder,
-    on_progress: ProgressCallback | None,
-    shards: int,
-) -> State:
+def _sharded(job: _Job, shards: int) -> State:
     """The parent of a sharded ingest: the shards (each with incremental cleanup at most), their
     reports merged, then what must happen once: a full cleanup deletes the documents that no
     shard saw, and the collection is counted. Shards run here share its settings and
     embedder."""
     started = time.monotonic()
-    mode = check_cleanup(cleanup)
+    settings, embedder = job.settings, job.embedder
+    mode = check_cleanup(job.cleanup)
     if settings.work_pool and not settings.chroma_host:
         raise ConfigurationError(
             "shards on a work pool write from several machines: an on-disk Chroma has one "
             "writer; set GRISTMILL_CHROMA_HOST (and _PORT) to a Chroma server (`chroma run`)"
         )
-    name = collection or settings.collection
-    inputs = [Path(p) for p in paths] if paths else [settings.documents_dir]
-    files, _ = unique_sources(discover_documents(inputs, include=include, exclude=exclude))
+    files, _ = unique_sources(job.documents())
     parameters = {
-        "paths": paths,
-        "collection": name,
+        "paths": job.paths,
+        "collection": job.collection,
         "cleanup": "incremental" if mode == "full" else mode,
-        "include": include,
-        "exclude": exclude,
+        "include": job.include,
+        "exclude": job.exclude,
     }
-    progress = ShardProgress(on_progress, len(files)) if on_progress else None
+    progress = ShardProgress(job.on_progress, len(files)) if job.on_progress else None
     with run_context(settings=settings, embedder=embedder):
         results = run_shards(ingest_documents, parameters, shards, settings, IngestReport, progress)
     report = merge_ingest_reports([r.report for r in results if r.report is not None])
-    report.collection, report.cleanup = name, mode
+    report.collection, report.cleanup = job.collection, mode
     report.run_id = str(flow_run.id) if flow_run.id else report.run_id
     lost = lost_shards(results)
     for found in files:
@@ -237,13 +217,7 @@ def _sharded(
                 QuarantineRecord(source=found.source, reason=reason, unexpected=True)
             )
     with writer_lock(settings), server_errors():
-        store = ChunkStore(
-            open_chroma(settings),
-            name,
-            embedder.name,
-            embedder.dimension,
-            lexical=open_lexical(settings, name),
-        )
+        store = job.open_store()
         if mode == "full" and not lost:  # with a shard lost, its documents were not seen
             gone, chunks = delete_missing_sources(store, store.sources(), {f.source for f in files})
             report.deleted, report.chunks_deleted = len(gone), report.chunks_deleted + chunks

@@ -92,6 +92,21 @@ def shard_label(shard: int | None, shards: int) -> str:
     return "" if shard is None or shards <= 1 else f" [shard {shard + 1}/{shards}]"
 
 
+def paths_run_name(verb: str, default_path: str) -> Callable[[], str]:
+    """A flow-run namer for a flow over `paths`: "ingest documents", "summarize 3 paths",
+    "summarize notes [shard 2/4]", read from the run's parameters when it starts."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters
+        paths = params.get("paths") or [default_path]
+        what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} paths"
+        return f"{verb} {what}{shard_label(params.get('shard'), params.get('shards', 1))}"
+
+    return name
+
+
 def report_path(settings: Settings, flow_run_id: str) -> Path:
     """Where a shard run leaves its report for its parent (on the shared data dir)."""
     return settings.data_dir / "shards" / f"{flow_run_id}.json"

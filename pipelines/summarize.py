@@ -34,6 +34,7 @@ from pipelines.shards import (
     leave_report,
     lost_shards,
     one_run_per_shard,
+    paths_run_name,
     run_shards,
     shard_label,
     shard_of,
@@ -84,13 +85,6 @@ REPORT_ARTIFACT_KEY = "summarize-transcripts-report"
 PROGRESS_ARTIFACT_KEY = "summarize-transcripts-progress"
 
 
-def _run_name() -> str:
-    params = flow_run.parameters
-    paths = params.get("paths") or ["data/transcripts"]
-    what = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} paths"
-    return f"summarize {what}{shard_label(params.get('shard'), params.get('shards', 1))}"
-
-
 class _Outcomes(dict[str, ItemOutcome]):
     """Each transcript's outcome by source; every new one moves the progress on (the CLI's bar
     through `on_progress`, and the run's progress artifact in the UI), with the chunks of the
@@ -117,7 +111,7 @@ def _reason(exc: BaseException) -> str:
 
 @flow(
     name="summarize-transcripts",
-    flow_run_name=_run_name,
+    flow_run_name=paths_run_name("summarize", "data/transcripts"),
     description="Summarise meeting transcripts into structured JSON and Markdown.",
     task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
 )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import json
+from typing import Any
 
 from tasks.errors import InputError
 
@@ -28,3 +30,15 @@ def decode_text(data: bytes) -> str:
             hint="re-save the file as UTF-8",
         ) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def parse_json(text: str) -> Any:
+    """`text` as JSON; `InputError` naming the line and column of the first defect."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    except RecursionError:
+        raise InputError("malformed JSON: nested too deeply") from None

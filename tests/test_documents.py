@@ -315,7 +315,7 @@ def test_json_records_with_a_name_and_text_stay_records(tmp_path: Path) -> None:
         ("binary.txt", b"abc\x00\x01\x02def", "binary content: NUL byte at offset 3"),
         ("latin1.md", "café".encode("latin-1"), "invalid UTF-8: byte 0xe9 at byte offset 3"),
         ("records.jsonl", b'{"text": "ok"}\n{"text": broken\n', "line 2 is not valid JSON"),
-        ("data.json", b'{"text": "ok",}', "invalid JSON at line 1"),
+        ("data.json", b'{"text": "ok",}', "malformed JSON at line 1"),
         ("numbers.json", b"[1, 2]", "record 1 is a JSON number"),
         ("image.png", b"\x89PNG", "unsupported file type '.png'"),
     ],

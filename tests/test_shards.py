@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from pipelines.run_context import run_context
-from pipelines.shards import ShardProgress, row_range, shard_of
+from pipelines.shards import ShardProgress, paths_run_name, row_range, shard_of
 from tasks.reporting import Progress
 from tasks.settings import Settings
 from tests.conftest import SAMPLE_TRANSCRIPTS
@@ -64,6 +64,20 @@ def test_a_key_lands_in_the_same_shard_every_time_and_keys_spread_evenly() -> No
     counts = Counter(first)
     assert set(counts) == {0, 1, 2, 3}
     assert all(400 < c < 600 for c in counts.values()), counts
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_over_paths_is_named_for_them_and_its_shard() -> None:
+    from prefect import flow
+    from prefect.runtime import flow_run
+
+    @flow(flow_run_name=paths_run_name("ingest", "data/documents"))
+    def named(paths: list[str] | None = None, shards: int = 1, shard: int | None = None) -> str:
+        return str(flow_run.name)
+
+    assert named() == "ingest documents"
+    assert named(paths=["notes/a.md"]) == "ingest a.md"
+    assert named(paths=["a", "b", "c"], shards=4, shard=1) == "ingest 3 paths [shard 2/4]"
 
 
 def test_shards_run_in_turn_are_one_count_of_the_whole_job() -> None:

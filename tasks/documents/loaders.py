@@ -27,7 +27,7 @@ from tasks.documents.model import (
     MetadataValue,
 )
 from tasks.errors import InputError, NothingToIndex
-from tasks.textfiles import decode_text
+from tasks.textfiles import decode_text, parse_json
 
 if TYPE_CHECKING:
     from tasks.transcripts import Utterance
@@ -319,12 +319,7 @@ def _records_text(text: str, fmt: str, text_field: str) -> tuple[str, dict[str, 
             b for label, record in records for b in _render_record(record, label, 1, text_field)
         ]
     else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            ) from None
+        data = parse_json(text)
         if isinstance(data, list):
             records = [(f"Record {n}", item) for n, item in enumerate(data, start=1)]
             blocks = [

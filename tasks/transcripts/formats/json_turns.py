@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 from tasks.errors import InputError
+from tasks.textfiles import parse_json
 from tasks.transcripts.formats.turns import Turn, parse_seconds
 
 # Keys under which a JSON object holds its list of turns, in the order they are looked for;
@@ -27,14 +27,7 @@ _PARAGRAPH_BREAK = re.compile(r"\r?\n[ \t]*\r?\n")
 
 def json_turns(text: str) -> tuple[str, list[Turn]]:
     """Turns of Whisper output, a list of turns, or an object holding such a list."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
-    except RecursionError:
-        raise InputError("malformed JSON: nested too deeply") from None
+    data = parse_json(text)
     found = _json_shape(data, "")
     if found is None:
         raise InputError(
