@@ -86,10 +86,11 @@ def ingest_deployment(
 ) -> RunnerDeployment:
     """`ingest-documents/hourly`: keep the Chroma collection in step with the documents (every
     hour unless GRISTMILL_INGEST_SCHEDULE says otherwise)."""
-    from pipelines.ingest import ingest_documents
+    from pipelines.ingest import ingest_flow_for
+    from tasks.settings import Settings
 
     return _runner_deployment(
-        ingest_documents.to_deployment(
+        ingest_flow_for(Settings()).to_deployment(
             name="hourly",
             description=(
                 "Every hour: chunk and embed the documents under <data_dir>/documents into the "

@@ -28,7 +28,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipelines.run_context import current_run, run_context
-from pipelines.runners import let_go, task_runner_for
+from pipelines.runners import task_runner_for
 from pipelines.shards import (
     ShardProgress,
     is_parent,
@@ -53,6 +53,7 @@ from tasks.batch.report import (
 from tasks.batch.results import RowResult, failed_result
 from tasks.batch.writing import RecordWriter
 from tasks.errors import GristmillError, RunFailed, ShardsUnfinished
+from tasks.portable import let_go
 from tasks.reporting import Progress, ProgressCallback, RunProgress, publish_report, tag_flow_run
 from tasks.settings import Settings
 
@@ -306,7 +307,7 @@ def _results(submitted: Submitted) -> Iterator[tuple[list[Row], list[RowResult]]
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             results = [failed_result(row, reason) for row in batch]
-        let_go(future)  # not recomputed on Dask if its worker dies later (pipelines/runners.py)
+        let_go(future)  # not recomputed on Dask if its worker dies later (tasks/portable.py)
         yield batch, results
 
 

@@ -10,7 +10,7 @@ server) and `terminal_reports` (each command's report on the terminal).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -33,6 +33,9 @@ from pipelines.terminal_reports import (
     print_ingest_report,
     print_summarize_report,
 )
+
+if TYPE_CHECKING:
+    from prefect.states import State
 
 app = typer.Typer(
     name="gristmill",
@@ -311,6 +314,7 @@ def ingest(
     if cleanup not in ("none", "incremental", "full"):
         fail(f"--cleanup must be none, incremental or full, not {cleanup!r}")
     settings = load_settings(collection=collection)
+    from pipelines.runners import check_cluster_store, check_task_runner
     from tasks.documents import discover_documents
     from tasks.embeddings import build_embedder, chars_per_second, load_in_background
     from tasks.errors import GristmillError
@@ -319,6 +323,7 @@ def ingest(
 
     try:
         embedder = build_embedder(settings)
+        check_cluster_store(settings)
         # Counted before the Prefect server starts (~20 s on a new data dir), so the bar shows
         # them at once; the flow finds the same files.
         found = discover_documents(paths or [settings.documents_dir], include, exclude)
@@ -340,13 +345,16 @@ def ingest(
         progress.start("documents", parts=("chunk embedded", "chunks embedded"))
         progress.update(Progress(0, len(found)))
         prepare_prefect(settings, verbose=verbose)
-        from pipelines.ingest import ingest_documents
+        try:
+            check_task_runner(settings)  # after prepare_prefect: the Dask workers need its server
+        except GristmillError as exc:
+            progress.stop()
+            fail(str(exc))
+        from pipelines.ingest import ingest_flow_for
         from pipelines.run_context import run_context
 
-        if settings.task_runner == "dask":  # docs/deployment.md: what ingest needs for Dask
-            typer.echo("gristmill: ingest runs its tasks in this process, not on Dask", err=True)
         with run_context(settings=settings, embedder=embedder, on_progress=progress.update):
-            state = ingest_documents(
+            state: State[Any] = ingest_flow_for(settings)(  # type: ignore[assignment]
                 paths=[str(p) for p in paths] if paths else None,
                 collection=settings.collection,
                 cleanup=cleanup,

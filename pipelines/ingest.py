@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from pipelines.run_context import current_run, run_context
+from pipelines.runners import check_cluster_store
 from pipelines.shards import (
     ShardProgress,
     in_shard,
@@ -29,7 +30,7 @@ from pipelines.shards import (
     shard_label,
     shard_of,
 )
-from tasks.chroma_client import open_chroma, server_errors, writer_lock
+from tasks.chroma_client import server_errors, writer_lock
 from tasks.documents import DocumentPath, discover_documents
 from tasks.embeddings import Embedder, build_embedder
 from tasks.errors import ConfigurationError, GristmillError, RunFailed, UsageError
@@ -45,8 +46,8 @@ from tasks.ingestion import (
     unique_sources,
     write_quarantine,
 )
-from tasks.lexical import open_lexical
 from tasks.reporting import ProgressCallback, RunProgress, publish_report, tag_flow_run
+from tasks.retrieval import open_store_for_writing
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore
 
@@ -123,13 +124,14 @@ class _Job:
 
     def open_store(self) -> ChunkStore:
         """The collection's chunks (and its lexical index); call it holding the writer lock."""
-        return ChunkStore(
-            open_chroma(self.settings),
-            self.collection,
-            self.embedder.name,
-            self.embedder.dimension,
-            lexical=open_lexical(self.settings, self.collection),
-        )
+        return open_store_for_writing(self.settings, self.embedder, self.collection)
+
+    @property
+    def on_cluster(self) -> bool:
+        """Document batches run on a Dask cluster's workers (`GRISTMILL_TASK_RUNNER=dask`),
+        which write from their own processes: a Chroma server's job, not an on-disk store's."""
+        check_cluster_store(self.settings)
+        return self.settings.task_runner == "dask"
 
 
 def _ingest(job: _Job, shard: int | None = None, shards: int = 1) -> IngestReport | State:
@@ -137,6 +139,7 @@ def _ingest(job: _Job, shard: int | None = None, shards: int = 1) -> IngestRepor
     mode = check_cleanup(job.cleanup)
     if shard is not None and mode == "full":
         raise UsageError("a shard cannot do a full cleanup: its parent does, after every shard")
+    on_cluster = job.on_cluster
     files = [f for f in job.documents() if in_shard(f.source, shard, shards)]
     get_run_logger().info(
         "%d documents to ingest into %r (cleanup %s)%s",
@@ -160,6 +163,7 @@ def _ingest(job: _Job, shard: int | None = None, shards: int = 1) -> IngestRepor
             run_id=str(flow_run.id) if flow_run.id else None,
             steps=TASK_STEPS,
             on_progress=report_progress,
+            on_cluster=on_cluster,
         )
     report_progress.complete()
     if shard is not None:
@@ -227,3 +231,11 @@ def _sharded(job: _Job, shards: int) -> State:
     path = write_quarantine(settings.quarantine_dir, report.run_id, report.quarantine)
     report.quarantine_path = str(path) if path else None
     return _finish(report)
+
+
+def ingest_flow_for(settings: Settings) -> Flow[..., IngestReport | State]:
+    """The flow on the task runner the settings ask for (`pipelines/runners.py`): on a Dask
+    cluster each document batch is a task run on a worker."""
+    from pipelines.runners import task_runner_for
+
+    return ingest_documents.with_options(task_runner=task_runner_for(settings, 2))

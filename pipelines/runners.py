@@ -82,16 +82,11 @@ def check_task_runner(settings: Settings) -> None:
         )
 
 
-def let_go(future: object) -> None:
-    """Drop the cluster's copy of a task's result once the flow has read it.
-
-    The flow keeps a Dask future per task until it ends; Dask keeps each result on the worker
-    that computed it for as long as a future refers to it, and recomputes every such result
-    when that worker dies (PrefectHQ/prefect#15442). A released future is forgotten by the
-    scheduler, so a dead worker costs only the tasks it was running. A thread pool's future
-    has nothing to release.
-    """
-    wrapped = getattr(future, "wrapped_future", None)
-    release = getattr(wrapped, "release", None)
-    if callable(release):
-        release()
+def check_cluster_store(settings: Settings) -> None:
+    """Ingest on a Dask cluster writes from its workers' processes: a Chroma server's job, not
+    an on-disk store's (one writer, one machine). A `ConfigurationError` in words otherwise."""
+    if settings.task_runner == "dask" and not settings.chroma_host:
+        raise ConfigurationError(
+            "ingest on a Dask cluster writes from its workers: an on-disk Chroma has one "
+            "writer; set GRISTMILL_CHROMA_HOST (and _PORT) to a Chroma server (`chroma run`)"
+        )

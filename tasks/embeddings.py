@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex
 
 import numpy as np
 from numpy.typing import NDArray
@@ -112,6 +112,14 @@ class LocalOnnxEmbedder:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+        """Built from settings (`build_embedder`): sent as that recipe and loaded once per
+        process, so the document batches a Dask worker runs share one session; otherwise as
+        its state above, loaded again wherever it is unpickled."""
+        if getattr(self, "_portable_recipe", None) is not None:
+            return portable_reduce(self)
+        return super().__reduce_ex__(protocol)
 
     def check_files(self) -> None:
         """Complete the model folder from the installed packages when it lacks files (a local
@@ -370,7 +378,8 @@ def build_embedder(settings: Settings, *, threads: int | None = None) -> Embedde
         return OpenAIEmbedder.from_settings(settings)
     embedder = LocalOnnxEmbedder(settings.embedding_model_dir, threads=threads)
     embedder.check_files()
-    return embedder
+    # On a Dask worker: the same model folder, that machine's cores.
+    return make_portable(embedder, LocalOnnxEmbedder, settings.embedding_model_dir)
 
 
 # A paragraph of ordinary prose, the calibration text of `chars_per_second`.

@@ -71,3 +71,18 @@ def _remember(token: str, engine: Any) -> None:
 def _trim() -> None:
     while len(_built) > _KEEP:
         _built.popitem(last=False)
+
+
+def let_go(future: object) -> None:
+    """Drop the cluster's copy of a task's result once the flow has read it.
+
+    The flow keeps a Dask future per task until it ends; Dask keeps each result on the worker
+    that computed it for as long as a future refers to it, and recomputes every such result
+    when that worker dies (PrefectHQ/prefect#15442). A released future is forgotten by the
+    scheduler, so a dead worker costs only the tasks it was running. A thread pool's future
+    has nothing to release.
+    """
+    wrapped = getattr(future, "wrapped_future", None)
+    release = getattr(wrapped, "release", None)
+    if callable(release):
+        release()

@@ -16,6 +16,7 @@ from tasks.chroma_client import open_chroma
 from tasks.embeddings import Embedder
 from tasks.hybrid import candidate_count, fuse, fuse_rankings
 from tasks.lexical import open_lexical
+from tasks.portable import make_portable
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore, Hit
 
@@ -50,13 +51,14 @@ def open_store_for_writing(
     """The collection as ingest writes it: made if missing, its lexical index written in the
     same calls as Chroma (`tasks.lexical`), so the later searches find what was written."""
     name = collection or settings.collection
-    return ChunkStore(
+    store = ChunkStore(
         open_chroma(settings),
         name,
         embedder.name,
         embedder.dimension,
         lexical=open_lexical(settings, name),
     )
+    return make_portable(store, open_store_for_writing, settings, embedder, name)
 
 
 def query_chunks(

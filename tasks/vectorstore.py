@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from tasks.errors import CollectionNotFound, ConfigurationError
+from tasks.portable import portable_reduce
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -102,6 +103,11 @@ class ChunkStore:
         self.batch_size = min(limit, max_batch_size) if max_batch_size else limit
         self.collection = self._open_collection(create)
         self._left_out: LeftOutLedger | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent to a Dask worker as the recipe that opened it (`open_store_for_writing`),
+        opened there once per process; a store opened from parts cannot travel."""
+        return portable_reduce(self)
 
     def left_out(self) -> LeftOutLedger:
         """The ledger of this collection's left-out documents (made on first use)."""

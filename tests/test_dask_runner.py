@@ -606,3 +606,79 @@ def test_a_dask_worker_killed_mid_summary_costs_no_finished_chunk_again(
     assert not (paid_twice & finished)
     # ... and only the calls in flight on the killed worker (2 threads x 2 calls) may repeat
     assert len(paid_twice) <= 4
+
+
+def collection_rows(server: Any, name: str) -> dict[str, tuple[str, str]]:
+    """Chunk id -> (text, content hash) of a collection on the Chroma server."""
+    import chromadb
+
+    client = chromadb.HttpClient(host=server.host, port=server.port)
+    got = client.get_collection(name).get(include=["documents", "metadatas"])
+    return {
+        i: (text, str(meta.get("content_hash")))
+        for i, text, meta in zip(
+            got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True
+        )
+    }
+
+
+def test_ingest_on_two_dask_workers_equals_the_thread_runner(
+    tmp_path: Path, data: Path, cluster: Cluster
+) -> None:
+    from tests.support.chroma_process import chroma_server
+    from tests.support.docs_tree import INDEXED, QUARANTINED, build_tree
+
+    tree = build_tree(tmp_path / "docs", files=70, seed=5)  # 3 document batches (32 a batch)
+    with chroma_server(tmp_path / "chroma") as server:
+        chroma = {"GRISTMILL_CHROMA_HOST": server.host, "GRISTMILL_CHROMA_PORT": str(server.port)}
+        threads = gristmill(
+            "ingest", str(tree.root), "--collection", "threads", "--json",
+            data_dir=data, env=chroma,
+        )  # fmt: skip
+        # exit 1: the tree holds a binary page, quarantined (on both runners alike)
+        assert threads.returncode == 1 and tree.count(QUARANTINED) == 1, threads.stderr
+        on_dask = gristmill(
+            "ingest", str(tree.root), "--collection", "dask", "--json",
+            data_dir=data, env={**chroma, **dask_env(cluster)},
+        )  # fmt: skip
+        assert on_dask.returncode == threads.returncode, on_dask.stderr
+        again = gristmill(
+            "ingest", str(tree.root), "--collection", "dask", "--json",
+            data_dir=data, env={**chroma, **dask_env(cluster)},
+        )  # fmt: skip
+        assert again.returncode == threads.returncode, again.stderr
+        expected, got = json.loads(threads.stdout), json.loads(on_dask.stdout)
+        assert collection_rows(server, "dask") == collection_rows(server, "threads")
+    assert got["added"] == expected["added"] == tree.count(INDEXED)
+    for key in ("skipped", "quarantined", "chunks_written", "collection_count"):
+        assert got[key] == expected[key], key
+    assert got["embeddings_computed"] == got["chunks_written"] > 0
+    rerun = json.loads(again.stdout)
+    assert (rerun["added"], rerun["unchanged"], rerun["embeddings_computed"]) == (
+        0,
+        got["added"],
+        0,
+    )
+    # every document batch was a task run on a worker, and both workers took some
+    ran = {
+        name: [t for t in cluster.tasks_run_by(name) if t.startswith("ingest ")]
+        for name in cluster.workers
+    }
+    assert all(ran.values()), ran
+    assert sum(len(tasks) for tasks in ran.values()) == 2 * 3  # first run and re-run
+    runs = task_runs(data, "latest")  # the re-run's: its batches found everything unchanged
+    batches = [r for r in runs if r[0].startswith("ingest ")]
+    assert len(batches) == 3 and {state for _, state, _ in batches} == {"Completed"}, runs
+
+
+def test_ingest_on_dask_with_an_on_disk_chroma_is_one_line_and_exit_2(
+    tmp_path: Path, data: Path
+) -> None:
+    done = gristmill(
+        "ingest", str(REPO / "data" / "documents"), data_dir=data,
+        env={"GRISTMILL_TASK_RUNNER": "dask", "GRISTMILL_SERVER": "ephemeral"}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("gristmill: error:")]
+    assert len(lines) == 1 and "Chroma server" in lines[0], done.stderr

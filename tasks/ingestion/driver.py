@@ -19,6 +19,7 @@ from tasks.ingestion.progress import IngestProgress, OneEmbedAtATime
 from tasks.ingestion.report import IngestReport, QuarantineRecord, write_quarantine
 from tasks.ingestion.steps import PLAIN_STEPS, IngestSteps
 from tasks.ingestion.store import check_cleanup
+from tasks.portable import let_go
 from tasks.reporting import ProgressCallback
 from tasks.vectorstore import ChunkStore
 
@@ -31,6 +32,10 @@ DOCUMENTS_PER_BATCH = 32
 
 # Document batches ingested at once; their embedding calls take turns (`OneEmbedAtATime`).
 BATCHES_IN_FLIGHT = 2
+
+# Document batches handed to a Dask cluster at once: its workers each load, check, embed and
+# write one (a worker with more threads, more); the rest wait in its scheduler's queue.
+BATCHES_ON_A_CLUSTER = 16
 
 
 def batched(items: Sequence[DocumentPath], size: int) -> Iterable[list[DocumentPath]]:
@@ -93,11 +98,17 @@ def ingest_files(
     run_id: str | None = None,
     steps: IngestSteps = PLAIN_STEPS,
     on_progress: ProgressCallback | None = None,
+    on_cluster: bool = False,
 ) -> IngestReport:
     """Bring `store` in line with `files`; the caller holds the writer lock.
 
     `on_progress` hears documents done and chunks embedded as they change (`IngestProgress`),
     from the start on: the count of documents before the first batch ends.
+
+    `on_cluster` (the flow's task runner is a Dask cluster, `steps` its tasks): each document
+    batch is a task run on a worker, which gets the store and the embedder as the settings
+    that built them (`tasks/portable.py`) and writes to the same Chroma server; progress then
+    moves a batch at a time.
 
     Writes the quarantine file; raises DataQualityError when verification fails.
     """
@@ -120,21 +131,26 @@ def ingest_files(
 
     def run_batch(batch: list[DocumentPath]) -> BatchOutcome:
         counts = progress.batch(len(batch))
-        outcome = steps.batch(
-            batch,
-            store,
-            serial.counting(progress, counts),
-            stored,
-            max_tokens=max_tokens,
-            overlap_tokens=settings.doc_chunk_overlap_tokens,
-            cleanup=mode,
-            context=settings.doc_chunk_context,
-            label=batch[0].source if len(batch) == 1 else f"{batch[0].source} +{len(batch) - 1}",
-        )
+        options = {
+            "max_tokens": max_tokens,
+            "overlap_tokens": settings.doc_chunk_overlap_tokens,
+            "cleanup": mode,
+            "context": settings.doc_chunk_context,
+            "label": batch[0].source if len(batch) == 1 else f"{batch[0].source} +{len(batch) - 1}",
+        }
+        if on_cluster and steps.submit_batch is not None:
+            future = steps.submit_batch(batch, store, embedder, stored, **options)
+            outcome = future.result()
+            let_go(future)
+        else:
+            outcome = steps.batch(
+                batch, store, serial.counting(progress, counts), stored, **options
+            )
         progress.batch_done(counts)
         return outcome
 
-    for _, outcome in in_flight(run_batch, batched(files, DOCUMENTS_PER_BATCH)):
+    width = BATCHES_ON_A_CLUSTER if on_cluster else BATCHES_IN_FLIGHT
+    for _, outcome in in_flight(run_batch, batched(files, DOCUMENTS_PER_BATCH), width):
         for name in (
             "added",
             "updated",

@@ -17,6 +17,7 @@ from tasks.ingestion.store import delete_missing_sources, raise_for_problems, ve
 from tasks.vectorstore import ChunkStore
 
 if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
     from prefect.states import State
 
 
@@ -79,11 +80,13 @@ def verify_collection(store: ChunkStore, expected: dict[str, set[str]], exact: b
 
 
 class IngestSteps(NamedTuple):
-    """The step functions `ingest_files` calls: plain ones, or the flow's Prefect tasks."""
+    """The step functions `ingest_files` calls: plain ones, or the flow's Prefect tasks; with
+    tasks, `submit_batch` hands a document batch to the flow's task runner (a Dask cluster)."""
 
     batch: Callable[..., BatchOutcome]
     delete_missing: Callable[..., tuple[list[str], int]]
     verify: Callable[..., None]
+    submit_batch: Callable[..., PrefectFuture[BatchOutcome]] | None = None
 
 
 def _verify_plain(store: ChunkStore, expected: dict[str, set[str]], exact: bool) -> None:
@@ -91,4 +94,4 @@ def _verify_plain(store: ChunkStore, expected: dict[str, set[str]], exact: bool)
 
 
 PLAIN_STEPS = IngestSteps(ingest_batch_plain, delete_missing_sources, _verify_plain)
-TASK_STEPS = IngestSteps(ingest_batch, delete_missing, verify_collection)
+TASK_STEPS = IngestSteps(ingest_batch, delete_missing, verify_collection, ingest_batch.submit)
