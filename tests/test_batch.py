@@ -6,12 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from tasks.batch.dispatch import run_row_batch
@@ -27,35 +25,18 @@ from tasks.batch.results import RowResult
 from tasks.errors import ConfigurationError, UsageError
 from tasks.settings import Settings
 from tests.support.embedders import HashEmbedder
+from tests.support.openai_fixtures import fake_openai_fixtures, fake_openai_settings
 from tests.support.openai_server import FakeOpenAI, Fault
 
 KEY = "sk-test-batch-secret-0123456789"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(api_key=KEY) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAI) -> FakeOpenAI:
-    server.reset()
-    server.latency = 0.0
-    return server
+server, fake = fake_openai_fixtures(KEY)
 
 
 def settings_for(server: FakeOpenAI, data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "openai_base_url": server.base_url,
-        "openai_api_key": SecretStr(KEY),
-        "data_dir": data_dir,
-        "llm_timeout_s": 2.0,
-        "llm_max_retries": 2,
-        "batch_concurrency": 4,
-        "batch_rows_per_task": 5,
-    }
-    return Settings.model_validate(values | overrides)
+    values = {"llm_max_retries": 2, "batch_rows_per_task": 5} | overrides
+    return fake_openai_settings(server, KEY, data_dir, **values)
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
