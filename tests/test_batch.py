@@ -459,18 +459,13 @@ def test_bad_parameters_fail_the_run_at_once_with_the_reason(
 
 
 def test_the_deployment_defaults_classify_the_sample_tickets_offline(
-    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_harness: None, local_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from deployments.definitions import BATCH_PARAMETERS
-    from tasks.model_files import missing_files
     from tests.conftest import REPO
 
-    model_dir = REPO / "data" / "models" / "all-MiniLM-L6-v2"
-    if missing_files(model_dir):
-        pytest.skip("local model files not provisioned (python -m tasks.model_files DIR)")
     monkeypatch.chdir(REPO)  # the deployment's paths are relative to the worker's directory
     monkeypatch.setenv("GRISTMILL_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("GRISTMILL_MODEL_DIR", str(model_dir))
     state, report = run_parameters(**{**BATCH_PARAMETERS, "output_path": str(tmp_path / "t.csv")})
     assert state.is_completed(), state.message
     assert (report.rows, report.ok, report.engine) == (60, 60, "offline-embedding")
