@@ -47,31 +47,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
-SAMPLES = REPO / "data" / "documents"
 FORMATS = ("md", "txt", "md", "html", "jsonl")
-
-
-def sample_pools() -> tuple[list[str], list[str]]:
-    """Distinct sentences and headings of the sample corpus, as the pipeline loads it."""
-    from tasks.documents import discover_documents, load_document, split_sections
-
-    sentences: set[str] = set()
-    headings: set[str] = set()
-    for found in discover_documents([SAMPLES]):
-        document = load_document(found.path, root=found.root)
-        for section in split_sections(document.text):
-            if section.heading:
-                headings.add(section.heading.split(" > ")[-1])
-            for _, paragraph in section.paragraphs:
-                for sentence in re.split(r"(?<=[.!?])\s+", " ".join(paragraph.split())):
-                    if len(sentence.split()) >= 4 and not sentence.startswith(("-", "|", "#")):
-                        sentences.add(sentence)
-    return sorted(sentences), sorted(headings)
 
 
 def write_corpus(root: Path, documents: int, seed: int = 0) -> int:
     """`documents` files under `root` in ten folders; returns the bytes written."""
-    sentences, headings = sample_pools()
+    from tests.support.docs_tree import sample_pools
+
+    sentences, headings = sample_pools(code_lines=True)
     rng = random.Random(seed)
     total = 0
     for number in range(documents):
