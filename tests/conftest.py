@@ -44,6 +44,7 @@ socket.socket.connect = _loopback_only  # type: ignore[method-assign]
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_TRANSCRIPTS = REPO / "data" / "transcripts"
+MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +84,15 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def local_model(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The local embedding model's folder, set as GRISTMILL_MODEL_DIR; the test is skipped
+    where it is not provisioned (`make setup` does it)."""
+    from tasks.model_files import missing_files
+
+    if missing_files(MODEL_DIR):
+        pytest.skip("local model files not provisioned (python -m tasks.model_files DIR)")
+    monkeypatch.setenv("GRISTMILL_MODEL_DIR", str(MODEL_DIR))
+    return MODEL_DIR

@@ -6,12 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from tasks.batch.dispatch import run_row_batch
@@ -27,35 +25,18 @@ from tasks.batch.results import RowResult
 from tasks.errors import ConfigurationError, UsageError
 from tasks.settings import Settings
 from tests.support.embedders import HashEmbedder
+from tests.support.openai_fixtures import fake_openai_fixtures, fake_openai_settings
 from tests.support.openai_server import FakeOpenAI, Fault
 
 KEY = "sk-test-batch-secret-0123456789"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(api_key=KEY) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAI) -> FakeOpenAI:
-    server.reset()
-    server.latency = 0.0
-    return server
+server, fake = fake_openai_fixtures(KEY)
 
 
 def settings_for(server: FakeOpenAI, data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "openai_base_url": server.base_url,
-        "openai_api_key": SecretStr(KEY),
-        "data_dir": data_dir,
-        "llm_timeout_s": 2.0,
-        "llm_max_retries": 2,
-        "batch_concurrency": 4,
-        "batch_rows_per_task": 5,
-    }
-    return Settings.model_validate(values | overrides)
+    values = {"llm_max_retries": 2, "batch_rows_per_task": 5} | overrides
+    return fake_openai_settings(server, KEY, data_dir, **values)
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
@@ -478,18 +459,13 @@ def test_bad_parameters_fail_the_run_at_once_with_the_reason(
 
 
 def test_the_deployment_defaults_classify_the_sample_tickets_offline(
-    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_harness: None, local_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from deployments.definitions import BATCH_PARAMETERS
-    from tasks.model_files import missing_files
     from tests.conftest import REPO
 
-    model_dir = REPO / "data" / "models" / "all-MiniLM-L6-v2"
-    if missing_files(model_dir):
-        pytest.skip("local model files not provisioned (python -m tasks.model_files DIR)")
     monkeypatch.chdir(REPO)  # the deployment's paths are relative to the worker's directory
     monkeypatch.setenv("GRISTMILL_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("GRISTMILL_MODEL_DIR", str(model_dir))
     state, report = run_parameters(**{**BATCH_PARAMETERS, "output_path": str(tmp_path / "t.csv")})
     assert state.is_completed(), state.message
     assert (report.rows, report.ok, report.engine) == (60, 60, "offline-embedding")

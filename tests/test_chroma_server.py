@@ -230,22 +230,33 @@ class StopsTheServer(HashEmbedder):
         return super().embed(texts)
 
 
-def notes(tmp_path: Path, count: int = 6) -> Path:
+@pytest.fixture
+def notes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Six notes to ingest, one document a batch (so a server can go away between batches)."""
+    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)
     docs = tmp_path / "docs"
     docs.mkdir()
-    for i in range(count):
+    for i in range(6):
         (docs / f"note{i}.md").write_text(f"# Note {i}\n\nRoom {i} is cleaned on day {i}.\n")
     return docs
 
 
-@pytest.mark.timeout(240)
-def test_a_server_restart_mid_run_is_retried_and_the_run_completes(
-    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def ingest_via(
+    server: ChromaServer, docs: Path, embedder: HashEmbedder, collection: str, **parameters: Any
+) -> Any:
+    """`ingest_documents` over `docs` into `collection` on `server`, with `embedder` (and flow
+    `parameters`); the data dir is "data" beside `docs`."""
     from pipelines.ingest import ingest_documents
 
-    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)
-    docs = notes(tmp_path)
+    settings = settings_for(docs.parent / "data", chroma_host=server.host, chroma_port=server.port)
+    with run_context(settings=settings, embedder=embedder):
+        return ingest_documents(paths=[str(docs)], collection=collection, **parameters)
+
+
+@pytest.mark.timeout(240)
+def test_a_server_restart_mid_run_is_retried_and_the_run_completes(
+    prefect_harness: None, tmp_path: Path, notes: Path
+) -> None:
     with ExitStack() as servers:
         first = servers.enter_context(chroma_server(tmp_path / "db"))
 
@@ -257,9 +268,7 @@ def test_a_server_restart_mid_run_is_retried_and_the_run_completes(
                 lambda: servers.enter_context(chroma_server(tmp_path / "db", port=first.port)),
             ).start()
 
-        settings = settings_for(tmp_path / "data", chroma_host=first.host, chroma_port=first.port)
-        with run_context(settings=settings, embedder=StopsTheServer(restart)):
-            state = ingest_documents(paths=[str(docs)], collection="restarted", return_state=True)
+        state = ingest_via(first, notes, StopsTheServer(restart), "restarted", return_state=True)
         assert state.is_completed(), state.message
         report = state.result()
         assert report.added == 6 and report.collection_count == 6
@@ -267,16 +276,10 @@ def test_a_server_restart_mid_run_is_retried_and_the_run_completes(
 
 @pytest.mark.timeout(240)
 def test_a_server_gone_for_good_stops_the_run_in_words_and_a_rerun_finishes(
-    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_harness: None, tmp_path: Path, notes: Path
 ) -> None:
-    from pipelines.ingest import ingest_documents
-
-    monkeypatch.setattr(tasks.ingestion.driver, "DOCUMENTS_PER_BATCH", 1)
-    docs = notes(tmp_path)
     with chroma_server(tmp_path / "db") as server:
-        settings = settings_for(tmp_path / "data", chroma_host=server.host, chroma_port=server.port)
-        with run_context(settings=settings, embedder=StopsTheServer(server.stop)):
-            state = ingest_documents(paths=[str(docs)], collection="stopped", return_state=True)
+        state = ingest_via(server, notes, StopsTheServer(server.stop), "stopped", return_state=True)
     assert state.is_failed()
     assert state.message.startswith("lost the connection to the Chroma server: ConnectError")
     with pytest.raises(StoreUnavailableError) as raised:
@@ -284,9 +287,7 @@ def test_a_server_gone_for_good_stops_the_run_in_words_and_a_rerun_finishes(
     assert raised.value.exit_code == 1
     # the batch that finished before the server went away is kept; a rerun adds the rest
     with chroma_server(tmp_path / "db") as server:
-        settings = settings_for(tmp_path / "data", chroma_host=server.host, chroma_port=server.port)
-        with run_context(settings=settings, embedder=HashEmbedder()):
-            report = ingest_documents(paths=[str(docs)], collection="stopped")
+        report = ingest_via(server, notes, HashEmbedder(), "stopped")
         assert report.unchanged >= 1 and report.added + report.unchanged == 6
         assert report.collection_count == 6
 

@@ -155,11 +155,9 @@ def no_server_left(tmp_path: Path) -> Iterator[None]:
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
-    """The commands' data dir (GRISTMILL_DATA_DIR), made empty."""
-    path = tmp_path / "data"
-    path.mkdir()
-    return path
+def data(data_dir: Path) -> Path:
+    """The commands' data dir (GRISTMILL_DATA_DIR), made empty: conftest's `data_dir`."""
+    return data_dir
 
 
 @pytest.fixture

@@ -174,14 +174,26 @@ def ended(run: dict[str, Any] | None, state: str, name: str) -> dict[str, Any]:
     return run
 
 
-def test_summarize_run_completes_with_task_runs_and_report(finished_runs: FinishedRuns) -> None:
+def completed_with_report(
+    finished_runs: FinishedRuns, run: dict[str, Any] | None, name: str, report_key: str
+) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """`run`, checked to be there, named `name`, Completed, with every task run Completed and
+    one Markdown artifact under `report_key`: (the run, its task runs, the artifact's text)."""
     server = finished_runs.server
-    run = ended(finished_runs.good, "COMPLETED", "summarize transcripts")
-    assert run["state"]["message"].startswith("2 transcripts: 2 summarised")
-
+    run = ended(run, "COMPLETED", name)
     task_runs = task_runs_of(server, run)
+    assert {t["state"]["type"] for t in task_runs} == {"COMPLETED"}, task_runs
+    report = artifact_of(server, run, report_key)
+    assert report["type"] == "markdown"
+    return run, task_runs, str(report["data"])
+
+
+def test_summarize_run_completes_with_task_runs_and_report(finished_runs: FinishedRuns) -> None:
+    run, task_runs, report = completed_with_report(
+        finished_runs, finished_runs.good, "summarize transcripts", REPORT_KEY
+    )
+    assert run["state"]["message"].startswith("2 transcripts: 2 summarised")
     names = {t["name"] for t in task_runs}
-    assert {t["state"]["type"] for t in task_runs} == {"COMPLETED"}
     # small transcripts share a group task named after its first file ("summarize a.txt and 1
     # more"), which parses, checks and writes them; a transcript of several chunks leaves its
     # group and gets its own tasks, down to "write <stem>"
@@ -189,10 +201,7 @@ def test_summarize_run_completes_with_task_runs_and_report(finished_runs: Finish
     for sample in SAMPLES:
         stem = Path(sample).stem
         assert f"write {stem}" in names or any(sample in g or " and " in g for g in groups), names
-
-    report = artifact_of(server, run, REPORT_KEY)
-    assert report["type"] == "markdown"
-    assert all(Path(sample).stem in report["data"] for sample in SAMPLES)
+    assert all(Path(sample).stem in report for sample in SAMPLES)
 
 
 def test_empty_transcript_fails_with_its_reason_in_the_state(finished_runs: FinishedRuns) -> None:
@@ -206,37 +215,29 @@ def test_empty_transcript_fails_with_its_reason_in_the_state(finished_runs: Fini
 def test_ingest_run_completes_with_every_sample_document_and_report(
     finished_runs: FinishedRuns,
 ) -> None:
-    server = finished_runs.server
-    run = ended(finished_runs.ingest, "COMPLETED", "ingest documents")
+    run, task_runs, report = completed_with_report(
+        finished_runs, finished_runs.ingest, "ingest documents", INGEST_REPORT_KEY
+    )
     documents = sum(1 for path in SAMPLE_DOCUMENTS.rglob("*") if path.is_file())
     assert run["state"]["message"].startswith(f"{documents} added, 0 updated"), run["state"]
     assert "0 quarantined" in run["state"]["message"]
     assert "pipeline:ingest" in run["tags"]
     assert any(tag.startswith("embedder:all-MiniLM-L6-v2") for tag in run["tags"]), run["tags"]
-
-    task_runs = task_runs_of(server, run)
-    assert task_runs and {t["state"]["type"] for t in task_runs} == {"COMPLETED"}
     assert any(t["name"].startswith("ingest ") for t in task_runs), task_runs
-    report = artifact_of(server, run, INGEST_REPORT_KEY)
-    assert report["type"] == "markdown"
-    assert f"| Documents added | {documents} |" in report["data"], report["data"]
+    assert f"| Documents added | {documents} |" in report, report
 
 
 @NEEDS_MODEL
 def test_batch_run_from_the_deployment_defaults_classifies_every_ticket(
     finished_runs: FinishedRuns,
 ) -> None:
-    server = finished_runs.server
-    run = ended(finished_runs.batch, "COMPLETED", "batch support-tickets.csv")
+    run, task_runs, report = completed_with_report(
+        finished_runs, finished_runs.batch, "batch support-tickets.csv", BATCH_REPORT_KEY
+    )
     assert run["state"]["message"] == "60 rows: 60 ok (0 reused), 0 failed, 0 invalid input"
     assert {"pipeline:batch", "engine:offline-embedding"} <= set(run["tags"])
-
-    task_runs = task_runs_of(server, run)
     assert [t["name"] for t in task_runs] == ["support-tickets.csv rows 0-59"]
-    assert task_runs[0]["state"]["type"] == "COMPLETED"
-    report = artifact_of(server, run, BATCH_REPORT_KEY)
-    assert report["type"] == "markdown"
-    assert "offline-embedding" in report["data"] and "record-output: passed" in report["data"]
+    assert "offline-embedding" in report and "record-output: passed" in report
     with finished_runs.batch_output.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 60 and {r["status"] for r in rows} == {"ok"}

@@ -482,14 +482,10 @@ def test_ingest_flow_reports_and_publishes_an_artifact(
     assert set(stored["ids"]) == expected_ids(docs, settings, embedder)
 
 
-def test_real_embedder_ingests_the_sample_corpus(tmp_path: Path) -> None:
+def test_real_embedder_ingests_the_sample_corpus(local_model: Path, tmp_path: Path) -> None:
     from tasks.embeddings import build_embedder
-    from tasks.model_files import missing_files
 
-    model_dir = REPO / "data" / "models" / "all-MiniLM-L6-v2"
-    if missing_files(model_dir):
-        pytest.skip("local model files not provisioned (python -m tasks.model_files DIR)")
-    settings = Settings(data_dir=tmp_path / "data", model_dir=model_dir)
+    settings = Settings(data_dir=tmp_path / "data", model_dir=local_model)
     embedder = build_embedder(settings)
     store = ChunkStore(open_chroma(settings), "sample", embedder.name, embedder.dimension)
     files = discover_documents([REPO / "data" / "documents"])
@@ -642,21 +638,16 @@ def test_answer_flow_answers_and_refuses(
 
 
 def test_cli_ingest_query_and_ask_contracts(
-    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_harness: None, local_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from typer.testing import CliRunner
 
     from pipelines.cli import app
     from tasks.chroma_client import acquire_writer_lock
-    from tasks.model_files import missing_files
 
-    model_dir = REPO / "data" / "models" / "all-MiniLM-L6-v2"
-    if missing_files(model_dir):
-        pytest.skip("local model files not provisioned (python -m tasks.model_files DIR)")
     docs = write_corpus(tmp_path)
     (docs / "api.md").write_text("---\ntitle: API\n---\n")  # nothing to index: not a failure
     monkeypatch.setenv("GRISTMILL_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("GRISTMILL_MODEL_DIR", str(model_dir))
     runner = CliRunner()
 
     result = runner.invoke(app, ["ingest", str(docs), "--collection", "cli-docs", "--json"])

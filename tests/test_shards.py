@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from pipelines.run_context import run_context
@@ -20,6 +19,7 @@ from tasks.reporting import Progress
 from tasks.settings import Settings
 from tests.conftest import SAMPLE_TRANSCRIPTS
 from tests.support.embedders import HashEmbedder
+from tests.support.openai_fixtures import fake_openai_fixtures, fake_openai_settings
 from tests.support.openai_server import FakeOpenAI
 
 KEY = "sk-test-shards-secret-0123456789"
@@ -30,30 +30,12 @@ CLASSIFY: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def server() -> Any:
-    with FakeOpenAI(api_key=KEY) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAI) -> FakeOpenAI:
-    server.reset()
-    server.latency = 0.0
-    return server
+server, fake = fake_openai_fixtures(KEY)
 
 
 def llm_settings(fake: FakeOpenAI, data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "openai_base_url": fake.base_url,
-        "openai_api_key": SecretStr(KEY),
-        "data_dir": data_dir,
-        "llm_timeout_s": 2.0,
-        "llm_max_retries": 0,
-        "batch_concurrency": 4,
-        "batch_rows_per_task": 4,
-    }
-    return Settings.model_validate(values | overrides)
+    values = {"llm_max_retries": 0, "batch_rows_per_task": 4} | overrides
+    return fake_openai_settings(fake, KEY, data_dir, **values)
 
 
 def test_a_key_lands_in_the_same_shard_every_time_and_keys_spread_evenly() -> None:

@@ -44,17 +44,23 @@ def summarize(settings: Settings, **parameters: Any) -> Any:
 
 
 def run(
-    settings: Settings, paths: list[Path], force: bool = False, out: Path | None = None
+    settings: Settings,
+    paths: list[Path],
+    force: bool = False,
+    out: Path | None = None,
+    **parameters: Any,
 ) -> tuple[Any, SummarizeReport]:
+    """The flow over `paths` (with any other flow `parameters`): its final state and report."""
     state = summarize(
         settings,
         paths=[str(p) for p in paths],
         out_dir=str(out) if out else None,
         force=force,
         return_state=True,
+        **parameters,
     )
     report = state_report(state)
-    assert isinstance(report, SummarizeReport)
+    assert isinstance(report, SummarizeReport), state.message
     return state, report
 
 
@@ -435,14 +441,8 @@ def test_participants_and_owners_are_speakers_of_the_transcript(
             if engine == "openai"
             else Settings(_env_file=None, data_dir=data_dir)  # type: ignore[call-arg]
         )
-        state = summarize(
-            settings,
-            paths=[str(folder)],
-            group_files=group_files,
-            return_state=True,
-        )
-    report = state_report(state)
-    assert isinstance(report, SummarizeReport) and state.is_completed(), state.message
+        state, report = run(settings, [folder], group_files=group_files)
+    assert state.is_completed(), state.message
     data = json.loads(Path(report.transcripts[0].output or "").read_text())
     assert data["engine"] == ("offline-extractive" if engine == "offline" else "openai")
     assert sorted(data["participants"]) == ["Alice", "Bob"]
@@ -525,14 +525,8 @@ def test_key_points_that_repeat_the_summary_or_each_other_are_dropped(
     )
     with FakeOpenAI(api_key=KEY, responder=repeating_notes_responder) as fake:
         settings = llm_settings(data_dir, fake)
-        state = summarize(
-            settings,
-            paths=[str(folder)],
-            group_files=group_files,
-            return_state=True,
-        )
-    report = state_report(state)
-    assert isinstance(report, SummarizeReport) and state.is_completed(), state.message
+        state, report = run(settings, [folder], group_files=group_files)
+    assert state.is_completed(), state.message
     output = Path(report.transcripts[0].output or "")
     assert json.loads(output.read_text())["key_points"] == [
         "Bob prepares the quarterly numbers by Friday."

@@ -78,30 +78,89 @@ def test_prose_with_a_colon_is_not_taken_for_speakers() -> None:
     assert all(u.speaker is None for u in parse_transcript_text(text, "text"))
 
 
-def test_speaker_lines_with_continuations_and_timestamps(tmp_path: Path) -> None:
-    content = (
-        "Meeting about the roadmap\n\n"
-        "Alice: Hello   everyone,\n"
-        "thanks for coming.\n\n"
-        "and welcome.\n"
-        "[00:01:02] Dr. Smith: Glad to be here.\n"
-        "Bob (01:05): Me too: really.\n"
-        "SPEAKER_01: yes\n"
-        "Speaker 2 [1:02:03.5]: ok\n"
-        "Mary van Dyke: fine\n"
-        "Note: not a speaker, continues Mary.\n"
-    )
-    transcript = parse_file(tmp_path, "meeting.txt", content, "speaker")
-    assert turns(transcript.utterances) == [
-        (None, "Meeting about the roadmap"),
-        ("Alice", "Hello everyone, thanks for coming. and welcome."),
-        ("Dr. Smith", "Glad to be here."),
-        ("Bob", "Me too: really."),
-        ("SPEAKER_01", "yes"),
-        ("Speaker 2", "ok"),
-        ("Mary van Dyke", "fine Note: not a speaker, continues Mary."),
-    ]
-    assert [u.start for u in transcript.utterances[2:6]] == [62.0, 65.0, None, 3723.5]
+Times = dict[tuple[int, str], float | None]
+"""(utterance index, "start" or "end") -> that time."""
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "content", "expected", "times"),
+    [
+        pytest.param(
+            "meeting.txt",
+            "speaker",
+            "Meeting about the roadmap\n\n"
+            "Alice: Hello   everyone,\n"
+            "thanks for coming.\n\n"
+            "and welcome.\n"
+            "[00:01:02] Dr. Smith: Glad to be here.\n"
+            "Bob (01:05): Me too: really.\n"
+            "SPEAKER_01: yes\n"
+            "Speaker 2 [1:02:03.5]: ok\n"
+            "Mary van Dyke: fine\n"
+            "Note: not a speaker, continues Mary.\n",
+            [
+                (None, "Meeting about the roadmap"),
+                ("Alice", "Hello everyone, thanks for coming. and welcome."),
+                ("Dr. Smith", "Glad to be here."),
+                ("Bob", "Me too: really."),
+                ("SPEAKER_01", "yes"),
+                ("Speaker 2", "ok"),
+                ("Mary van Dyke", "fine Note: not a speaker, continues Mary."),
+            ],
+            {(2, "start"): 62.0, (3, "start"): 65.0, (4, "start"): None, (5, "start"): 3723.5},
+            id="speaker-lines-with-continuations-and-timestamps",
+        ),
+        pytest.param(
+            "sync.md",
+            "markdown",
+            "---\ntitle: Weekly sync\n---\n"
+            "# Weekly sync\n\n"
+            "**Alice:** Let's start.\n"
+            "- **Bob**: Sure thing.\n"
+            "* __Carol__: Ready.\n"
+            "> Dan: quoted\n\n"
+            "---\n"
+            "## Part two\n\n"
+            "Unlabelled paragraph after a heading.\n",
+            [
+                ("Alice", "Let's start."),
+                ("Bob", "Sure thing."),
+                ("Carol", "Ready."),
+                ("Dan", "quoted"),
+                (None, "Unlabelled paragraph after a heading."),
+            ],
+            {},
+            id="markdown-strips-headings-bold-and-bullets",
+        ),
+        pytest.param(
+            "talk.srt",
+            "srt",
+            "1\r\n00:00:01,000 --> 00:00:02,000\r\nALICE: Hi\r\n\r\n"
+            "2\r\n00:00:02,000 --> 00:00:03,000\r\nthere.\r\n"
+            "3\r\n00:00:03,000 --> 00:00:04,500\r\nBOB: Yo\r\n{\\an8}<i>man</i>\r\n\r\n"
+            "text after a stray blank line\r\n\r\n"
+            "4\r\n01:00:00,000 --> 01:00:01,000\r\nALICE: Bye\r\n",
+            [
+                ("ALICE", "Hi there."),
+                ("BOB", "Yo man text after a stray blank line"),
+                ("ALICE", "Bye"),
+            ],
+            {(1, "end"): 4.5, (2, "start"): 3600.0},
+            id="srt-numbers-labels-tags-and-sloppy-blocks",
+        ),
+    ],
+)
+def test_turns_and_times_read_from_a_file(
+    tmp_path: Path,
+    name: str,
+    fmt: str,
+    content: str,
+    expected: list[tuple[str | None, str]],
+    times: Times,
+) -> None:
+    transcript = parse_file(tmp_path, name, content, fmt)
+    assert turns(transcript.utterances) == expected
+    assert {(i, end): getattr(transcript.utterances[i], end) for i, end in times} == times
     assert_contiguous(transcript.utterances)
 
 
@@ -118,28 +177,6 @@ def test_forced_speaker_format_and_unknown_format() -> None:
     ]
     with pytest.raises(ValueError, match="unknown transcript format"):
         parse_transcript_text("x", "docx")
-
-
-def test_markdown_strips_headings_bold_and_bullets(tmp_path: Path) -> None:
-    content = (
-        "---\ntitle: Weekly sync\n---\n"
-        "# Weekly sync\n\n"
-        "**Alice:** Let's start.\n"
-        "- **Bob**: Sure thing.\n"
-        "* __Carol__: Ready.\n"
-        "> Dan: quoted\n\n"
-        "---\n"
-        "## Part two\n\n"
-        "Unlabelled paragraph after a heading.\n"
-    )
-    transcript = parse_file(tmp_path, "sync.md", content, "markdown")
-    assert turns(transcript.utterances) == [
-        ("Alice", "Let's start."),
-        ("Bob", "Sure thing."),
-        ("Carol", "Ready."),
-        ("Dan", "quoted"),
-        (None, "Unlabelled paragraph after a heading."),
-    ]
 
 
 def test_markdown_without_speakers_keeps_paragraphs(tmp_path: Path) -> None:
@@ -231,71 +268,69 @@ def test_caption_merging_stops_at_the_group_limit() -> None:
     assert [(u.start, u.end) for u in utterances] == [(0.0, 2.0), (2.0, 4.0), (4.0, 5.0)]
 
 
-def test_srt_numbers_labels_tags_and_sloppy_blocks(tmp_path: Path) -> None:
-    content = (
-        "1\r\n00:00:01,000 --> 00:00:02,000\r\nALICE: Hi\r\n\r\n"
-        "2\r\n00:00:02,000 --> 00:00:03,000\r\nthere.\r\n"
-        "3\r\n00:00:03,000 --> 00:00:04,500\r\nBOB: Yo\r\n{\\an8}<i>man</i>\r\n\r\n"
-        "text after a stray blank line\r\n\r\n"
-        "4\r\n01:00:00,000 --> 01:00:01,000\r\nALICE: Bye\r\n"
-    )
-    transcript = parse_file(tmp_path, "talk.srt", content, "srt")
-    assert turns(transcript.utterances) == [
-        ("ALICE", "Hi there."),
-        ("BOB", "Yo man text after a stray blank line"),
-        ("ALICE", "Bye"),
-    ]
-    assert transcript.utterances[1].end == 4.5
-    assert transcript.utterances[2].start == 3600.0
-
-
 def timed(utterances: list[Utterance]) -> list[tuple[str | None, str, float | None, float | None]]:
     return [(u.speaker, u.text, u.start, u.end) for u in utterances]
 
 
-def test_vtt_malformed_timings_keep_their_text_and_are_reported_by_line(tmp_path: Path) -> None:
-    content = (
-        "WEBVTT\n\n"
-        "00:00:0x.000 --> 00:00:01.000\n<v Dan>Before the first good cue.\n\n"
-        "00:00:01.000 --> 00:00:02.000\n<v Alice>First from Alice.\n\n"
-        "b2\n00:00:03.000 --> 00:00:0x.000\n<v Bob>Bob's own words.\n\n"
-        "00:00:05.000 --> 00:00:06.000\n<v Carol>Carol's words.\n"
-    )
-    transcript = parse_transcript(write(tmp_path, "call.vtt", content))
-    assert timed(transcript.utterances) == [
-        ("Dan", "Before the first good cue.", None, 1.0),
-        ("Alice", "First from Alice.", 1.0, 2.0),
-        ("Bob", "Bob's own words.", 3.0, None),
-        ("Carol", "Carol's words.", 5.0, 6.0),
-    ]
-    assert transcript.warnings == [
-        "line 3: malformed cue timing '00:00:0x.000 --> 00:00:01.000'; no start time; text kept",
-        "line 10: malformed cue timing '00:00:03.000 --> 00:00:0x.000'; no end time; text kept",
-    ]
-
-
-def test_srt_malformed_cues_keep_their_text_and_are_reported_by_line(tmp_path: Path) -> None:
-    content = (
-        "1\n00:00:01,000 --> 00:00:02,000\nALICE: Hi.\n\n"
-        "2\n00:00:03,000 -> 00:00:04,000\nBOB: Arrow typo.\n\n"
-        "3\n00:00:05;000 --> 00:00:06,000\nALICE: Semicolon.\n\n"
-        "4\nCAROL: No timing line at all.\n\n"
-        "5\n00:00:09,000 --> 00:00:10,000\nBOB: Bye.\n"
-    )
-    transcript = parse_transcript(write(tmp_path, "talk.srt", content))
-    assert timed(transcript.utterances) == [
-        ("ALICE", "Hi.", 1.0, 2.0),
-        ("BOB", "Arrow typo.", 3.0, 4.0),
-        ("ALICE", "Semicolon.", None, 6.0),
-        ("CAROL", "No timing line at all.", None, None),
-        ("BOB", "Bye.", 9.0, 10.0),
-    ]
-    assert transcript.warnings == [
-        "line 6: malformed cue timing '00:00:03,000 -> 00:00:04,000';"
-        " read as 00:00:03,000 --> 00:00:04,000",
-        "line 10: malformed cue timing '00:00:05;000 --> 00:00:06,000'; no start time; text kept",
-        "line 13: cue 4 has no timing line; text kept",
-    ]
+@pytest.mark.parametrize(
+    ("name", "content", "expected", "warnings"),
+    [
+        pytest.param(
+            "call.vtt",
+            "WEBVTT\n\n"
+            "00:00:0x.000 --> 00:00:01.000\n<v Dan>Before the first good cue.\n\n"
+            "00:00:01.000 --> 00:00:02.000\n<v Alice>First from Alice.\n\n"
+            "b2\n00:00:03.000 --> 00:00:0x.000\n<v Bob>Bob's own words.\n\n"
+            "00:00:05.000 --> 00:00:06.000\n<v Carol>Carol's words.\n",
+            [
+                ("Dan", "Before the first good cue.", None, 1.0),
+                ("Alice", "First from Alice.", 1.0, 2.0),
+                ("Bob", "Bob's own words.", 3.0, None),
+                ("Carol", "Carol's words.", 5.0, 6.0),
+            ],
+            [
+                "line 3: malformed cue timing '00:00:0x.000 --> 00:00:01.000'; no start time;"
+                " text kept",
+                "line 10: malformed cue timing '00:00:03.000 --> 00:00:0x.000'; no end time;"
+                " text kept",
+            ],
+            id="vtt",
+        ),
+        pytest.param(
+            "talk.srt",
+            "1\n00:00:01,000 --> 00:00:02,000\nALICE: Hi.\n\n"
+            "2\n00:00:03,000 -> 00:00:04,000\nBOB: Arrow typo.\n\n"
+            "3\n00:00:05;000 --> 00:00:06,000\nALICE: Semicolon.\n\n"
+            "4\nCAROL: No timing line at all.\n\n"
+            "5\n00:00:09,000 --> 00:00:10,000\nBOB: Bye.\n",
+            [
+                ("ALICE", "Hi.", 1.0, 2.0),
+                ("BOB", "Arrow typo.", 3.0, 4.0),
+                ("ALICE", "Semicolon.", None, 6.0),
+                ("CAROL", "No timing line at all.", None, None),
+                ("BOB", "Bye.", 9.0, 10.0),
+            ],
+            [
+                "line 6: malformed cue timing '00:00:03,000 -> 00:00:04,000';"
+                " read as 00:00:03,000 --> 00:00:04,000",
+                "line 10: malformed cue timing '00:00:05;000 --> 00:00:06,000'; no start time;"
+                " text kept",
+                "line 13: cue 4 has no timing line; text kept",
+            ],
+            id="srt",
+        ),
+    ],
+)
+def test_malformed_cue_timings_keep_their_text_and_are_reported_by_line(
+    tmp_path: Path,
+    name: str,
+    content: str,
+    expected: list[tuple[str | None, str, float | None, float | None]],
+    warnings: list[str],
+) -> None:
+    transcript = parse_transcript(write(tmp_path, name, content))
+    assert timed(transcript.utterances) == expected
+    assert transcript.warnings == warnings
 
 
 def test_caption_text_with_arrows_or_dashes_is_not_a_timing() -> None:

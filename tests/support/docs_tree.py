@@ -81,8 +81,10 @@ class DocsTree:
 
 
 @cache
-def sample_pools() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Distinct sentences and headings of the sample corpus, as the pipeline loads it."""
+def sample_pools(code_lines: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Distinct sentences and headings of the sample corpus, as the pipeline loads it; a code
+    block flattened into a line is not a sentence unless `code_lines` (benchmarks/ingest_speed.py
+    keeps them, as its corpus always has)."""
     from tasks.documents import discover_documents, load_document, split_sections
 
     sentences: set[str] = set()
@@ -97,7 +99,7 @@ def sample_pools() -> tuple[tuple[str, ...], tuple[str, ...]]:
                     if (
                         len(sentence.split()) >= 4
                         and not sentence.startswith(("-", "|", "#"))
-                        and "```" not in sentence  # a code block flattened into a line
+                        and (code_lines or "```" not in sentence)
                     ):
                         sentences.add(sentence)
     return tuple(sorted(sentences)), tuple(sorted(headings))
