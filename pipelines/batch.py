@@ -24,7 +24,7 @@ from typing import Any
 from prefect import Flow, flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipelines.run_context import current_run, run_context
@@ -52,9 +52,16 @@ from tasks.batch.report import (
 )
 from tasks.batch.results import RowResult, failed_result
 from tasks.batch.writing import RecordWriter
-from tasks.errors import GristmillError, RunFailed, ShardsUnfinished
+from tasks.errors import GristmillError, ShardsUnfinished
 from tasks.portable import let_go
-from tasks.reporting import Progress, ProgressCallback, RunProgress, publish_report, tag_flow_run
+from tasks.reporting import (
+    Progress,
+    ProgressCallback,
+    RunProgress,
+    publish_report,
+    report_state,
+    tag_flow_run,
+)
 from tasks.settings import Settings
 
 # Prefect validates a run's parameters with a pydantic model of the flow's signature, built
@@ -176,10 +183,8 @@ def batch_records(
         if engine is None:  # built here: ours to close
             plan.engine.close()
     logger.info(report.headline())
-    if not report.success:
-        message = "; ".join([report.headline(), *report.failures[:3], *report.quality_errors[:3]])
-        return Failed(message=message, data=RunFailed(message, report=report))
-    return Completed(message=report.headline(), data=report)
+    problems = [*report.failures[:3], *report.quality_errors[:3]]
+    return report_state(report, report.headline(), not report.success, problems)
 
 
 BATCH_TASKS_AT_ONCE = 4

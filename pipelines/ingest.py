@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prefect import Flow, flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Failed, State
 
 from pipelines.run_context import current_run, run_context
 from pipelines.runners import check_cluster_store
@@ -33,7 +33,7 @@ from pipelines.shards import (
 from tasks.chroma_client import server_errors, writer_lock
 from tasks.documents import DocumentPath, discover_documents
 from tasks.embeddings import Embedder, build_embedder
-from tasks.errors import ConfigurationError, GristmillError, RunFailed, UsageError
+from tasks.errors import ConfigurationError, GristmillError, UsageError
 from tasks.ingestion import (
     TASK_STEPS,
     IngestReport,
@@ -46,7 +46,7 @@ from tasks.ingestion import (
     unique_sources,
     write_quarantine,
 )
-from tasks.reporting import ProgressCallback, RunProgress, publish_report, tag_flow_run
+from tasks.reporting import ProgressCallback, RunProgress, finish_run, tag_flow_run
 from tasks.retrieval import open_store_for_writing
 from tasks.settings import Settings
 from tasks.vectorstore import ChunkStore
@@ -173,17 +173,13 @@ def _ingest(job: _Job, shard: int | None = None, shards: int = 1) -> IngestRepor
 
 def _finish(report: IngestReport) -> State:
     """The run's report artifact and final state: Failed when a document was quarantined."""
-    publish_report(
+    return finish_run(
+        report,
         key=REPORT_ARTIFACT_KEY,
         markdown=ingest_report_markdown(report),
-        description=report.headline(),
+        failed=bool(report.quarantine),
+        problems=[f"quarantined {r.source}: {r.reason}" for r in report.quarantine[:5]],
     )
-    get_run_logger().info(report.headline())
-    if report.quarantine:
-        reasons = "; ".join(f"{r.source}: {r.reason}" for r in report.quarantine[:5])
-        message = f"{report.headline()}. Quarantined: {reasons}"
-        return Failed(message=message, data=RunFailed(message, report=report))
-    return Completed(message=report.headline(), data=report)
 
 
 def _sharded(job: _Job, shards: int) -> State:

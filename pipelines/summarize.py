@@ -23,7 +23,7 @@ from typing import Any
 from prefect import Flow, flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipelines.run_context import current_run, run_context
@@ -40,7 +40,7 @@ from pipelines.shards import (
     shard_of,
 )
 from tasks.chunking import Chunk
-from tasks.errors import GristmillError, RunFailed
+from tasks.errors import GristmillError
 from tasks.llm import Usage
 from tasks.reporting import (
     ItemOutcome,
@@ -48,7 +48,7 @@ from tasks.reporting import (
     ProgressCallback,
     RunProgress,
     SummarizeReport,
-    publish_report,
+    finish_run,
     summarize_report_markdown,
     tag_flow_run,
 )
@@ -328,17 +328,13 @@ def _report(outcomes: list[ItemOutcome], summarizer: Summarizer, started: float)
 
 def _finish(report: SummarizeReport) -> State:
     """The run's report artifact and its final state: Failed when a transcript failed."""
-    publish_report(
+    return finish_run(
+        report,
         key=REPORT_ARTIFACT_KEY,
         markdown=summarize_report_markdown(report),
-        description=report.headline(),
+        failed=bool(report.failed),
+        problems=[f"{Path(t.source).name}: {t.error}" for t in report.failed[:5]],
     )
-    get_run_logger().info(report.headline())
-    if report.failed:
-        reasons = "; ".join(f"{Path(t.source).name}: {t.error}" for t in report.failed[:5])
-        message = f"{report.headline()}. {reasons}"
-        return Failed(message=message, data=RunFailed(message, report=report))
-    return Completed(message=report.headline(), data=report)
 
 
 def _sharded(

@@ -10,17 +10,20 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 
 from tasks.llm import Usage
 from tasks.quality import QualityReport
+
+if TYPE_CHECKING:
+    from prefect.states import State
 
 ItemStatus = Literal["ok", "cached", "failed"]
 
@@ -211,6 +214,32 @@ def publish_report(key: str, markdown: str, description: str) -> None:
 
     with _for_people(f"the report artifact {key!r}"):
         create_markdown_artifact(key=key, markdown=markdown, description=description)
+
+
+def report_state(report: Any, headline: str, failed: bool, problems: Sequence[str]) -> State:
+    """The final state of a run that made `report` (`state_report` reads it back): Completed
+    with the headline, or Failed with the headline and the first problems in words."""
+    from prefect.states import Completed, Failed
+
+    from tasks.errors import RunFailed
+
+    if failed:
+        message = ". ".join([headline, "; ".join(problems)]) if problems else headline
+        return Failed(message=message, data=RunFailed(message, report=report))
+    return Completed(message=headline, data=report)
+
+
+def finish_run(
+    report: Any, *, key: str, markdown: str, failed: bool, problems: Sequence[str]
+) -> State:
+    """A pipeline run's end: its report artifact under `key`, its headline in the log, and its
+    final state (`report_state`)."""
+    from prefect import get_run_logger
+
+    headline: str = report.headline()
+    publish_report(key=key, markdown=markdown, description=headline)
+    get_run_logger().info(headline)
+    return report_state(report, headline, failed, problems)
 
 
 class ItemOutcome(BaseModel):
