@@ -23,12 +23,12 @@ from pipelines.shards import (
     in_shard,
     is_parent,
     leave_report,
+    lost_items,
     lost_shards,
     one_run_per_shard,
     paths_run_name,
     run_shards,
     shard_label,
-    shard_of,
 )
 from tasks.chroma_client import server_errors, writer_lock
 from tasks.documents import DocumentPath, discover_documents
@@ -209,16 +209,11 @@ def _sharded(job: _Job, shards: int) -> State:
     report = merge_ingest_reports([r.report for r in results if r.report is not None])
     report.collection, report.cleanup = job.collection, mode
     report.run_id = str(flow_run.id) if flow_run.id else report.run_id
-    lost = lost_shards(results)
-    for found in files:
-        if (number := shard_of(found.source, shards)) in lost:
-            reason = f"shard {number + 1}/{shards} did not finish: {lost[number]}"
-            report.quarantine.append(
-                QuarantineRecord(source=found.source, reason=reason, unexpected=True)
-            )
+    for source, reason in lost_items(results, [f.source for f in files], shards).items():
+        report.quarantine.append(QuarantineRecord(source=source, reason=reason, unexpected=True))
     with writer_lock(settings), server_errors():
         store = job.open_store()
-        if mode == "full" and not lost:  # with a shard lost, its documents were not seen
+        if mode == "full" and not lost_shards(results):  # a lost shard's documents were not seen
             gone, chunks = delete_missing_sources(store, store.sources(), {f.source for f in files})
             report.deleted, report.chunks_deleted = len(gone), report.chunks_deleted + chunks
         report.collection_count = store.count()

@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -441,6 +441,17 @@ def ensure_crash_detection(silence_s: float) -> None:
 def lost_shards(results: Sequence[ShardResult]) -> dict[int, str]:
     """The shards that left no report, by number, with why."""
     return {r.shard: r.error or "no report" for r in results if r.report is None}
+
+
+def lost_items(results: Sequence[ShardResult], keys: Iterable[str], shards: int) -> dict[str, str]:
+    """The items (by their shard key) whose shard left no report, each with why in words:
+    the parent reports them failed, so nothing of a lost shard goes missing from its report."""
+    lost = lost_shards(results)
+    return {
+        key: f"shard {number + 1}/{shards} did not finish: {lost[number]}"
+        for key in keys
+        if (number := shard_of(key, shards)) in lost
+    }
 
 
 def shard_failures(results: Sequence[ShardResult]) -> list[str]:

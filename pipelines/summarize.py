@@ -32,12 +32,11 @@ from pipelines.shards import (
     in_shard,
     is_parent,
     leave_report,
-    lost_shards,
+    lost_items,
     one_run_per_shard,
     paths_run_name,
     run_shards,
     shard_label,
-    shard_of,
 )
 from tasks.chunking import Chunk
 from tasks.errors import GristmillError
@@ -360,11 +359,9 @@ def _sharded(
             summarize_transcripts, parameters, shards, settings, SummarizeReport, progress
         )
     outcomes = [o for r in results if r.report is not None for o in r.report.transcripts]
-    lost = lost_shards(results)
-    for key, source in keys:
-        if (number := shard_of(key, shards)) in lost:
-            error = f"shard {number + 1}/{shards} did not finish: {lost[number]}"
-            outcomes.append(ItemOutcome(source=source, status="failed", error=error))
+    sources = dict(keys)
+    for key, error in lost_items(results, sources, shards).items():
+        outcomes.append(ItemOutcome(source=sources[key], status="failed", error=error))
     return _finish(_report(outcomes, summarizer, started))
 
 

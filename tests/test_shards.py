@@ -14,7 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.run_context import run_context
-from pipelines.shards import ShardProgress, paths_run_name, row_range, shard_of
+from pipelines.shards import (
+    ShardProgress,
+    ShardResult,
+    lost_items,
+    paths_run_name,
+    row_range,
+    shard_of,
+)
 from tasks.reporting import Progress
 from tasks.settings import Settings
 from tests.conftest import SAMPLE_TRANSCRIPTS
@@ -60,6 +67,22 @@ def test_a_run_over_paths_is_named_for_them_and_its_shard() -> None:
     assert named() == "ingest documents"
     assert named(paths=["notes/a.md"]) == "ingest a.md"
     assert named(paths=["a", "b", "c"], shards=4, shard=1) == "ingest 3 paths [shard 2/4]"
+
+
+def test_the_items_of_a_shard_that_left_no_report_are_named_with_why() -> None:
+    keys = [f"notes/{i}.md" for i in range(40)]
+    results = [
+        ShardResult(0, report="done"),
+        ShardResult(1, error="crashed twice"),
+        ShardResult(2),
+    ]
+    lost = lost_items(results, keys, 3)
+    assert set(lost) == {k for k in keys if shard_of(k, 3) in (1, 2)} and lost
+    assert {lost[k] for k in lost if shard_of(k, 3) == 1} == {
+        "shard 2/3 did not finish: crashed twice"
+    }
+    assert {lost[k] for k in lost if shard_of(k, 3) == 2} == {"shard 3/3 did not finish: no report"}
+    assert lost_items([ShardResult(0, report="a"), ShardResult(1, report="b")], keys, 2) == {}
 
 
 def test_shards_run_in_turn_are_one_count_of_the_whole_job() -> None:
