@@ -273,7 +273,8 @@ class FakeOpenAI:
     beyond which a new one fails with token_limit_exceeded); batch settings apply to batches
     created afterwards.
     Read: `requests`, `calls` (chat and embeddings requests, faulted ones included),
-    `completed_calls` (answered 200), `max_concurrency` (peak calls in flight), `files`,
+    `completed_calls` (answered 200; `answered_at`: when each reply was made, monotonic),
+    `max_concurrency` (peak calls in flight), `files`,
     `batch_lines` (request lines run by batches), `batch_events` ((monotonic time, event, batch
     id) for each batch created, refused (failed at once: a bad line, the token limit), ended or
     asked to cancel), `batch_tokens` (tokens of each batch, by id) and `batch_status(id)`.
@@ -320,6 +321,7 @@ class FakeOpenAI:
             self.requests: list[RecordedRequest] = []
             self.calls = 0
             self.completed_calls = 0
+            self.answered_at: list[float] = []
             self.refused_calls = 0
             self.max_concurrency = 0
             self._faults: list[tuple[Fault, str | None]] = []
@@ -482,6 +484,7 @@ class FakeOpenAI:
                 return _error(500, f"FakeOpenAI responder failed: {type(exc).__name__}")
             with self._lock:
                 self.completed_calls += 1
+                self.answered_at.append(time.monotonic())
             return reply
         finally:
             with self._lock:
