@@ -30,10 +30,10 @@ from pipelines.shards import (
     run_shards,
     shard_label,
 )
-from tasks.chroma_client import server_errors, writer_lock
+from tasks.chroma_client import require_chroma_server, server_errors, writer_lock
 from tasks.documents import DocumentPath, discover_documents
 from tasks.embeddings import Embedder, build_embedder
-from tasks.errors import ConfigurationError, GristmillError, UsageError
+from tasks.errors import GristmillError, UsageError
 from tasks.ingestion import (
     TASK_STEPS,
     IngestReport,
@@ -126,20 +126,13 @@ class _Job:
         """The collection's chunks (and its lexical index); call it holding the writer lock."""
         return open_store_for_writing(self.settings, self.embedder, self.collection)
 
-    @property
-    def on_cluster(self) -> bool:
-        """Document batches run on a Dask cluster's workers (`GRISTMILL_TASK_RUNNER=dask`),
-        which write from their own processes: a Chroma server's job, not an on-disk store's."""
-        check_cluster_store(self.settings)
-        return self.settings.task_runner == "dask"
-
 
 def _ingest(job: _Job, shard: int | None = None, shards: int = 1) -> IngestReport | State:
     settings, embedder = job.settings, job.embedder
     mode = check_cleanup(job.cleanup)
     if shard is not None and mode == "full":
         raise UsageError("a shard cannot do a full cleanup: its parent does, after every shard")
-    on_cluster = job.on_cluster
+    check_cluster_store(settings)  # on Dask the workers write: a Chroma server's job
     files = [f for f in job.documents() if in_shard(f.source, shard, shards)]
     get_run_logger().info(
         "%d documents to ingest into %r (cleanup %s)%s",
@@ -163,7 +156,7 @@ def _ingest(job: _Job, shard: int | None = None, shards: int = 1) -> IngestRepor
             run_id=str(flow_run.id) if flow_run.id else None,
             steps=TASK_STEPS,
             on_progress=report_progress,
-            on_cluster=on_cluster,
+            on_cluster=settings.task_runner == "dask",
         )
     report_progress.complete()
     if shard is not None:
@@ -190,11 +183,8 @@ def _sharded(job: _Job, shards: int) -> State:
     started = time.monotonic()
     settings, embedder = job.settings, job.embedder
     mode = check_cleanup(job.cleanup)
-    if settings.work_pool and not settings.chroma_host:
-        raise ConfigurationError(
-            "shards on a work pool write from several machines: an on-disk Chroma has one "
-            "writer; set GRISTMILL_CHROMA_HOST (and _PORT) to a Chroma server (`chroma run`)"
-        )
+    if settings.work_pool:
+        require_chroma_server(settings, "shards on a work pool write from several machines")
     files, _ = unique_sources(job.documents())
     parameters = {
         "paths": job.paths,

@@ -85,8 +85,7 @@ def check_task_runner(settings: Settings) -> None:
 def check_cluster_store(settings: Settings) -> None:
     """Ingest on a Dask cluster writes from its workers' processes: a Chroma server's job, not
     an on-disk store's (one writer, one machine). A `ConfigurationError` in words otherwise."""
-    if settings.task_runner == "dask" and not settings.chroma_host:
-        raise ConfigurationError(
-            "ingest on a Dask cluster writes from its workers: an on-disk Chroma has one "
-            "writer; set GRISTMILL_CHROMA_HOST (and _PORT) to a Chroma server (`chroma run`)"
-        )
+    if settings.task_runner == "dask":
+        from tasks.chroma_client import require_chroma_server
+
+        require_chroma_server(settings, "ingest on a Dask cluster writes from its workers")

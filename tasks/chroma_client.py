@@ -188,6 +188,17 @@ def acquire_writer_lock(path: Path) -> WriterLock:
     return WriterLock(path).acquire()
 
 
+def require_chroma_server(settings: Settings, writers: str) -> None:
+    """Raise a `ConfigurationError` in words unless the store is a Chroma server: `writers`
+    (who would write at once, e.g. "shards on a work pool") need one, an on-disk store takes
+    one writer on one machine."""
+    if not settings.chroma_host:
+        raise ConfigurationError(
+            f"{writers}: an on-disk Chroma has one writer; set GRISTMILL_CHROMA_HOST "
+            "(and _PORT) to a Chroma server (`chroma run`)"
+        )
+
+
 @contextlib.contextmanager
 def writer_lock(settings: Settings) -> Iterator[None]:
     """Hold the writer lock for an on-disk store; a Chroma server needs none."""
