@@ -108,17 +108,21 @@ def summarize(
         check_task_runner(settings)
     except GristmillError as exc:
         fail(str(exc))
-    from pipelines.run_context import run_context
+    from pipelines.run_context import heartbeats, run_context
     from pipelines.summarize import needs_checks, summarize_flow_for
     from tasks.quality import preload
 
-    if needs_checks(paths, out, settings, summarizer, force):
+    work_to_do = needs_checks(paths, out, settings, summarizer, force)
+    if work_to_do:
         preload()  # GX's import overlaps the flow run's set-up; a cached re-run never pays it
     progress = ProgressBar(enabled=not as_json)
     typer.echo(f"Summarising with {summarizer.engine} ({summarizer.model}) ...", err=True)
     try:
         progress.start("transcripts", parts=("chunk", "chunks"))
-        with run_context(settings=settings, summarizer=summarizer, on_progress=progress.update):
+        with (
+            run_context(settings=settings, summarizer=summarizer, on_progress=progress.update),
+            heartbeats(work_to_do),
+        ):
             state = summarize_flow_for(settings)(
                 paths=[str(p) for p in paths] if paths else None,
                 out_dir=str(out) if out else None,

@@ -81,3 +81,20 @@ def run_context(**overrides: Unpack[Overrides]) -> Iterator[RunContext]:
         yield context
     finally:
         _CURRENT.reset(token)
+
+
+@contextmanager
+def heartbeats(wanted: bool) -> Iterator[None]:
+    """Flow runs started inside send Prefect's heartbeats (its default) or, when not `wanted`,
+    none. A run that only answers from stored hashes (a cached re-run: no task run, ~0.1 s)
+    has nothing for a heartbeat to watch, and Prefect's heartbeat thread sleeps in whole seconds,
+    so its end waits up to 1 s for that thread (0.85 s measured, a third of such a command's
+    wall: benchmarks/cli_startup.py). Runs with work keep them: they are how a dead worker's run
+    is marked Crashed (pipelines/shards.py)."""
+    if wanted:
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

@@ -108,3 +108,30 @@ def test_a_wrong_typed_parameter_fails_the_run_before_its_body(
     bad = next(iter(set(parameters) - {"question", "input_path"}))
     assert bad in (state.message or "")
     assert not any(tmp_path.iterdir())  # the body never ran: nothing written
+
+
+@flow
+def quick() -> int:
+    return 1
+
+
+def test_runs_without_work_send_no_heartbeat_and_the_others_keep_prefects(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`heartbeats(False)` is what the CLI uses for a cached re-run (nothing to watch, and the
+    end of a run with heartbeats waits up to 1 s for their thread); the setting it turns off is
+    Prefect's, so a rename in Prefect fails here rather than silently keeping the wait."""
+    from prefect.flow_engine import FlowRunEngine
+
+    from pipelines.run_context import heartbeats
+
+    sent: list[object] = []
+    monkeypatch.setattr(
+        FlowRunEngine, "_emit_flow_run_heartbeat", lambda self, *a: sent.append(self.flow_run)
+    )
+    with heartbeats(True):
+        assert quick() == 1
+    assert len(sent) == 1  # Prefect sends one at the start, then every 180 s
+    with heartbeats(False):
+        assert quick() == 1
+    assert len(sent) == 1
