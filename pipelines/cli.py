@@ -92,7 +92,7 @@ def summarize(
     if engine not in (None, "offline", "openai"):
         fail(f"--engine must be offline or openai, not {engine!r}")
     settings = load_settings(engine=engine)
-    prepare_prefect(settings, verbose=verbose)  # before anything imports prefect
+    prepare_prefect(settings, verbose=verbose, checks=True)  # before anything imports prefect
     from tasks.errors import GristmillError
     from tasks.transcripts import check_output_folder
 
@@ -219,7 +219,7 @@ def batch(
 ) -> None:
     """Run every row of a table through a prompt template (or a built-in offline task)."""
     settings = load_settings()
-    prepare_prefect(settings, verbose=verbose)
+    prepare_prefect(settings, verbose=verbose, checks=True)
     from pipelines.batch import batch_records_for
     from pipelines.run_context import run_context
     from pipelines.runners import check_task_runner

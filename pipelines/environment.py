@@ -34,18 +34,20 @@ def load_settings(**overrides: Any) -> Settings:
         fail(f"invalid setting GRISTMILL_{field.upper()}: {first['msg']}")
 
 
-def prepare_prefect(settings: Settings, *, verbose: bool = False) -> None:
+def prepare_prefect(settings: Settings, *, verbose: bool = False, checks: bool = False) -> None:
     """Point Prefect at a server, its result storage under the data dir; quieten its console.
 
     The server: an exported PREFECT_API_URL wins; else the `gristmill server` up for this data
     dir; else (GRISTMILL_SERVER=auto) one started now in the background and kept for the next
-    commands; else (ephemeral) a temporary one inside this process.
+    commands; else (ephemeral) a temporary one inside this process. `checks`: the command will
+    most likely run quality checks, so while it waits for a server to start (seconds, with this
+    process idle) great-expectations is imported (`tasks.quality.preload`).
     Must run before prefect is imported: Prefect reads these settings at import time. It then
     imports prefect itself, to keep gristmill's own errors free of tracebacks on the terminal.
     """
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.results_dir.resolve()))
     if not os.environ.get("PREFECT_API_URL"):
-        local = _local_server(settings)
+        local = _local_server(settings, checks)
         if local is not None:
             os.environ["PREFECT_API_URL"] = local.api_url
     if not os.environ.get("PREFECT_API_URL"):
@@ -73,7 +75,7 @@ def prepare_prefect(settings: Settings, *, verbose: bool = False) -> None:
     own_errors_without_tracebacks()
 
 
-def _local_server(settings: Settings) -> RunningServer | None:
+def _local_server(settings: Settings, checks: bool) -> RunningServer | None:
     """The healthy `gristmill server` of this data dir; with GRISTMILL_SERVER=auto and none up,
     one started in the background now (said in one line on stderr)."""
     from pipelines import server as local_server
@@ -81,6 +83,10 @@ def _local_server(settings: Settings) -> RunningServer | None:
     home = prefect_home(settings)
     found = local_server.find(home)
     if found is None and settings.server == "auto":
+        if checks:
+            from tasks.quality import preload
+
+            preload()
         command = [sys.executable, "-m", "pipelines.cli", "server"]
         command += ["--idle-minutes", str(settings.server_idle_minutes)]
         env = {**os.environ, "PREFECT_HOME": str(home)}

@@ -12,6 +12,7 @@ earlier in the background (`preload`) by a command that will need it.
 
 from __future__ import annotations
 
+import atexit
 import re
 import threading
 from functools import cache, lru_cache
@@ -119,10 +120,20 @@ def _context() -> AbstractDataContext:
 
 def preload() -> threading.Thread:
     """Import great_expectations and build its context in a background thread, so that its
-    ~5 s overlap a run's set-up and the first check finds them ready (once per process)."""
-    thread = threading.Thread(target=_warm, name="gristmill-gx-preload", daemon=True)
-    thread.start()
-    return thread
+    ~5 s overlap a run's set-up and the first check finds them ready (once per process: a
+    second call returns the first call's thread). The process waits for it before it exits: a
+    daemon thread still importing at interpreter shutdown can abort it."""
+    global _preloading
+    with _preload_lock:
+        if _preloading is None:
+            _preloading = threading.Thread(target=_warm, name="gristmill-gx-preload", daemon=True)
+            _preloading.start()
+            atexit.register(_preloading.join)
+        return _preloading
+
+
+_preload_lock = threading.Lock()
+_preloading: threading.Thread | None = None
 
 
 def _warm() -> None:

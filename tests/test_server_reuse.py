@@ -66,6 +66,28 @@ def test_a_healthy_gristmill_server_of_the_data_dir_is_used_without_an_export(
     assert "PREFECT_API_DATABASE_CONNECTION_URL" not in os.environ  # no temporary server
 
 
+def test_with_a_server_up_a_command_that_checks_does_not_import_gx_early(
+    data_dir: Path, health_server: str
+) -> None:
+    """`prepare_prefect(checks=True)` imports great-expectations ahead only while it waits for
+    a server to start; with one up, a cached re-run must not pay that import (issue 13's
+    cached re-run figure). A fresh interpreter: this one may have imported it already."""
+    _record(data_dir / "prefect", health_server)
+    probe = (
+        "import sys; from pipelines.environment import prepare_prefect; "
+        "from tasks.settings import Settings; "
+        f"prepare_prefect(Settings(_env_file=None, data_dir={str(data_dir)!r}, server='auto'), "
+        "checks=True); import tasks.quality as q; "
+        "print(q._preloading is None, 'great_expectations' in sys.modules)"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=clean, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]
+
+
 def test_an_exported_prefect_api_url_wins_and_nothing_is_started(
     data_dir: Path, health_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
