@@ -18,8 +18,11 @@ from pipelines.console import (
     EXIT_ITEMS_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    Collection,
     ProgressBar,
+    ReportJson,
     Shards,
+    Verbose,
     error_exit_code,
     fail,
     fail_on_server_trouble,
@@ -214,8 +217,8 @@ def batch(
         float, typer.Option("--poll-interval", help="Seconds between Batch API polls.")
     ] = 10.0,
     shards: Shards = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
+    as_json: ReportJson = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run every row of a table through a prompt template (or a built-in offline task)."""
     settings = load_settings()
@@ -293,9 +296,7 @@ def ingest(
         list[Path] | None,
         typer.Argument(help="Document files or folders.", show_default="<data_dir>/documents"),
     ] = None,
-    collection: Annotated[
-        str | None, typer.Option("--collection", help="Chroma collection.", show_default="settings")
-    ] = None,
+    collection: Collection = None,
     cleanup: Annotated[
         str,
         typer.Option(
@@ -311,8 +312,8 @@ def ingest(
         list[str] | None, typer.Option("--exclude", help="Glob of files to skip (repeatable).")
     ] = None,
     shards: Shards = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
+    as_json: ReportJson = False,
+    verbose: Verbose = False,
 ) -> None:
     """Ingest documents into the vector store, incrementally."""
     if cleanup not in ("none", "incremental", "full"):
@@ -386,9 +387,7 @@ def ingest(
 @app.command()
 def query(
     text: Annotated[str | None, typer.Argument(help="What to search for.")] = None,
-    collection: Annotated[
-        str | None, typer.Option("--collection", help="Chroma collection.", show_default="settings")
-    ] = None,
+    collection: Collection = None,
     k: Annotated[int, typer.Option("-k", min=1, max=100, help="Chunks to return.")] = 5,
     where: Annotated[
         list[str] | None,
@@ -414,12 +413,10 @@ def query(
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question to answer from the documents.")],
-    collection: Annotated[
-        str | None, typer.Option("--collection", help="Chroma collection.", show_default="settings")
-    ] = None,
+    collection: Collection = None,
     k: Annotated[int, typer.Option("-k", min=1, max=50, help="Chunks to answer from.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Answer a question from the ingested documents, with numbered citations."""
     settings = load_settings(collection=collection)

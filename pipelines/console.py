@@ -26,6 +26,12 @@ Shards = Annotated[
         "when set, else here); a re-run makes the same parts.",
     ),
 ]
+# Options several commands take, written once so their flags and help read the same everywhere.
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")]
+ReportJson = Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")]
+Collection = Annotated[
+    str | None, typer.Option("--collection", help="Chroma collection.", show_default="settings")
+]
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

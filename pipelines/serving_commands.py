@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.console import fail
+from pipelines.console import Verbose, fail
 from pipelines.environment import load_settings, prefect_home, prepare_prefect
 
 
@@ -22,7 +22,7 @@ def serve(
             show_default="GRISTMILL_SCHEDULE_TIMEZONE, else UTC",
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run every deployment on its schedule from this one process (Ctrl-C stops)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError

@@ -282,6 +282,24 @@ def grouped_utterance_expectations() -> list[Expectation]:
     ]
 
 
+def _chunk_basics(id_column: str, max_tokens: int) -> list[Expectation]:
+    """What every chunk table holds, of transcripts or of documents: rows, unique ids (in
+    `id_column`) and 1 to `max_tokens` tokens a chunk."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectTableRowCountToBeBetween(min_value=1, description="no chunks"),
+        e.ExpectColumnValuesToBeUnique(column=id_column, description="chunk ids used twice"),
+        e.ExpectColumnValuesToBeBetween(
+            column="token_count",
+            min_value=1,
+            max_value=max_tokens,
+            description=f"chunks outside 1-{max_tokens:,} tokens",
+        ),
+    ]
+
+
 def _chunk_checks(max_tokens: int) -> list[Expectation]:
     """What every transcript chunk table must hold, of one transcript or of many: rows, unique
     ids, token bounds, and no chunk starting after the utterance its predecessor allows."""
@@ -289,14 +307,7 @@ def _chunk_checks(max_tokens: int) -> list[Expectation]:
 
     e = gx.expectations
     return [
-        e.ExpectTableRowCountToBeBetween(min_value=1, description="no chunks"),
-        e.ExpectColumnValuesToBeUnique(column="chunk_id", description="chunk ids used twice"),
-        e.ExpectColumnValuesToBeBetween(
-            column="token_count",
-            min_value=1,
-            max_value=max_tokens,
-            description=f"chunks outside 1-{max_tokens:,} tokens",
-        ),
+        *_chunk_basics("chunk_id", max_tokens),
         e.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="next_allowed_start",
             column_B="first_utterance",
@@ -490,14 +501,7 @@ def doc_chunk_expectations(max_tokens: int) -> list[Expectation]:
 
     e = gx.expectations
     return [
-        e.ExpectTableRowCountToBeBetween(min_value=1, description="no chunks"),
-        e.ExpectColumnValuesToBeUnique(column="id", description="chunk ids used twice"),
-        e.ExpectColumnValuesToBeBetween(
-            column="token_count",
-            min_value=1,
-            max_value=max_tokens,
-            description=f"chunks outside 1-{max_tokens:,} tokens",
-        ),
+        *_chunk_basics("id", max_tokens),
         *(
             e.ExpectColumnValuesToNotBeNull(column=column, description=f"chunks without {column}")
             for column in ("source", "content_hash", "document_hash", "chunk_index")
