@@ -88,8 +88,8 @@ def summarize(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute, ignoring caches.")] = False,
     shards: Shards = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
+    as_json: ReportJson = False,
+    verbose: Verbose = False,
 ) -> None:
     """Summarise meeting transcripts into JSON and Markdown."""
     if engine not in (None, "offline", "openai"):
