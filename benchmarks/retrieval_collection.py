@@ -220,6 +220,11 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path, context: bool = True)
                     row[f"{system}@{k}"] = float(any(found[:k]))
             for k in KS:
                 row[f"random@{k}"] = random_hit(len(chunks), relevant, k)
+            # Which meeting the ranking finds first, whatever the chunk: a diagnostic of how
+            # often the query alone tells its meeting apart from the other 34.
+            meetings_found = [Path(chunks[i][0]).stem for i in ours[:5]]
+            row["own_meeting_first"] = float(meetings_found[0] == stem)
+            row["own_meeting_in_top5"] = float(stem in meetings_found)
             rows.append(row)
     return {
         "format": fmt,
@@ -234,6 +239,10 @@ def measure(fmt: str, meetings: dict[str, Any], tmp: Path, context: bool = True)
             f"{s}@{k}": round(statistics.fmean(r[f"{s}@{k}"] for r in rows), 3)
             for s in SYSTEMS
             for k in KS
+        },
+        "own_meeting": {
+            key: round(statistics.fmean(r[key] for r in rows), 3)
+            for key in ("own_meeting_first", "own_meeting_in_top5")
         },
         "halves": {
             half: {
@@ -304,6 +313,12 @@ def print_report(report: dict[str, Any]) -> None:
     )
     bases = ("candidates", "dense", "fts5", "bm25s", "random")
     print_recall_table(report, SYSTEMS, bases, "gristmill minus {base}")
+    own = report["own_meeting"]
+    print(
+        f"gristmill's first chunk is from the query's own meeting for "
+        f"{own['own_meeting_first']:.3f} of queries; one of its top 5 for "
+        f"{own['own_meeting_in_top5']:.3f}"
+    )
 
 
 def main() -> None:
@@ -312,7 +327,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--formats", default="txt,json", help="comma-separated: txt, json")
     parser.add_argument(
-        "--no-compare", action="store_true", help="skip the ingest without the context line"
+        "--no-compare",
+        action="store_true",
+        help="only the default ingest (no context line), without the comparison",
     )
     args = parser.parse_args()
     if not args.data_dir.is_dir() or not any(args.data_dir.glob("*.json")):
@@ -329,7 +346,8 @@ def main() -> None:
     reports = []
     with tempfile.TemporaryDirectory(prefix="retrieval-collection-") as name:
         for fmt in args.formats.split(","):
-            report = measure(fmt.strip(), meetings, Path(name))
+            # --no-compare: only the default chunks (no context line), the figure that counts
+            report = measure(fmt.strip(), meetings, Path(name), context=not args.no_compare)
             if not args.no_compare:
                 without = measure(fmt.strip(), meetings, Path(name), context=False)
                 report["without_context"] = without
