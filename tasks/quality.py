@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from great_expectations.expectations.metadata_types import FailureSeverity
 
 _lock = threading.Lock()
+_preload_lock = threading.Lock()
+_preloading: threading.Thread | None = None  # `preload`'s one thread per process
 
 
 class ExpectationOutcome(BaseModel):
@@ -130,10 +132,6 @@ def preload() -> threading.Thread:
             _preloading.start()
             atexit.register(_preloading.join)
         return _preloading
-
-
-_preload_lock = threading.Lock()
-_preloading: threading.Thread | None = None
 
 
 def _warm() -> None:
