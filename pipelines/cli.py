@@ -80,7 +80,7 @@ def summarize(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Output folder.", show_default="<data_dir>/summaries"),
+        typer.Option("--out", "-o", help="Output folder.", show_default="<data_dir>/summaries"),
     ] = None,
     engine: Annotated[
         str | None,

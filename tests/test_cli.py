@@ -243,13 +243,14 @@ def test_help_keeps_its_defaults_and_there_is_a_version_and_completion(tmp_path:
     assert "stop" in stop.stdout and "--port" in stop.stdout
 
 
+@pytest.mark.parametrize("flag", ["--out", "-o"])  # -o as in `batch`
 def test_an_output_folder_that_is_the_input_folder_is_one_line_before_any_work(
-    tmp_path: Path,
+    tmp_path: Path, flag: str
 ) -> None:
     folder = tmp_path / "meetings"
     folder.mkdir()
     (folder / "notes.md").write_text("Alice: We ship on Friday.\nBob: I write the notes.\n")
-    result = run_cli("summarize", str(folder), "--out", str(folder), data_dir=tmp_path / "data")
+    result = run_cli("summarize", str(folder), flag, str(folder), data_dir=tmp_path / "data")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.splitlines()[-1] == (
