@@ -32,7 +32,7 @@ lint: setup
 
 # Refresh the README's screenshots (tests write theirs to a temp dir, never to tracked files).
 screenshots: setup
-	GRISTMILL_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q tests/test_e2e_prefect_server.py \
+	GRISTMILL_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q tests/e2e/test_prefect_server.py \
 		-k "runs_page or failed_run_page"
 
 bench: setup

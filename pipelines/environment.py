@@ -62,8 +62,9 @@ def prepare_prefect(settings: Settings, *, verbose: bool = False, checks: bool =
         # needs ~20 s on its own, more on a busy 2-core machine: seen timing out in CI.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # Prefect's client retries 429, 502 and 503 (2, 4, 8, 16, 32 s apart); a server whose
-    # PostgreSQL restarts answers 500 for the seconds it is gone (tests/test_postgres_restart.py):
-    # retry those too, so a run rides over it instead of failing at its next state change.
+    # PostgreSQL restarts answers 500 for the seconds it is gone
+    # (tests/e2e/test_postgres_restart.py): retry those too, so a run rides over it instead of
+    # failing at its next state change.
     os.environ.setdefault("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -295,7 +295,7 @@ def _take_report(path: Path, report_type: type[ReportT]) -> ReportT | None:
 def _local_report(state: State, settings: Settings, report_type: type[ReportT]) -> Any:
     """A shard run in this process: the report it left (as for a parent on another machine),
     else its state's result. The file first: under load a Completed state once came back
-    without its data (Prefect's MissingResult; seen in tests/test_shards.py)."""
+    without its data (Prefect's MissingResult; seen in tests/pipelines/test_shards.py)."""
     from prefect.exceptions import MissingResult
 
     run_id = state.state_details.flow_run_id
@@ -389,7 +389,7 @@ def ensure_crash_detection(silence_s: float) -> None:
     events, limited to shard runs by their tag. The steps of a run's start (Pending, Submitting,
     the pull step, Running) count as signs of life too: a worker killed while it was starting a
     run leaves it Submitting for ever, with no heartbeat ever sent (seen in
-    tests/test_shards_pool.py: its parent waited without end). Created once per server; updated
+    tests/e2e/test_shards_pool.py: its parent waited without end). Created once per server; updated
     if it changed. The parent then sees the Crashed run and submits the shard again."""
     from datetime import timedelta
 

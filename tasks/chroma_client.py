@@ -65,7 +65,7 @@ def _bound_requests(client: ClientAPI) -> None:
     then surfaces as `StoreUnavailableError` through `server_errors`.
 
     chromadb (1.x) has no setting for it, so this sets it on the httpx session its FastAPI
-    client keeps; tests/test_chroma_server.py freezes a real server mid-run to prove it works.
+    client keeps; tests/tasks/test_chroma_server.py freezes a real server mid-run to prove it works.
     """
     import httpx
 

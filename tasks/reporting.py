@@ -306,7 +306,7 @@ def _under(path: str | None, folder: str | None) -> str:
 def summarize_report_markdown(report: SummarizeReport) -> str:
     """The run report as Markdown for the Prefect UI.
 
-    The table must fit a 1,400 px browser (checked in tests/test_e2e_prefect_server.py): the
+    The table must fit a 1,400 px browser (checked in tests/e2e/test_prefect_server.py): the
     short columns come first and paths are shown under the folders named above the table, since
     a path does not wrap and pushes every column after it off the screen."""
     usage = report.usage

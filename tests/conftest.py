@@ -26,7 +26,7 @@ for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PREFECT_API_URL"):
 for _name in [n for n in os.environ if n.startswith("GRISTMILL_")]:
     os.environ.pop(_name)
 # Each command starts its own temporary Prefect server (or uses the test harness): no test
-# leaves a background server behind unless it asks for one (tests/test_server_reuse.py).
+# leaves a background server behind unless it asks for one (tests/pipelines/test_server_reuse.py).
 os.environ["GRISTMILL_SERVER"] = "ephemeral"
 
 _real_connect = socket.socket.connect

@@ -1,6 +1,6 @@
 """One writer for a Prefect server: a flow run with N trivial task runs, reported to the API in
 PREFECT_API_URL. Run as `python -m tests.support.many_task_runs N`; prints one JSON line with
-the flow run's id, final state and seconds. Used by tests/test_e2e_postgres_server.py and
+the flow run's id, final state and seconds. Used by tests/e2e/test_postgres_server.py and
 benchmarks/prefect_database.py to put several writers on a server at once."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What only a Chroma server needs checking: the client is an HTTP one that writes nothing
 locally, and a server that cannot be reached is one clear line. The store and ingestion
 scenarios run on both backends where they are (`@on_both_chroma_backends` in
-tests/test_vectorstore.py and tests/test_ingest.py)."""
+tests/tasks/test_vectorstore.py and tests/tasks/ingestion/test_ingest.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tasks.settings import Settings
 from tests.support.chroma_backends import on_backend
 from tests.support.chroma_process import ChromaServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

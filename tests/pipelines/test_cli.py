@@ -42,7 +42,7 @@ def test_a_configured_server_or_database_is_left_alone(
 
 
 def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [
         f"GRISTMILL_{name.upper()}"
         for name in Settings.model_fields
@@ -172,7 +172,7 @@ def test_own_errors_lose_their_traceback_only_on_the_terminal() -> None:
 
 def test_a_reason_that_spans_lines_is_still_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """Prefect's message for parameters it refused has a line per parameter (see
-    tests/test_run_context.py); the CLI's error stays one line."""
+    tests/pipelines/test_run_context.py); the CLI's error stays one line."""
     from pipelines.console import fail
 
     message = (

@@ -1,6 +1,7 @@
 """The automation that marks silent shard runs Crashed, on a real Prefect server: a worker killed
 while it was starting a run leaves the run Submitting, with no heartbeat ever; the parent waited
-for it without end (seen in tests/test_shards_pool.py) until a start counted as a sign of life."""
+for it without end (seen in tests/e2e/test_shards_pool.py) until a start counted as a sign of
+life."""
 
 from __future__ import annotations
 

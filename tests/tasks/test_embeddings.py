@@ -199,7 +199,7 @@ def test_the_tokenizer_ships_as_package_data_so_pip_install_alone_works() -> Non
 
     import tasks.model_files as model_files
 
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     patterns = project["tool"]["setuptools"]["package-data"]["tasks"]
     package, folder = model_files.TOKENIZER_DATA
     assert package == "tasks"

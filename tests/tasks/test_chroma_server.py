@@ -1,10 +1,10 @@
 """A Chroma server that is configured wrong: one clear error that says what is wrong, never a hang.
 
 The store and ingestion scenarios run against a real `chroma run` too
-(`@on_both_chroma_backends` in tests/test_vectorstore.py and tests/test_ingest.py); these are
-the ways GRISTMILL_CHROMA_HOST/PORT/SSL/TOKEN can point somewhere wrong: at nothing, at
-something that never answers, at something that is not Chroma, at a server that refuses the
-token, or at the right server spelled as a URL.
+(`@on_both_chroma_backends` in tests/tasks/test_vectorstore.py and
+tests/tasks/ingestion/test_ingest.py); these are the ways GRISTMILL_CHROMA_HOST/PORT/SSL/TOKEN
+can point somewhere wrong: at nothing, at something that never answers, at something that is
+not Chroma, at a server that refuses the token, or at the right server spelled as a URL.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tasks.vectorstore import ChunkStore
 from tests.support.chroma_process import ChromaServer, chroma_server, free_port
 from tests.support.embedders import HashEmbedder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def settings_for(data_dir: Path, **values: Any) -> Settings:

@@ -22,7 +22,7 @@ from tests.support.chroma_backends import on_backend, on_both_chroma_backends
 from tests.support.chroma_process import ChromaServer
 from tests.support.embedders import HashEmbedder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 POLICY = """# Travel policy
 

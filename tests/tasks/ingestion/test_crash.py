@@ -23,7 +23,7 @@ from tasks.vectorstore import ChunkStore
 from tests.support import ingest_child
 from tests.support.embedders import HashEmbedder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 PARAGRAPH = (
     "Section {n} of the {name} guide explains how the team books travel, files receipts and "
