@@ -21,11 +21,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/gristmill summarize
 
+# Test files run side by side on the cores (pytest-xdist; at most 4 workers, see
+# tests/conftest.py), each file on one worker, so a file's fixtures start once.
+PARALLEL := -n auto --dist loadfile
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PARALLEL) --durations=15
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
