@@ -29,7 +29,8 @@ from tests.support.openai_server import FakeOpenAI, last_user_text
 from tests.support.responders import meeting_notes_responder
 from tests.support.tables import write_csv
 
-pytestmark = pytest.mark.slow
+# whole commands on a real cluster: ~40-220 s a test when make test runs files side by side
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def free_port() -> int:

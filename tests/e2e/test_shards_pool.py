@@ -41,6 +41,7 @@ from tests.support.tables import write_csv
 MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(900),  # ~200 s when make test runs files side by side
     pytest.mark.skipif(bool(missing_files(MODEL_DIR)), reason="needs `make setup`'s model"),
 ]
 
