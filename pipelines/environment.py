@@ -39,15 +39,27 @@ def prepare_prefect(settings: Settings, *, verbose: bool = False, checks: bool =
 
     The server: an exported PREFECT_API_URL wins; else the `gristmill server` up for this data
     dir; else (GRISTMILL_SERVER=auto) one started now in the background and kept for the next
-    commands; else (ephemeral) a temporary one inside this process. `checks`: the command will
-    most likely run quality checks, so while it waits for a server to start (seconds, with this
-    process idle) great-expectations is imported (`tasks.quality.preload`).
+    commands; else (ephemeral) a temporary one inside this process. While a server starts (the
+    command is idle for seconds) Prefect is imported, pointed at it, and with `checks` (the
+    command will most likely run quality checks) great-expectations too
+    (`tasks.quality.preload`).
     Must run before prefect is imported: Prefect reads these settings at import time. It then
     imports prefect itself, to keep gristmill's own errors free of tracebacks on the terminal.
     """
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings.results_dir.resolve()))
+    server_environ = dict(os.environ)  # a kept server starts without the client settings below
+    # Prefect's client retries 429, 502 and 503 (2, 4, 8, 16, 32 s apart); a server whose
+    # PostgreSQL restarts answers 500 for the seconds it is gone
+    # (tests/e2e/test_postgres_restart.py): retry those too, so a run rides over it instead of
+    # failing at its next state change.
+    os.environ.setdefault("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Run logs still reach the Prefect API and UI; only the terminal copy is quietened.
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     if not os.environ.get("PREFECT_API_URL"):
-        local = _local_server(settings, checks)
+        local = _local_server(settings, checks, server_environ)
         if local is not None:
             os.environ["PREFECT_API_URL"] = local.api_url
     if not os.environ.get("PREFECT_API_URL"):
@@ -61,22 +73,14 @@ def prepare_prefect(settings: Settings, *, verbose: bool = False, checks: bool =
         # Prefect waits 20 s for that server; on a brand-new database (a first `make demo`) it
         # needs ~20 s on its own, more on a busy 2-core machine: seen timing out in CI.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    # Prefect's client retries 429, 502 and 503 (2, 4, 8, 16, 32 s apart); a server whose
-    # PostgreSQL restarts answers 500 for the seconds it is gone
-    # (tests/e2e/test_postgres_restart.py): retry those too, so a run rides over it instead of
-    # failing at its next state change.
-    os.environ.setdefault("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # Run logs still reach the Prefect API and UI; only the terminal copy is quietened.
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     from tasks.reporting import own_errors_without_tracebacks
 
     own_errors_without_tracebacks()
 
 
-def _local_server(settings: Settings, checks: bool) -> RunningServer | None:
+def _local_server(
+    settings: Settings, checks: bool, environ: dict[str, str]
+) -> RunningServer | None:
     """The healthy `gristmill server` of this data dir; with GRISTMILL_SERVER=auto and none up,
     one started in the background now (said in one line on stderr)."""
     from pipelines import server as local_server
@@ -90,8 +94,8 @@ def _local_server(settings: Settings, checks: bool) -> RunningServer | None:
             preload()
         command = [sys.executable, "-m", "pipelines.cli", "server"]
         command += ["--idle-minutes", str(settings.server_idle_minutes)]
-        env = {**os.environ, "PREFECT_HOME": str(home)}
-        found, started = local_server.ensure(home, command, env)
+        env = {**environ, "PREFECT_HOME": str(home)}
+        found, started = local_server.ensure(home, command, env, on_start=_import_prefect_for)
         if started:
             typer.echo(
                 f"gristmill: started a Prefect server at {found.url} for this and later commands "
@@ -102,6 +106,23 @@ def _local_server(settings: Settings, checks: bool) -> RunningServer | None:
     if found is not None and found.idle_minutes is not None:
         local_server.keep_alive(home, found.idle_minutes)
     return found
+
+
+def _import_prefect_for(port: int) -> None:
+    """Point Prefect at the server just spawned on `port` and import it on a thread while the
+    server starts (~2 s of this process's CPU that used to follow the ~5 s wait). The thread
+    is not a daemon: the interpreter waits for it at exit, so a failed start that exits at
+    once never kills an import half done."""
+    import threading
+
+    from pipelines.server import kept_server_url
+
+    os.environ["PREFECT_API_URL"] = f"{kept_server_url(port)}/api"
+    threading.Thread(target=_import_prefect, name="gristmill-import-prefect").start()
+
+
+def _import_prefect() -> None:
+    import prefect.flows  # noqa: F401  (what every command's flow run needs first)
 
 
 def prefect_home(settings: Settings) -> Path:

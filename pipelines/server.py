@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -259,16 +259,23 @@ def _free_port(preferred: int = 4200) -> int:
     raise ConfigurationError("no free port on 127.0.0.1 for a Prefect server")
 
 
+def kept_server_url(port: int) -> str:
+    """The URL `gristmill server` records when it is started with `--port` and no `--host`."""
+    return f"http://127.0.0.1:{port}"
+
+
 def ensure(
     home: Path,
     command: list[str],
     env: dict[str, str],
     timeout: float = START_TIMEOUT_SECONDS,
+    on_start: Callable[[int], None] | None = None,
 ) -> tuple[RunningServer, bool]:
     """The healthy server recorded in `home`, started in the background when there is none:
     `command + ["--port", N]` runs it. Returns it and whether this call started it. Holds the
     data dir's lock meanwhile, so concurrent callers wait for one server instead of each
-    starting their own."""
+    starting their own. `on_start(N)` is called once the server process is spawned, before it
+    is healthy (seconds of this process's idle time)."""
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / LOG_FILE
     with _locked(home):
@@ -289,6 +296,8 @@ def ensure(
                         stderr=subprocess.STDOUT,
                         start_new_session=True,  # not stopped by the terminal's Ctrl-C
                     )
+                if on_start is not None:
+                    on_start(port)
             if process is not None and process.poll() is not None:
                 raise ConfigurationError(
                     f"the local Prefect server did not start: {_tail(log_path)}",
