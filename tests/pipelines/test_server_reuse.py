@@ -136,10 +136,13 @@ def test_commands_starting_at_once_share_one_server(tmp_path: Path) -> None:
     home.mkdir()
     command = [sys.executable, "-c", _FAKE_SERVER, str(home), "--port"]
     results: list[tuple[local_server.RunningServer, bool]] = []
+    spawned: list[int] = []  # on_start: where the command points Prefect while it waits
     try:
         threads = [
             threading.Thread(
-                target=lambda: results.append(local_server.ensure(home, command, dict(os.environ)))
+                target=lambda: results.append(
+                    local_server.ensure(home, command, dict(os.environ), on_start=spawned.append)
+                )
             )
             for _ in range(3)
         ]
@@ -151,6 +154,7 @@ def test_commands_starting_at_once_share_one_server(tmp_path: Path) -> None:
         assert (home / "starts").read_text() == "x"
         assert sorted(started for _, started in results) == [False, False, True]
         assert len({found.url for found, _ in results}) == 1
+        assert [local_server.kept_server_url(port) for port in spawned] == [results[0][0].url]
     finally:
         local_server.stop(home, timeout=5)
     assert local_server.running(home) is None
