@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/gristmill summarize
 
-# Test files run side by side on the cores (pytest-xdist; at most 4 workers, see
-# tests/conftest.py), each file on one worker, so a file's fixtures start once.
-PARALLEL := -n auto --dist loadfile
+# Test files run side by side, one pytest-xdist worker per core, each file on one worker (so a
+# file's fixtures start once). At most 4: each worker starts its own session servers (Prefect's
+# harness, PostgreSQL, Chroma, a browser) and peaked at ~2 GB here.
+PARALLEL := -n auto --maxprocesses 4 --dist loadfile
 
 test: setup
 	$(BIN)/python -m pytest -q $(PARALLEL) --durations=15

@@ -49,13 +49,14 @@ def serve(latency: float, queue: Any, stop: Any) -> None:
         queue.put({"calls": server.calls, "refused": server.refused_calls})
 
 
+def ticket(i: int) -> str:
+    return f"ticket {i}: the printer on floor {i % 40} is jammed again"
+
+
 def write_rows(path: Path, rows: int) -> Path:
     from tests.support.tables import write_csv
 
-    tickets = (
-        [i, f"ticket {i}: the printer on floor {i % 40} is jammed again"] for i in range(rows)
-    )
-    return write_csv(path, tickets)
+    return write_csv(path, ([i, ticket(i)] for i in range(rows)))
 
 
 def run(command: list[str], env: dict[str, str], log: Path) -> tuple[float, dict[str, Any]]:
@@ -206,7 +207,7 @@ def bare_client(base_url: str, rows: int) -> float:
     client = openai.OpenAI(api_key=KEY, base_url=base_url, max_retries=0)
 
     def call(i: int) -> None:
-        text = f"Classify: ticket {i}: the printer on floor {i % 40} is jammed again"
+        text = f"Classify: {ticket(i)}"
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
         json.loads(client.post("/chat/completions", cast_to=bytes, body=body))
 

@@ -115,9 +115,10 @@ def _import_prefect_for(port: int) -> None:
     once never kills an import half done."""
     import threading
 
-    from pipelines.server import kept_server_url
+    from pipelines.server import server_url
 
-    os.environ["PREFECT_API_URL"] = f"{kept_server_url(port)}/api"
+    # the kept server is started without --host (see _local_server)
+    os.environ["PREFECT_API_URL"] = f"{server_url('127.0.0.1', port)}/api"
     threading.Thread(target=_import_prefect, name="gristmill-import-prefect").start()
 
 

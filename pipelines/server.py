@@ -259,9 +259,11 @@ def _free_port(preferred: int = 4200) -> int:
     raise ConfigurationError("no free port on 127.0.0.1 for a Prefect server")
 
 
-def kept_server_url(port: int) -> str:
-    """The URL `gristmill server` records when it is started with `--port` and no `--host`."""
-    return f"http://127.0.0.1:{port}"
+def server_url(host: str, port: int) -> str:
+    """The URL `gristmill server --host HOST --port PORT` records and prints (a server on every
+    interface is reached on loopback); its default host is 127.0.0.1."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}"
 
 
 def ensure(

@@ -109,17 +109,16 @@ def server(
         )
     local_server.check_port(host, port)
     home.mkdir(parents=True, exist_ok=True)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    env = local_server.foreground_env(dict(os.environ), home, f"http://{shown}:{port}")
+    url = local_server.server_url(host, port)
+    env = local_server.foreground_env(dict(os.environ), home, url)
     database = prefect_database.chosen(database_url, env, home)
     prefect_database.prepare(database, migrate=migrate)
     env.update(prefect_database.server_settings(database, migrate=migrate))
-    typer.echo(f"Prefect server (database: {database.describe()}); UI at http://{shown}:{port}")
+    typer.echo(f"Prefect server (database: {database.describe()}); UI at {url}")
     typer.echo("gristmill commands for this data dir find it; point other flows and workers at it:")
-    typer.echo(f"  export PREFECT_API_URL=http://{shown}:{port}/api")
+    typer.echo(f"  export PREFECT_API_URL={url}/api")
     typer.echo("Stop it with Ctrl-C, `kill`, or `gristmill server stop`.")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host]
-    url = f"http://{shown}:{port}"
     code = local_server.run(
         [*command, "--port", str(port)], env, home, url, idle_minutes, database.describe()
     )

@@ -47,17 +47,6 @@ SAMPLE_TRANSCRIPTS = REPO / "data" / "transcripts"
 MODEL_DIR = REPO / "data" / "models" / "all-MiniLM-L6-v2"
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto` (make test): one worker per core, at most 4: each worker starts its own
-    session servers (Prefect's harness, PostgreSQL, Chroma, a browser) and peaked at ~2 GB of
-    memory here, so a large machine's cores must not multiply that."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 4))
-
-
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One Prefect test server for the whole session (it takes ~12 s to start)."""

@@ -154,7 +154,8 @@ def test_commands_starting_at_once_share_one_server(tmp_path: Path) -> None:
         assert (home / "starts").read_text() == "x"
         assert sorted(started for _, started in results) == [False, False, True]
         assert len({found.url for found, _ in results}) == 1
-        assert [local_server.kept_server_url(port) for port in spawned] == [results[0][0].url]
+        urls = [local_server.server_url("127.0.0.1", port) for port in spawned]
+        assert urls == [results[0][0].url]
     finally:
         local_server.stop(home, timeout=5)
     assert local_server.running(home) is None
