@@ -78,11 +78,25 @@ def _restore_environment() -> Iterator[None]:
     os.environ.update(saved)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _prefect_db_template_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """tests/support/prefect_db.py makes its migrated database once for all xdist workers:
+    under the run's temp root, which pytest-xdist's workers share (and pytest rotates)."""
+    from tests.support.prefect_db import share_under
+
+    base = tmp_path_factory.getbasetemp()
+    share_under(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    """An empty data dir for one test."""
+    """A data dir for one test: no files but Prefect's database, migrated
+    (tests/support/prefect_db.py; a first command on it starts its server in seconds)."""
+    from tests.support.prefect_db import seed_prefect_database
+
     path = tmp_path / "data"
     path.mkdir()
+    seed_prefect_database(path / "prefect")
     return path
 
 

@@ -14,6 +14,7 @@ import pytest
 from pipelines.environment import prepare_prefect
 from tasks.settings import Settings
 from tests.conftest import REPO
+from tests.support.prefect_db import seed_prefect_database
 
 
 def test_runs_without_a_server_land_in_the_database_gristmill_server_serves(
@@ -75,6 +76,7 @@ def run_cli(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProce
     none of this process's PREFECT_/GRISTMILL_ settings, a temporary Prefect server of its own
     (GRISTMILL_SERVER=ephemeral: nothing left running), and `env` on top."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))}
+    seed_prefect_database(data_dir / "prefect")
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", *args],
         cwd=REPO,

@@ -19,6 +19,7 @@ import pytest
 from pipelines.server import alive
 from tests.conftest import REPO
 from tests.support.chroma_process import free_port
+from tests.support.prefect_db import seed_prefect_database
 from tests.support.prefect_server import clean_env
 
 pytestmark = pytest.mark.slow
@@ -66,6 +67,7 @@ def until(what: str, check: object, seconds: float, log: Path) -> None:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
+    seed_prefect_database(tmp_path / "data" / "prefect")
     return {**clean_env(), "GRISTMILL_DATA_DIR": str(tmp_path / "data")}
 
 

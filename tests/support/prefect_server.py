@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests.support.prefect_db import seed_prefect_database
+
 REPO = Path(__file__).resolve().parents[2]
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -183,6 +185,8 @@ def gristmill_server(
         # each 503 and 500 the server answers with is logged (tests.support.prefect_writers)
         "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
     }
+    if url is None:
+        seed_prefect_database(root / f"{name}-data" / "prefect")
     command = [sys.executable, "-m", "pipelines.cli", "server", "--port", str(port)]
     database = ["--database-url", url] if url else []
     process = start([*command, *database, *extra], env, logs / "server.log")
@@ -220,6 +224,7 @@ def prefect_server_process(root: Path, **extra_env: str) -> Iterator[PrefectServ
     logs.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    seed_prefect_database(root / "home")
     env = {
         **clean_env(),
         "PREFECT_HOME": str(root / "home"),

@@ -1,0 +1,66 @@
+"""A Prefect database that is already migrated, for the data dirs of tests.
+
+The first `gristmill` command on a new data dir (or a new PREFECT_HOME) makes Prefect's SQLite
+database and runs its ~150 migrations: 15-30 s of CPU on these 2 cores, paid again by every
+test that starts a server or a command on a fresh data dir. What those tests check does not
+depend on the database being new, so they start from a copy of one database migrated once per
+test run (`prefect server database upgrade`, run once for all pytest-xdist workers under a file
+lock) instead: the state a user's data dir is in from their second command on. The path of a
+brand-new database stays covered by the tests that do not seed (the session's Prefect harness,
+tests/pipelines/test_prefect_database.py) and by the README's first command on a fresh clone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+_shared: Path | None = None
+
+
+def share_under(root: Path) -> None:
+    """Where the template is made: a folder every worker of this test run sees (conftest)."""
+    global _shared
+    _shared = root
+
+
+def seed_prefect_database(home: Path) -> None:
+    """Put a migrated Prefect database at `home`/prefect.db unless one is there already;
+    `home` is a PREFECT_HOME (a data dir's is `<data dir>/prefect`)."""
+    target = home / "prefect.db"
+    if target.exists():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_template(), target)
+
+
+def _template() -> Path:
+    if _shared is None:
+        raise RuntimeError("tests/conftest.py did not call share_under()")
+    folder = _shared / "prefect-db-template"
+    database = folder / "prefect.db"
+    with (_shared / "prefect-db-template.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not database.exists():
+            building = _shared / "prefect-db-template-building"
+            shutil.rmtree(building, ignore_errors=True)
+            building.mkdir()
+            env = {
+                k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))
+            }
+            env.update(PREFECT_HOME=str(building), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            done = subprocess.run(
+                [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if done.returncode != 0 or not (building / "prefect.db").exists():
+                raise RuntimeError(f"prefect server database upgrade failed: {done.stderr[-2000:]}")
+            building.rename(folder)
+    return database
