@@ -69,6 +69,7 @@ def prepare_documents(
     its verdict depended on which files happened to share its batch.
     """
     count = getattr(embedder, "count_tokens", None)
+    adds_up = count is not None and getattr(embedder, "TOKEN_COUNTS_ADD_UP", False) is True
     prepared: list[PreparedDocument] = []
     quarantine: list[QuarantineRecord] = []
     skipped: list[SkipRecord] = []
@@ -78,7 +79,12 @@ def prepare_documents(
                 found.path, root=found.root, json_text_field=json_text_field, max_bytes=max_bytes
             )
             chunks = chunk_document(
-                document, max_tokens, overlap_tokens, count=count, context=context
+                document,
+                max_tokens,
+                overlap_tokens,
+                count=count,
+                counts_add_up=adds_up,
+                context=context,
             )
         except NothingToIndex as exc:
             skipped.append(SkipRecord(source=found.source, reason=exc.message))
