@@ -77,7 +77,7 @@ class LocalOnnxEmbedder:
     max_text_tokens = MAX_TOKENS - 2
     # BERT's pre-tokenizer splits on whitespace before word pieces are made, so no piece spans
     # a space or line break: `count_tokens` of texts joined by whitespace is the sum of their
-    # counts (tests/tasks/documents/test_chunker.py checks it), and chunking need not count a
+    # counts (tests/tasks/documents/test_chunk_counts.py checks it), and chunking need not count a
     # chunk again once its parts are counted (`chunk_document(counts_add_up=True)`).
     TOKEN_COUNTS_ADD_UP = True
 
