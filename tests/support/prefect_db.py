@@ -1,13 +1,14 @@
 """A Prefect database that is already migrated, for the data dirs of tests.
 
 The first `gristmill` command on a new data dir (or a new PREFECT_HOME) makes Prefect's SQLite
-database and runs its ~150 migrations: 15-30 s of CPU on these 2 cores, paid again by every
-test that starts a server or a command on a fresh data dir. What those tests check does not
-depend on the database being new, so they start from a copy of one database migrated once per
-test run (`prefect server database upgrade`, run once for all pytest-xdist workers under a file
-lock) instead: the state a user's data dir is in from their second command on. The path of a
-brand-new database stays covered by the tests that do not seed (the session's Prefect harness,
-tests/pipelines/test_prefect_database.py) and by the README's first command on a fresh clone.
+database and runs its migrations (113 with Prefect 3.8): ~15 s of CPU on an idle 2-core
+machine, more under load, paid again by every test that starts a server or a command on a fresh
+data dir. What those tests check does not depend on the database being new, so they start from
+a copy of one database migrated once per test run (`prefect server database upgrade`, run once
+for all pytest-xdist workers under a file lock) instead: the state a user's data dir is in from
+its second command on. A brand-new database stays covered by the tests that do not seed (the
+session's Prefect harness, tests/pipelines/test_prefect_database.py) and by the README's first
+command on a fresh clone.
 """
 
 from __future__ import annotations
