@@ -6,9 +6,9 @@ machine, more under load, paid again by every test that starts a server or a com
 data dir. What those tests check does not depend on the database being new, so they start from
 a copy of one database migrated once per test run (`prefect server database upgrade`, run once
 for all pytest-xdist workers under a file lock) instead: the state a user's data dir is in from
-its second command on. A brand-new database stays covered by the tests that do not seed (the
-session's Prefect harness, tests/pipelines/test_prefect_database.py) and by the README's first
-command on a fresh clone.
+its second command on. A brand-new database stays covered by the tests that do not seed: the
+session's Prefect harness, tests/pipelines/test_server_reuse.py's first two commands of a new
+data dir (they start its kept server), and the README's first command on a fresh clone.
 """
 
 from __future__ import annotations
