@@ -81,23 +81,21 @@ def run(files: int, seed: int) -> dict[str, Any]:
         embedder.embed(["warm up the session"])
         embed_cpu, embed_wall, vectors = cpu_of(lambda: embedder.embed(texts))
 
-        batches = [
-            documents[i : i + DOCS_PER_BATCH] for i in range(0, len(documents), DOCS_PER_BATCH)
-        ]
+        # the chunks of each batch of 32 documents, with the rows of their vectors
+        parts: list[tuple[list[Any], slice]] = []
+        for i in range(0, len(documents), DOCS_PER_BATCH):
+            part = [c for d in documents[i : i + DOCS_PER_BATCH] for c in d.chunks]
+            start = parts[-1][1].stop if parts else 0
+            parts.append((part, slice(start, start + len(part))))
 
-        def write(store: ChunkStore) -> int:
-            start = 0
-            for batch in batches:
-                part = [c for d in batch for c in d.chunks]
-                end = start + len(part)
+        def write(store: ChunkStore) -> None:
+            for part, rows in parts:
                 store.upsert(
                     [c.id for c in part],
-                    vectors[start:end],
+                    vectors[rows],
                     [c.text for c in part],
                     [c.metadata for c in part],
                 )
-                start = end
-            return start
 
         store_cpu, store_wall, _ = cpu_of(
             lambda: write(open_store_for_writing(settings, embedder, "costs-both"))
@@ -110,16 +108,13 @@ def run(files: int, seed: int) -> dict[str, Any]:
         lexical = open_lexical(settings, "costs-lexical")
 
         def lexical_only() -> None:
-            start = 0
-            for batch in batches:
-                part = [c for d in batch for c in d.chunks]
+            for part, _rows in parts:
                 with lexical.writing():
                     lexical.upsert(
                         [c.id for c in part],
                         [str(c.metadata.get("source") or "") for c in part],
                         [c.text for c in part],
                     )
-                start += len(part)
 
         lexical_cpu, lexical_wall, _ = cpu_of(lexical_only)
         lexical.close()

@@ -14,7 +14,6 @@ data dir (they start its kept server), and the README's first command on a fresh
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import subprocess
 import sys
@@ -50,10 +49,13 @@ def _template() -> Path:
             building = _shared / "prefect-db-template-building"
             shutil.rmtree(building, ignore_errors=True)
             building.mkdir()
+            from tests.support.prefect_server import clean_env  # it imports this module
+
             env = {
-                k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GRISTMILL_"))
+                **clean_env(),
+                "PREFECT_HOME": str(building),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             }
-            env.update(PREFECT_HOME=str(building), PREFECT_SERVER_ANALYTICS_ENABLED="false")
             done = subprocess.run(
                 [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
                 env=env,
