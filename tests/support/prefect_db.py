@@ -30,17 +30,18 @@ def share_under(root: Path) -> None:
 
 def seed_prefect_database(home: Path) -> None:
     """Put a migrated Prefect database at `home`/prefect.db unless one is there already;
-    `home` is a PREFECT_HOME (a data dir's is `<data dir>/prefect`)."""
+    `home` is a PREFECT_HOME (a data dir's is `<data dir>/prefect`). Outside a test run (the
+    benchmarks start servers with the same helpers) nothing is shared: the server makes and
+    migrates its own database, as a user's first command does."""
     target = home / "prefect.db"
-    if target.exists():
+    if target.exists() or _shared is None:
         return
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_template(), target)
 
 
 def _template() -> Path:
-    if _shared is None:
-        raise RuntimeError("tests/conftest.py did not call share_under()")
+    assert _shared is not None, "tests/conftest.py calls share_under() first"
     folder = _shared / "prefect-db-template"
     database = folder / "prefect.db"
     with (_shared / "prefect-db-template.lock").open("a") as lock:

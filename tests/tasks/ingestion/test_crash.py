@@ -104,6 +104,7 @@ def per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 47-120 s beside the suite on 2 cores; 300 s was hit at load 12
 def test_a_run_killed_anywhere_resumes_to_a_clean_runs_verdicts_and_ids(
     tmp_path: Path, per_batch: None
 ) -> None:
