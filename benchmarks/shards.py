@@ -14,6 +14,12 @@
     python -m benchmarks.shards [--rows 9600] [--overhead-rows 4000] [--latency 0.1]
     python -m benchmarks.shards --rows 2000 --baseline-only   # issue 13: one process x16
     python -m benchmarks.shards --overhead-only --overhead-rows 7680 --latency 1.0  # 4 x 2 min
+    python -m benchmarks.shards --rows 9600 --bare-only   # the machine's ceiling for 2 x 16
+
+The ceiling: two bare clients (the openai SDK's raw route, 16 threads each, no gristmill, no
+Prefect) in two processes at once against the same server, timed from the first call to the
+last. It runs after the pool in every full run, so "two workers" reads against what this
+machine's cores give any two clients, not only against the server's 320 rows/s.
 
 Starts its own Prefect server (`prefect server start` on a free port, a throwaway home), pool,
 workers and global limit; needs nothing else. Both parts take a few minutes.
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing import Event, Process, Queue
 from pathlib import Path
 from typing import Any
@@ -95,6 +102,11 @@ def main() -> None:
         help="only part 2 (4 shards x 2 minutes: --overhead-rows 7680 --latency 1.0)",
     )
     parser.add_argument(
+        "--bare-only",
+        action="store_true",
+        help="only the ceiling: two bare clients x16 in two processes at once",
+    )
+    parser.add_argument(
         "--baseline-only",
         action="store_true",
         help="only one process x16 (issue 13's batch figure: --rows 2000)",
@@ -112,6 +124,10 @@ def main() -> None:
     base_url = queue.get(timeout=30)
     log = root / "commands.log"
     results: dict[str, Any] = {"cap_rows_per_s": cap, "latency_s": args.latency}
+    if args.bare_only:
+        results["bare_clients_2x16"] = bare_clients(base_url, args.rows, cap)
+        print(json.dumps(results, indent=2))
+        return
     with prefect_server_process(root / "prefect") as server:
         env = {
             **server.env,
@@ -185,6 +201,7 @@ def main() -> None:
         finally:
             for worker in workers:
                 stop(worker)
+        results["bare_clients_2x16"] = bare_clients(base_url, args.rows, cap)
 
         # 2. overhead of 4 shards in one process against the same job unsharded
         if args.skip_overhead:
@@ -197,11 +214,9 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
-def bare_client(base_url: str, rows: int) -> float:
-    """Calls/s of the openai SDK alone against the server: `rows` chat calls of the job's
-    prompts from 16 threads (the raw route the chat engine uses), after 50 to warm up."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def caller(base_url: str) -> Callable[[int], None]:
+    """One chat call of the job's prompt for row i, through the openai SDK's raw route (the
+    route the chat engine uses), the reply parsed."""
     import openai
 
     client = openai.OpenAI(api_key=KEY, base_url=base_url, max_retries=0)
@@ -211,11 +226,59 @@ def bare_client(base_url: str, rows: int) -> float:
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
         json.loads(client.post("/chat/completions", cast_to=bytes, body=body))
 
+    return call
+
+
+def bare_client(base_url: str, rows: int) -> float:
+    """Calls/s of the openai SDK alone against the server: `rows` chat calls of the job's
+    prompts from 16 threads (the raw route the chat engine uses), after 50 to warm up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    call = caller(base_url)
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(call, range(50)))
         started = time.perf_counter()
         list(pool.map(call, range(rows)))
         return rows / (time.perf_counter() - started)
+
+
+def _bare_process(base_url: str, rows: int, go: Any, queue: Any) -> None:
+    """One of `bare_clients`' processes: warm up, wait for the start, report its span."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    call = caller(base_url)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(call, range(50)))
+        queue.put("ready")
+        go.wait()
+        started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+        list(pool.map(call, range(rows)))
+        queue.put((started, time.monotonic()))
+
+
+def bare_clients(base_url: str, rows: int, cap: float) -> dict[str, Any]:
+    """What any two clients reach on this machine: `rows` calls split between two processes of
+    16 threads each (`bare_client`'s calls), started together, from the first call to the last.
+    The server refuses beyond 32 in flight; 2 x 16 never exceeds it, so every call counts."""
+    queue: Any = Queue()
+    go = Event()
+    halves = [rows // 2, rows - rows // 2]
+    processes = [Process(target=_bare_process, args=(base_url, n, go, queue)) for n in halves]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        assert queue.get(timeout=120) == "ready"
+    go.set()
+    spans = [queue.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join(30)
+    seconds = max(end for _, end in spans) - min(start for start, _ in spans)
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows / seconds, 1),
+        "share_of_cap": round(rows / seconds / cap, 3),
+    }
 
 
 def start_workers(env: dict[str, str], logs: Path, name: str) -> list[subprocess.Popen]:
