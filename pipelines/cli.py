@@ -342,9 +342,15 @@ def ingest(
         size = sum(document.path.stat().st_size for document in found)
         progress.estimate(1.1 * size / chars_per_second(embedder))
 
-    # The first batch needs the model and great-expectations: both load while Prefect starts.
-    loading = load_in_background(embedder, then=estimate if found else None)
-    preload()
+    # The first batch needs the model and great-expectations: both load while Prefect starts,
+    # unless the collection already answers for every file (an unchanged re-run uses neither).
+    from tasks.ingestion.batch import needs_work
+
+    work_to_do = shards > 1 or needs_work(found, settings, embedder, settings.collection)
+    loading = None
+    if work_to_do:
+        loading = load_in_background(embedder, then=estimate if found else None)
+        preload()
     typer.echo(f"Ingesting into {settings.collection!r} with {embedder.name} ...", err=True)
     try:
         progress.start("documents", parts=("chunk embedded", "chunks embedded"))
@@ -356,9 +362,12 @@ def ingest(
             progress.stop()
             fail(str(exc))
         from pipelines.ingest import ingest_flow_for
-        from pipelines.run_context import run_context
+        from pipelines.run_context import heartbeats, run_context
 
-        with run_context(settings=settings, embedder=embedder, on_progress=progress.update):
+        with (
+            run_context(settings=settings, embedder=embedder, on_progress=progress.update),
+            heartbeats(work_to_do),
+        ):
             state: State[Any] = ingest_flow_for(settings)(  # type: ignore[assignment]
                 paths=[str(p) for p in paths] if paths else None,
                 collection=settings.collection,

@@ -29,22 +29,54 @@ verdicts), `report` (`IngestReport`, quarantine file, markdown)."""
 
 from __future__ import annotations
 
-from tasks.ingestion.driver import ingest_files, unique_sources
-from tasks.ingestion.report import (
-    IngestReport,
-    QuarantineRecord,
-    ingest_report_markdown,
-    merge_ingest_reports,
-    skipped_lines,
-    write_quarantine,
-)
-from tasks.ingestion.steps import PLAIN_STEPS, TASK_STEPS, IngestSteps
-from tasks.ingestion.store import (
-    CLEANUP_MODES,
-    CleanupMode,
-    check_cleanup,
-    delete_missing_sources,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.ingestion.driver import ingest_files, unique_sources
+    from tasks.ingestion.report import (
+        IngestReport,
+        QuarantineRecord,
+        ingest_report_markdown,
+        merge_ingest_reports,
+        skipped_lines,
+        write_quarantine,
+    )
+    from tasks.ingestion.steps import PLAIN_STEPS, TASK_STEPS, IngestSteps
+    from tasks.ingestion.store import (
+        CLEANUP_MODES,
+        CleanupMode,
+        check_cleanup,
+        delete_missing_sources,
+    )
+
+# Loaded on first use (PEP 562): `steps` imports Prefect, and the CLI reads the store through
+# `tasks.ingestion.batch` before it has pointed Prefect at a server (pipelines/cli.py, ingest).
+_HOMES = {
+    "ingest_files": "driver",
+    "unique_sources": "driver",
+    "IngestReport": "report",
+    "QuarantineRecord": "report",
+    "ingest_report_markdown": "report",
+    "merge_ingest_reports": "report",
+    "skipped_lines": "report",
+    "write_quarantine": "report",
+    "PLAIN_STEPS": "steps",
+    "TASK_STEPS": "steps",
+    "IngestSteps": "steps",
+    "CLEANUP_MODES": "store",
+    "CleanupMode": "store",
+    "check_cleanup": "store",
+    "delete_missing_sources": "store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
 
 __all__ = [
     "CLEANUP_MODES",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from tasks.documents import DEFAULT_MAX_BYTES, DocumentPath, file_hash
 from tasks.embeddings import Embedder
@@ -13,7 +14,10 @@ from tasks.ingestion.left_out import left_out_key, remember_verdicts, remembered
 from tasks.ingestion.prepare import PreparedDocument, chunking_key, prepare_documents
 from tasks.ingestion.report import QuarantineRecord, SkipRecord
 from tasks.ingestion.store import CleanupMode, is_unchanged, unchanged_files, write_documents
-from tasks.vectorstore import ChunkStore
+from tasks.vectorstore import ChunkStore, LeftOut
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
 
 
 @dataclass
@@ -32,6 +36,41 @@ class BatchOutcome:
     quarantine: list[QuarantineRecord] = field(default_factory=list)
     skipped: list[SkipRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KnownFiles:
+    """Files a collection answers for without reading them."""
+
+    unchanged: set[str]
+    """Sources whose bytes and chunking match their stored chunks (`unchanged_files`)."""
+    held: dict[str, LeftOut]
+    """The left-out ledger's records of the other sources, whatever their bytes."""
+    skipped: list[SkipRecord]
+    quarantined: list[QuarantineRecord]
+    """The remembered verdicts made for exactly these bytes and settings."""
+
+    @property
+    def sources(self) -> set[str]:
+        return (
+            self.unchanged | {r.source for r in self.skipped} | {r.source for r in self.quarantined}
+        )
+
+
+def known_files(
+    paths: Sequence[DocumentPath],
+    store: ChunkStore,
+    stored: dict[str, str],
+    chunking: str,
+    max_bytes: int,
+    hashes: dict[str, str | None],
+) -> KnownFiles:
+    """What `store` already says about `paths` (hashed in `hashes`): unchanged files, and files
+    left out before with the same bytes and settings; neither is parsed nor checked again."""
+    unchanged = unchanged_files(paths, stored, store, chunking, max_bytes, hashes)
+    held = store.left_out().find(sorted(s for s, h in hashes.items() if h and s not in unchanged))
+    skipped, quarantined = remembered(held, hashes, left_out_key(chunking, max_bytes))
+    return KnownFiles(unchanged, held, skipped, quarantined)
 
 
 def ingest_batch_plain(
@@ -61,15 +100,11 @@ def ingest_batch_plain(
     outcome.sources = [p.source for p in paths]
     chunking = chunking_key(max_tokens, overlap_tokens, json_text_field, context)
     hashes = {p.source: file_hash(p.path, max_bytes) for p in paths}
-    unchanged = unchanged_files(paths, stored, store, chunking, max_bytes, hashes)
-    outcome.unchanged = len(unchanged)
-    ledger = store.left_out()
-    key = left_out_key(chunking, max_bytes)
-    held = ledger.find(sorted(s for s, h in hashes.items() if h and s not in unchanged))
-    skipped_before, quarantined_before = remembered(held, hashes, key)
-    known = unchanged | {r.source for r in skipped_before} | {r.source for r in quarantined_before}
+    known = known_files(paths, store, stored, chunking, max_bytes, hashes)
+    outcome.unchanged = len(known.unchanged)
+    skipped_before, quarantined_before, held = known.skipped, known.quarantined, known.held
     prepared, quarantine, skipped_documents = prepare_documents(
-        [p for p in paths if p.source not in known],
+        [p for p in paths if p.source not in known.sources],
         embedder,
         max_tokens=max_tokens,
         overlap_tokens=overlap_tokens,
@@ -110,9 +145,9 @@ def ingest_batch_plain(
                 deleted += store.delete_source(record.source)
                 outcome.expected[record.source] = set()
     remember_verdicts(
-        ledger,
+        store.left_out(),
         hashes,
-        key,
+        left_out_key(chunking, max_bytes),
         [*skipped_documents, *quarantine, *rejected],
         forget=[item.source for item in to_write if item.source in held],
     )
@@ -121,3 +156,41 @@ def ingest_batch_plain(
     outcome.embeddings_computed = computed
     outcome.embeddings_reused = reused
     return outcome
+
+
+def needs_work(
+    files: Sequence[DocumentPath], settings: Settings, embedder: Embedder, collection: str
+) -> bool:
+    """Whether an ingest of `files` into `collection` would load, check or embed any of them,
+    rather than answer every one from the collection as `ingest_batch_plain` does (unchanged,
+    or left out before with the same bytes: `known_files`; files with no hash are left out by
+    loading alone). When none would, the CLI loads
+    neither the embedding model nor great-expectations for a run that uses neither. True when
+    it cannot tell (no such collection yet, a store it cannot read): the run then finds out."""
+    from tasks.chroma_client import open_chroma
+    from tasks.ingestion.prepare import chunk_budget
+
+    # one file per source, as `driver.unique_sources` keeps them (its module imports Prefect);
+    # the duplicates' verdict needs no reading either
+    first: dict[str, DocumentPath] = {}
+    for found in files:
+        first.setdefault(found.source, found)
+    files = list(first.values())
+    if not files:
+        return False
+    try:
+        store = ChunkStore(
+            open_chroma(settings), collection, embedder.name, embedder.dimension, create=False
+        )
+        chunking = chunking_key(
+            chunk_budget(settings.doc_chunk_tokens, embedder),
+            settings.doc_chunk_overlap_tokens,
+            "text",  # ingest_batch_plain's defaults, as the flow calls it
+            settings.doc_chunk_context,
+        )
+        hashes = {f.source: file_hash(f.path, DEFAULT_MAX_BYTES) for f in files}
+        known = known_files(files, store, store.sources(), chunking, DEFAULT_MAX_BYTES, hashes)
+    except Exception:  # only a hint for what to load early: the run reports any real problem
+        return True
+    # no hash: empty, too large or unreadable, which loading alone says (no check, no model)
+    return any(h is not None and s not in known.sources for s, h in hashes.items())

@@ -13,7 +13,7 @@ from tasks.chroma_client import open_chroma
 from tasks.documents import discover_documents
 from tasks.embeddings import Vectors
 from tasks.ingestion import IngestReport, ingest_files
-from tasks.ingestion.batch import ingest_batch_plain
+from tasks.ingestion.batch import ingest_batch_plain, needs_work
 from tasks.llm import Completion
 from tasks.reporting import Progress, state_report
 from tasks.settings import Settings
@@ -662,6 +662,24 @@ def test_cli_ingest_query_and_ask_contracts(
         {"source": "api.md", "reason": "no text after the front matter"}
     ]
 
+    # An unchanged re-run loads neither the model nor great-expectations: it uses neither.
+    import tasks.embeddings
+    import tasks.quality
+
+    loads: list[str] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(tasks.quality, "preload", lambda: loads.append("checks"))
+        patch.setattr(tasks.embeddings, "load_in_background", lambda *a, **k: loads.append("model"))
+        result = runner.invoke(app, ["ingest", str(docs), "--collection", "cli-docs", "--json"])
+        assert result.exit_code == 0, result.output
+        again = json.loads(result.stdout)
+        assert (again["unchanged"], again["skipped"], again["added"]) == (3, 1, 0)
+        assert loads == []
+        (docs / "new.md").write_text("# New\n\nA page nobody has ingested yet.\n")
+        result = runner.invoke(app, ["ingest", str(docs), "--collection", "cli-docs", "--json"])
+        assert result.exit_code == 0 and json.loads(result.stdout)["added"] == 1, result.output
+        assert sorted(loads) == ["checks", "model"]
+
     result = runner.invoke(
         app, ["query", "receipts", "--collection", "cli-docs", "-k", "2", "--json",
               "--where", "format=markdown"],
@@ -764,6 +782,34 @@ def test_files_left_out_are_remembered_by_their_bytes_and_not_parsed_again(
     (docs / "binary.txt").unlink()
     run(docs, smaller, embedder, "full")
     assert "binary.txt" not in ledger.sources()
+
+
+def test_needs_work_says_no_only_when_the_collection_answers_for_every_file(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """What the CLI asks before loading the model and great-expectations (pipelines/cli.py):
+    an unchanged tree, left-out files included, needs neither; anything the run would read
+    does."""
+    docs = write_corpus(tmp_path)
+    write_empty_pages(docs)
+    (docs / "binary.txt").write_bytes(b"\x00\x01\x02 binary")
+    embedder = HashEmbedder()
+
+    def asks(folder: Path = docs, values: Settings = settings, name: str | None = None) -> bool:
+        return needs_work(discover_documents([folder]), values, embedder, name or "docs")
+
+    assert asks()  # no collection yet
+    first = run(docs, settings, embedder)
+    assert (first.added, first.skipped, first.quarantined) == (3, 4, 1)
+    assert not asks()  # unchanged, remembered skips and quarantine, the empty file
+    assert asks(name="another-collection")
+    assert asks(values=settings.model_copy(update={"doc_chunk_tokens": 30}))  # re-chunked
+    (docs / "binary.txt").write_bytes(b"\x00\x01\x02 still binary")  # judged again
+    assert asks()
+    run(docs, settings, embedder)
+    assert not asks()
+    (docs / "new.md").write_text("# New\n\nA page nobody has ingested.\n")
+    assert asks()
 
 
 def test_a_collection_ingested_without_context_lines_is_re_embedded_with_them(
