@@ -163,10 +163,13 @@ def needs_work(
 ) -> bool:
     """Whether an ingest of `files` into `collection` would load, check or embed any of them,
     rather than answer every one from the collection as `ingest_batch_plain` does (unchanged,
-    or left out before with the same bytes: `known_files`; files with no hash are left out by
-    loading alone). When none would, the CLI loads
-    neither the embedding model nor great-expectations for a run that uses neither. True when
-    it cannot tell (no such collection yet, a store it cannot read): the run then finds out."""
+    or left out before with the same bytes: `known_files`; a file with no hash is left out by
+    loading alone). When none would, the CLI loads neither the embedding model nor
+    great-expectations. True when it cannot tell (no such collection yet, a store it cannot
+    read): the run then finds out.
+
+    Reads only the files' own chunks and ledger entries, a slice of files at a time, and stops
+    at the first slice with work: a first ingest answers after one slice."""
     from tasks.chroma_client import open_chroma
     from tasks.ingestion.prepare import chunk_budget
 
@@ -175,9 +178,7 @@ def needs_work(
     first: dict[str, DocumentPath] = {}
     for found in files:
         first.setdefault(found.source, found)
-    files = list(first.values())
-    if not files:
-        return False
+    unique = list(first.values())
     try:
         store = ChunkStore(
             open_chroma(settings), collection, embedder.name, embedder.dimension, create=False
@@ -188,9 +189,20 @@ def needs_work(
             "text",  # ingest_batch_plain's defaults, as the flow calls it
             settings.doc_chunk_context,
         )
-        hashes = {f.source: file_hash(f.path, DEFAULT_MAX_BYTES) for f in files}
-        known = known_files(files, store, store.sources(), chunking, DEFAULT_MAX_BYTES, hashes)
+        for start in range(0, len(unique), _SLICE):
+            part = unique[start : start + _SLICE]
+            hashes = {f.source: file_hash(f.path, DEFAULT_MAX_BYTES) for f in part}
+            # as if stored with these hashes: `unchanged_files` then checks every chunk's own
+            # hash, chunking and count, so only the files' chunks are read, not the collection's
+            claimed = {source: h for source, h in hashes.items() if h}
+            known = known_files(part, store, claimed, chunking, DEFAULT_MAX_BYTES, hashes)
+            # no hash: empty, too large or unreadable, which loading alone says
+            if any(h is not None and s not in known.sources for s, h in hashes.items()):
+                return True
     except Exception:  # only a hint for what to load early: the run reports any real problem
         return True
-    # no hash: empty, too large or unreadable, which loading alone says (no check, no model)
-    return any(h is not None and s not in known.sources for s, h in hashes.items())
+    return False
+
+
+_SLICE = 256
+"""Files per metadata query of `needs_work`."""
